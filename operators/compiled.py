@@ -1,0 +1,72 @@
+"""A rule prepared for evaluation: predicates compiled, durations in milliseconds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from operators.conditions import Predicate, compile_conditions
+from schemas.durations import format_duration
+from schemas.rules import Rule
+
+DEFAULT_ALLOWED_LATENESS_MS = 60_000
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledRule:
+    """Everything the engine needs from a :class:`Rule`, precomputed once at start."""
+
+    rule: Rule
+    id: str
+    kind: str
+    types: frozenset[str]
+    matches: Predicate | None
+    concerns: Predicate | None
+    group_fields: tuple[str, ...]
+    window: int
+    lookback: int
+    for_ms: int
+    resolve_after: int
+    suppress: int
+    bundle: int
+    evidence: int
+    max_groups: int
+    overflow_json: str
+    header: dict[str, Any]
+
+    @property
+    def window_text(self) -> str:
+        """The window as the author wrote it, for summaries."""
+        return format_duration(self.window) if self.window else ""
+
+
+def compile_rule(rule: Rule) -> CompiledRule:
+    """Precompute predicates, windows and the static part of every notification."""
+    params = rule.params
+    window = getattr(params, "window", 0) if params is not None else 0
+    lookback = window
+    if rule.kind == "shift":
+        lookback = params.window + params.baseline
+    from operators.notification import group_json  # local: notification imports this module
+
+    overflow = {name: "__other__" for name in rule.group_by}
+    header = {"id": rule.id, "title": rule.title, "kind": rule.kind, "description": rule.description}
+    return CompiledRule(
+        rule=rule,
+        id=rule.id,
+        kind=rule.kind,
+        types=frozenset(rule.signal_types),
+        matches=compile_conditions(rule.where),
+        concerns=compile_conditions(params.of) if rule.kind == "ratio" else None,
+        group_fields=tuple(rule.group_by),
+        window=window,
+        lookback=lookback,
+        for_ms=rule.for_,
+        resolve_after=rule.resolve_after,
+        suppress=rule.suppress,
+        bundle=rule.bundle or 0,
+        evidence=rule.evidence,
+        max_groups=rule.max_groups,
+        overflow_json=group_json(overflow),
+        header=header,
+    )

@@ -1,0 +1,267 @@
+"""The detection engine: one :class:`RuleRunner` per (site, rule).
+
+Given the records routed to a (site, rule) in order, a runner returns the
+notifications rules.md defines, reading time only from the records' ``ts``.
+Per record it does what the contract says — apply (clock, then the record's
+own fingerprint), then evaluate every fingerprint at the new clock — but it
+evaluates only the fingerprints whose outcome can change at that clock: the
+record's own fingerprint and those whose deadline (next window expiry,
+``for``, ``suppress`` or ``resolve_after`` timer) has come. Everything in
+between is accounted for exactly, including ``suppressed_count``, which
+counts every evaluation instant while an alert fires with its condition true.
+"""
+
+from __future__ import annotations
+
+from heapq import heappop, heappush
+from typing import Any
+
+from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS, CompiledRule
+from operators.fingerprints import FIRING, INACTIVE, PENDING, STATEFUL_KINDS, Fingerprint, MatchFingerprint
+from operators.notification import Notification, alert_id
+from schemas.records import Record, compact_json
+
+AnyFingerprint = Fingerprint | MatchFingerprint
+
+
+class RuleRunner:
+    """State and evaluation for one (site, rule): clock, fingerprints, deadlines."""
+
+    __slots__ = ("arrivals", "clock", "emitted", "first", "fps", "heap", "instant", "lateness", "rule", "site")
+
+    def __init__(self, rule: CompiledRule, site: str, lateness: int = DEFAULT_ALLOWED_LATENESS_MS) -> None:
+        self.rule = rule
+        self.site = site
+        self.lateness = lateness
+        self.clock: int | None = None
+        self.first = 0
+        self.instant = 0
+        self.arrivals = 0
+        self.emitted = 0
+        self.fps: dict[str, AnyFingerprint] = {}
+        self.heap: list[tuple[int, str]] = []
+
+    def process(self, record: Record, out: list[Notification]) -> bool:
+        """Apply and evaluate one routed record; False when it was late (and ignored)."""
+        ts = record.ts
+        clock = self.clock
+        if clock is None:
+            self.clock = clock = self.first = ts
+        elif ts <= clock - self.lateness:
+            return False
+        elif ts > clock:
+            self.clock = clock = ts
+        self.instant += 1
+        touched = None if record.type == "tick" else self._apply(record, clock, out)
+        self._evaluate(clock, touched, out)
+        return True
+
+    # -- apply -----------------------------------------------------------------------------
+    def _group_of(self, data: Any) -> str:
+        fields = self.rule.group_fields
+        if not fields:
+            return "{}"
+        return compact_json({name: getattr(data, name, None) for name in sorted(fields)})
+
+    def _apply(self, record: Record, c: int, out: list[Notification]) -> AnyFingerprint | None:
+        rule = self.rule
+        data = record.data
+        if rule.kind == "ratio":
+            if rule.concerns is not None and not rule.concerns(data):
+                return None
+            matching = rule.matches is None or rule.matches(data)
+        else:
+            if rule.matches is not None and not rule.matches(data):
+                return None
+            matching = True
+        fp = self._fingerprint(self._group_of(data), c)
+        self.arrivals += 1
+        if isinstance(fp, MatchFingerprint):
+            self._apply_match(fp, record, c, out)
+        else:
+            fp.add(record, matching, c, self.arrivals, rule)
+        return fp
+
+    def _fingerprint(self, group: str, c: int) -> AnyFingerprint:
+        fps = self.fps
+        fp = fps.get(group)
+        if fp is not None:
+            return fp
+        rule = self.rule
+        if group != rule.overflow_json and self._live_groups(c) >= rule.max_groups:
+            group = rule.overflow_json
+            fp = fps.get(group)
+            if fp is not None:
+                return fp
+        fp = MatchFingerprint(group, rule) if rule.kind == "match" else STATEFUL_KINDS[rule.kind](group, rule)
+        if isinstance(fp, Fingerprint):
+            fp.mark = self.instant
+        fps[group] = fp
+        return fp
+
+    def _live_groups(self, c: int) -> int:
+        """Live fingerprints (overflow excluded) at clock ``c``; forgets the ones no longer live.
+
+        A fingerprint that is not live at ``c`` is inactive with nothing in its lookback, so its
+        evaluation at ``c`` could emit nothing: forgetting it now is the same as after the instant.
+        """
+        fps = self.fps
+        overflow = self.rule.overflow_json
+        count = len(fps) - (overflow in fps)
+        if count < self.rule.max_groups:
+            return count
+        for group in [group for group, fp in fps.items() if group != overflow and not self._live(fp, c)]:
+            del fps[group]
+        return len(fps) - (overflow in fps)
+
+    def _live(self, fp: AnyFingerprint, c: int) -> bool:
+        if isinstance(fp, MatchFingerprint):
+            return fp.live(c, self.rule)
+        return fp.state != INACTIVE or fp.holds_data(c, self.rule)
+
+    def _apply_match(self, fp: MatchFingerprint, record: Record, c: int, out: list[Notification]) -> None:
+        rule = self.rule
+        if not rule.bundle:
+            if fp.silenced(c, rule):
+                fp.suppressed += 1
+                return
+            ident = alert_id(rule.id, self.site, fp.group, record.ts, record.id)
+            self._emit(out, fp.group, ident, 1, "firing", record.ts, c, None, {"count": 1}, fp.suppressed, [record.raw], 1)
+            fp.last_notified = c
+            fp.suppressed = 0
+            return
+        if fp.t0 is not None and record.ts >= fp.t0 + rule.bundle:
+            self._close_bundle(fp, c, out)
+        if fp.t0 is None:
+            fp.t0 = record.ts
+            fp.opener = record.id
+            fp.bundle_size = 0
+        fp.bundle_size += 1
+        fp.ring.add(record.ts, record.id, self.arrivals, record.raw)
+
+    def _close_bundle(self, fp: MatchFingerprint, c: int, out: list[Notification]) -> None:
+        rule = self.rule
+        assert fp.t0 is not None
+        if fp.silenced(c, rule):
+            fp.suppressed += fp.bundle_size
+        else:
+            ident = alert_id(rule.id, self.site, fp.group, fp.t0, fp.opener)
+            value = {"count": fp.bundle_size}
+            self._emit(out, fp.group, ident, 1, "firing", fp.t0, c, None, value, fp.suppressed, fp.ring.since(None), fp.bundle_size)
+            fp.last_notified = c
+            fp.suppressed = 0
+        fp.t0 = None
+        fp.bundle_size = 0
+        fp.ring.clear()
+
+    # -- evaluate ----------------------------------------------------------------------------
+    def _evaluate(self, c: int, touched: AnyFingerprint | None, out: list[Notification]) -> None:
+        heap, fps = self.heap, self.fps
+        due: list[AnyFingerprint] = []
+        while heap and heap[0][0] <= c:
+            deadline, group = heappop(heap)
+            fp = fps.get(group)
+            if fp is not None and fp.scheduled == deadline:
+                fp.scheduled = None
+                due.append(fp)
+        if touched is not None and all(fp is not touched for fp in due):
+            due.append(touched)
+        if len(due) > 1:
+            due.sort(key=lambda fp: fp.group)
+        rule = self.rule
+        for fp in due:
+            if isinstance(fp, MatchFingerprint):
+                if fp.t0 is not None and c >= fp.t0 + rule.bundle:
+                    self._close_bundle(fp, c, out)
+                deadline = fp.next_change(c, rule)
+                live = fp.live(c, rule)
+            else:
+                self._evaluate_stateful(fp, c, out)
+                live = fp.state != INACTIVE or fp.holds_data(c, rule)
+                deadline = self._deadline(fp, c) if live else None
+            if not live:
+                del fps[fp.group]
+            elif deadline is not None and (fp.scheduled is None or deadline < fp.scheduled):
+                fp.scheduled = deadline
+                heappush(heap, (deadline, fp.group))
+
+    def _evaluate_stateful(self, fp: Fingerprint, c: int, out: list[Notification]) -> None:
+        rule = self.rule
+        if fp.state == FIRING and fp.c_true:
+            # Instants skipped since the last evaluation: firing, condition true, nothing emitted.
+            fp.suppressed += self.instant - fp.mark - 1
+        fp.mark = self.instant
+        fp.expire(c, rule)
+        holds = fp.condition(c, rule, self.first)
+        fp.c_true = holds
+        if fp.state == INACTIVE:
+            if holds:
+                fp.state = PENDING
+                fp.pending_since = c
+                if rule.for_ms == 0:
+                    self._fire(fp, c, out)
+        elif fp.state == PENDING:
+            assert fp.pending_since is not None
+            if not holds:
+                fp.state = INACTIVE
+                fp.pending_since = None
+            elif c - fp.pending_since >= rule.for_ms:
+                self._fire(fp, c, out)
+        elif holds:
+            fp.false_since = None
+            if rule.suppress > 0 and c >= fp.last_notified + rule.suppress:
+                fp.seq += 1
+                self._notify(fp, "firing", c, out)
+            else:
+                fp.suppressed += 1
+        else:
+            if fp.false_since is None:
+                fp.false_since = c
+            if c - fp.false_since >= rule.resolve_after:
+                fp.seq += 1
+                self._notify(fp, "resolved", c, out)
+                fp.end_episode()
+
+    def _fire(self, fp: Fingerprint, c: int, out: list[Notification]) -> None:
+        assert fp.pending_since is not None
+        fp.state = FIRING
+        fp.started_at = fp.pending_since
+        fp.alert_id = alert_id(self.rule.id, self.site, fp.group, fp.started_at)
+        fp.seq = 1
+        fp.false_since = None
+        fp.suppressed = 0
+        self._notify(fp, "firing", c, out)
+
+    def _notify(self, fp: Fingerprint, status: str, c: int, out: list[Notification]) -> None:
+        rule = self.rule
+        evidence, total = fp.evidence(c, rule)
+        ended = c if status == "resolved" else None
+        self._emit(
+            out, fp.group, fp.alert_id, fp.seq, status, fp.started_at, c, ended,
+            fp.value(c, rule), fp.suppressed, evidence, total,
+        )
+        fp.last_notified = c
+        fp.suppressed = 0
+
+    def _deadline(self, fp: Fingerprint, c: int) -> int | None:
+        rule = self.rule
+        candidates = [fp.next_change(c, rule, self.first)]
+        if fp.state == PENDING and fp.pending_since is not None:
+            candidates.append(fp.pending_since + rule.for_ms)
+        elif fp.state == FIRING:
+            if fp.c_true and rule.suppress > 0:
+                candidates.append(fp.last_notified + rule.suppress)
+            elif fp.false_since is not None:
+                candidates.append(fp.false_since + rule.resolve_after)
+        present = [value for value in candidates if value is not None]
+        return min(present) if present else None
+
+    def _emit(
+        self, out: list[Notification], group: str, ident: str, seq: int, status: str, started_at: int,
+        c: int, ended_at: int | None, value: dict[str, Any], suppressed: int, evidence: list[bytes], total: int,
+    ) -> None:
+        self.emitted += 1
+        out.append(Notification(
+            self.rule, self.site, group, ident, seq, status, started_at, c, ended_at, value, suppressed,
+            evidence, total, self.emitted,
+        ))

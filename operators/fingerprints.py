@@ -1,0 +1,339 @@
+"""Per-fingerprint state for each rule kind.
+
+A fingerprint knows its own window(s) and evidence; the lifecycle
+(inactive → pending → firing → resolved) is driven by
+:class:`operators.engine.RuleRunner`. Every class answers the same questions
+at a clock ``c``: the condition, the value and evidence, whether it still
+holds anything in its lookback, and the next clock at which its condition
+could change without new signals (its deadline), which is what lets the
+runner skip fingerprints whose outcome cannot change.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from operators.windows import EvidenceRing, TimeCounts, ValueWindow
+from schemas.timestamps import format_ts
+
+if TYPE_CHECKING:
+    from operators.compiled import CompiledRule
+    from schemas.records import Record
+
+INACTIVE, PENDING, FIRING = 0, 1, 2
+
+
+def _min(*values: int | None) -> int | None:
+    present = [value for value in values if value is not None]
+    return min(present) if present else None
+
+
+class Fingerprint:
+    """Lifecycle state shared by the stateful kinds (threshold, ratio, distinct, absence, shift)."""
+
+    __slots__ = (
+        "alert_id", "c_true", "false_since", "group", "last_notified", "mark", "pending_since",
+        "ring", "scheduled", "seq", "started_at", "state", "suppressed",
+    )
+
+    def __init__(self, group: str, rule: CompiledRule) -> None:
+        self.group = group
+        self.state = INACTIVE
+        self.pending_since: int | None = None
+        self.started_at = 0
+        self.last_notified = 0
+        self.false_since: int | None = None
+        self.alert_id = ""
+        self.seq = 0
+        self.suppressed = 0
+        self.mark = 0
+        self.c_true = False
+        self.scheduled: int | None = None
+        self.ring = EvidenceRing(rule.evidence)
+
+    def end_episode(self) -> None:
+        """Back to a fresh ``inactive`` lifecycle (windows are kept)."""
+        self.state = INACTIVE
+        self.pending_since = None
+        self.false_since = None
+        self.alert_id = ""
+        self.seq = 0
+        self.suppressed = 0
+
+    # Kind-specific behaviour, overridden below.
+    def add(self, record: Record, matching: bool, c: int, arrival: int, rule: CompiledRule) -> None:
+        """Apply one signal that concerns this fingerprint."""
+        raise NotImplementedError
+
+    def expire(self, c: int, rule: CompiledRule) -> None:
+        """Drop what has left the lookback at clock ``c``."""
+
+    def condition(self, c: int, rule: CompiledRule, first: int) -> bool:
+        """The kind's condition at clock ``c`` (rules.md table)."""
+        raise NotImplementedError
+
+    def value(self, c: int, rule: CompiledRule) -> dict[str, Any]:
+        """The numbers behind the decision at ``c``."""
+        raise NotImplementedError
+
+    def evidence(self, c: int, rule: CompiledRule) -> tuple[list[bytes], int]:
+        """Evidence envelopes (raw) and ``evidence_total`` at ``c``."""
+        raise NotImplementedError
+
+    def holds_data(self, c: int, rule: CompiledRule) -> bool:
+        """Whether a signal is inside the lookback at ``c`` (or the kind is always armed)."""
+        raise NotImplementedError
+
+    def next_change(self, c: int, rule: CompiledRule, first: int) -> int | None:
+        """Earliest clock after ``c`` at which the condition could change with no new signal."""
+        raise NotImplementedError
+
+
+class ThresholdFingerprint(Fingerprint):
+    """``n ≥ count`` matching signals in ``(c − W, c]``."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self, group: str, rule: CompiledRule) -> None:
+        super().__init__(group, rule)
+        self.counts = TimeCounts()
+
+    def add(self, record: Record, matching: bool, c: int, arrival: int, rule: CompiledRule) -> None:
+        if record.ts > c - rule.window:
+            self.counts.add(record.ts)
+            self.ring.add(record.ts, record.id, arrival, record.raw)
+
+    def expire(self, c: int, rule: CompiledRule) -> None:
+        self.counts.expire(c - rule.window)
+
+    def condition(self, c: int, rule: CompiledRule, first: int) -> bool:
+        return self.counts.total >= rule.rule.params.count
+
+    def value(self, c: int, rule: CompiledRule) -> dict[str, Any]:
+        return {"count": self.counts.total}
+
+    def evidence(self, c: int, rule: CompiledRule) -> tuple[list[bytes], int]:
+        return self.ring.since(c - rule.window), self.counts.total
+
+    def holds_data(self, c: int, rule: CompiledRule) -> bool:
+        newest = self.counts.newest()
+        return newest is not None and newest > c - rule.window
+
+    def next_change(self, c: int, rule: CompiledRule, first: int) -> int | None:
+        oldest = self.counts.oldest()
+        return None if oldest is None else oldest + rule.window
+
+
+class RatioFingerprint(Fingerprint):
+    """Share of matching signals among those that satisfy ``of``."""
+
+    __slots__ = ("matching", "total")
+
+    def __init__(self, group: str, rule: CompiledRule) -> None:
+        super().__init__(group, rule)
+        self.total = TimeCounts()
+        self.matching = TimeCounts()
+
+    def add(self, record: Record, matching: bool, c: int, arrival: int, rule: CompiledRule) -> None:
+        if record.ts > c - rule.window:
+            self.total.add(record.ts)
+            if matching:
+                self.matching.add(record.ts)
+                self.ring.add(record.ts, record.id, arrival, record.raw)
+
+    def expire(self, c: int, rule: CompiledRule) -> None:
+        self.total.expire(c - rule.window)
+        self.matching.expire(c - rule.window)
+
+    def condition(self, c: int, rule: CompiledRule, first: int) -> bool:
+        params = rule.rule.params
+        t = self.total.total
+        return t >= params.min_total and self.matching.total / t >= params.at_least
+
+    def value(self, c: int, rule: CompiledRule) -> dict[str, Any]:
+        n, t = self.matching.total, self.total.total
+        return {"count": n, "total": t, "ratio": round(n / t, 4) if t else 0.0}
+
+    def evidence(self, c: int, rule: CompiledRule) -> tuple[list[bytes], int]:
+        return self.ring.since(c - rule.window), self.matching.total
+
+    def holds_data(self, c: int, rule: CompiledRule) -> bool:
+        newest = self.total.newest()
+        return newest is not None and newest > c - rule.window
+
+    def next_change(self, c: int, rule: CompiledRule, first: int) -> int | None:
+        # Every matching entry is also a total entry, so the oldest total entry expires first.
+        oldest = self.total.oldest()
+        return None if oldest is None else oldest + rule.window
+
+
+class DistinctFingerprint(Fingerprint):
+    """Distinct non-null values of a field among matching signals in the window."""
+
+    __slots__ = ("counts", "values")
+
+    def __init__(self, group: str, rule: CompiledRule) -> None:
+        super().__init__(group, rule)
+        self.counts = TimeCounts()
+        self.values = ValueWindow()
+
+    def add(self, record: Record, matching: bool, c: int, arrival: int, rule: CompiledRule) -> None:
+        if record.ts > c - rule.window:
+            self.counts.add(record.ts)
+            value = getattr(record.data, rule.rule.params.field, None)
+            if value is not None:
+                self.values.add(record.ts, value)
+            self.ring.add(record.ts, record.id, arrival, record.raw)
+
+    def expire(self, c: int, rule: CompiledRule) -> None:
+        self.counts.expire(c - rule.window)
+        self.values.expire(c - rule.window)
+
+    def condition(self, c: int, rule: CompiledRule, first: int) -> bool:
+        return len(self.values.counts) >= rule.rule.params.count
+
+    def value(self, c: int, rule: CompiledRule) -> dict[str, Any]:
+        return {"distinct": len(self.values.counts), "count": self.counts.total}
+
+    def evidence(self, c: int, rule: CompiledRule) -> tuple[list[bytes], int]:
+        return self.ring.since(c - rule.window), self.counts.total
+
+    def holds_data(self, c: int, rule: CompiledRule) -> bool:
+        newest = self.counts.newest()
+        return newest is not None and newest > c - rule.window
+
+    def next_change(self, c: int, rule: CompiledRule, first: int) -> int | None:
+        oldest = self.counts.oldest()
+        return None if oldest is None else oldest + rule.window
+
+
+class AbsenceFingerprint(Fingerprint):
+    """Silence since the last matching signal; armed for good once one was seen."""
+
+    __slots__ = ("last", "last_key", "last_raw")
+
+    def __init__(self, group: str, rule: CompiledRule) -> None:
+        super().__init__(group, rule)
+        self.last = 0
+        self.last_key: tuple[int, str, int] | None = None
+        self.last_raw = b""
+
+    def add(self, record: Record, matching: bool, c: int, arrival: int, rule: CompiledRule) -> None:
+        key = (record.ts, record.id, arrival)
+        if self.last_key is None or key > self.last_key:
+            self.last_key = key
+            self.last = record.ts
+            self.last_raw = record.raw
+
+    def condition(self, c: int, rule: CompiledRule, first: int) -> bool:
+        return c - self.last >= rule.rule.params.after
+
+    def value(self, c: int, rule: CompiledRule) -> dict[str, Any]:
+        return {"last_seen_at": format_ts(self.last), "silent_for_s": round((c - self.last) / 1000, 3)}
+
+    def evidence(self, c: int, rule: CompiledRule) -> tuple[list[bytes], int]:
+        return [self.last_raw], 1
+
+    def holds_data(self, c: int, rule: CompiledRule) -> bool:
+        return True
+
+    def next_change(self, c: int, rule: CompiledRule, first: int) -> int | None:
+        due = self.last + rule.rule.params.after
+        return due if due > c else None
+
+
+class ShiftFingerprint(Fingerprint):
+    """The current window against the baseline right before it."""
+
+    __slots__ = ("baseline", "current")
+
+    def __init__(self, group: str, rule: CompiledRule) -> None:
+        super().__init__(group, rule)
+        self.current = TimeCounts()
+        self.baseline = TimeCounts()
+
+    def add(self, record: Record, matching: bool, c: int, arrival: int, rule: CompiledRule) -> None:
+        ts = record.ts
+        if ts > c - rule.window:
+            self.current.add(ts)
+            self.ring.add(ts, record.id, arrival, record.raw)
+        elif ts > c - rule.lookback:
+            self.baseline.add(ts)
+
+    def expire(self, c: int, rule: CompiledRule) -> None:
+        for ts, count in self.current.expire(c - rule.window):
+            if ts > c - rule.lookback:
+                self.baseline.add(ts, count)
+        self.baseline.expire(c - rule.lookback)
+
+    def condition(self, c: int, rule: CompiledRule, first: int) -> bool:
+        params = rule.rule.params
+        n, b = self.current.total, self.baseline.total
+        if c - first < rule.lookback or n < params.min_count:
+            return False
+        return bool(n >= params.factor * b * (params.window / 1000) / (params.baseline / 1000))
+
+    def value(self, c: int, rule: CompiledRule) -> dict[str, Any]:
+        params = rule.rule.params
+        n, b = self.current.total, self.baseline.total
+        expected = b * params.window / params.baseline
+        return {"count": n, "baseline_count": b, "factor": round(n / max(expected, 1e-9), 4)}
+
+    def evidence(self, c: int, rule: CompiledRule) -> tuple[list[bytes], int]:
+        return self.ring.since(c - rule.window), self.current.total
+
+    def holds_data(self, c: int, rule: CompiledRule) -> bool:
+        newest = self.current.newest()
+        if newest is None:
+            newest = self.baseline.newest()
+        return newest is not None and newest > c - rule.lookback
+
+    def next_change(self, c: int, rule: CompiledRule, first: int) -> int | None:
+        current, baseline = self.current.oldest(), self.baseline.oldest()
+        gate = first + rule.lookback
+        return _min(
+            None if current is None else current + rule.window,
+            None if baseline is None else baseline + rule.lookback,
+            gate if gate > c else None,
+        )
+
+
+STATEFUL_KINDS: dict[str, type[Fingerprint]] = {
+    "threshold": ThresholdFingerprint,
+    "ratio": RatioFingerprint,
+    "distinct": DistinctFingerprint,
+    "absence": AbsenceFingerprint,
+    "shift": ShiftFingerprint,
+}
+
+
+class MatchFingerprint:
+    """Event alerts: suppression memory and, with ``bundle``, the open burst."""
+
+    __slots__ = ("bundle_size", "group", "last_notified", "opener", "ring", "scheduled", "suppressed", "t0")
+
+    def __init__(self, group: str, rule: CompiledRule) -> None:
+        self.group = group
+        self.last_notified: int | None = None
+        self.suppressed = 0
+        self.t0: int | None = None
+        self.opener = ""
+        self.bundle_size = 0
+        self.ring = EvidenceRing(rule.evidence)
+        self.scheduled: int | None = None
+
+    def silenced(self, c: int, rule: CompiledRule) -> bool:
+        """Whether a notification at ``c`` falls inside the suppression window."""
+        return self.last_notified is not None and c < self.last_notified + rule.suppress
+
+    def live(self, c: int, rule: CompiledRule) -> bool:
+        """Open bundle, suppression window running, or suppressed matches still to report."""
+        return self.t0 is not None or self.silenced(c, rule) or self.suppressed > 0
+
+    def next_change(self, c: int, rule: CompiledRule) -> int | None:
+        """Bundle close, or the end of the suppression window (when it may be forgotten)."""
+        close = self.t0 + rule.bundle if self.t0 is not None else None
+        quiet = None
+        if self.last_notified is not None and c < self.last_notified + rule.suppress:
+            quiet = self.last_notified + rule.suppress
+        return _min(close, quiet)

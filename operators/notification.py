@@ -1,0 +1,135 @@
+"""Notifications as the engine emits them, and their record form (alerts.md).
+
+The engine builds a small :class:`Notification`; the JSON record (evidence
+decoded, summary written, link added) is made only when it is written out,
+because notifications are rare next to signals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+from schemas.records import compact_json, evidence_envelope
+from schemas.timestamps import format_ts
+
+if TYPE_CHECKING:
+    from operators.compiled import CompiledRule
+
+DEFAULT_LINK_BASE = "http://localhost:8080"
+
+
+def group_json(group: dict[str, Any]) -> str:
+    """The group as compact JSON with sorted keys, non-ASCII unescaped (``{}`` without group_by)."""
+    return compact_json(dict(sorted(group.items())))
+
+
+def alert_id(rule_id: str, site: str, group: str, started_at: int, opener_id: str | None = None) -> str:
+    """The episode id: first 32 hex chars of SHA-256 over the episode's identity (rules.md)."""
+    text = f"{rule_id}\n{site}\n{group}\n{format_ts(started_at)}"
+    if opener_id is not None:
+        text += f"\n{opener_id}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+class Notification:
+    """One notification of one episode, as decided by the engine."""
+
+    __slots__ = (
+        "alert_id", "ended_at", "evaluated_at", "evidence", "evidence_total", "group_json", "order",
+        "rule", "seq", "site", "started_at", "status", "suppressed_count", "value",
+    )
+
+    def __init__(
+        self, rule: CompiledRule, site: str, group: str, alert: str, seq: int, status: str,
+        started_at: int, evaluated_at: int, ended_at: int | None, value: dict[str, Any],
+        suppressed_count: int, evidence: list[bytes], evidence_total: int, order: int,
+    ) -> None:
+        self.rule = rule
+        self.site = site
+        self.group_json = group
+        self.alert_id = alert
+        self.seq = seq
+        self.status = status
+        self.started_at = started_at
+        self.evaluated_at = evaluated_at
+        self.ended_at = ended_at
+        self.value = value
+        self.suppressed_count = suppressed_count
+        self.evidence = evidence
+        self.evidence_total = evidence_total
+        self.order = order
+
+    def sort_key(self) -> tuple[Any, ...]:
+        """Output order (cli.md), with the per-(site, rule) emission order as a last tie-break."""
+        return (self.evaluated_at, self.site, self.rule.id, self.group_json, self.seq, self.alert_id, self.order)
+
+    def record(self, link_base: str = DEFAULT_LINK_BASE) -> dict[str, Any]:
+        """The notification record, keys in the order of alerts.md."""
+        import json
+
+        rule = self.rule.rule
+        return {
+            "v": 1,
+            "alert_id": self.alert_id,
+            "seq": self.seq,
+            "status": self.status,
+            "rule": self.rule.header,
+            "severity": rule.severity,
+            "site": self.site,
+            "subsystem": rule.subsystem,
+            "group": json.loads(self.group_json),
+            "summary": summarize(self),
+            "started_at": format_ts(self.started_at),
+            "evaluated_at": format_ts(self.evaluated_at),
+            "ended_at": format_ts(self.ended_at) if self.ended_at is not None else None,
+            "value": self.value,
+            "suppressed_count": self.suppressed_count,
+            "evidence": [evidence_envelope(raw) for raw in self.evidence],
+            "evidence_total": self.evidence_total,
+            "link": f"{link_base.rstrip('/')}/alerts/{self.alert_id}",
+            "deliver": list(rule.deliver),
+        }
+
+    def to_json(self, link_base: str = DEFAULT_LINK_BASE) -> str:
+        """The record as one compact JSON line (no newline)."""
+        return compact_json(self.record(link_base))
+
+
+def _group_text(notification: Notification) -> str:
+    if notification.group_json == "{}":
+        return ""
+    import json
+
+    parts = [f"{key}={value}" for key, value in json.loads(notification.group_json).items()]
+    return " (" + ", ".join(parts) + ")"
+
+
+def summarize(notification: Notification) -> str:
+    """One line in human terms: what matched, with the numbers."""
+    rule = notification.rule
+    value = notification.value
+    kind = rule.kind
+    window = rule.window_text
+    types = "/".join(sorted(rule.types))
+    group = _group_text(notification)
+    if notification.status == "resolved":
+        prefix = "Resolved: "
+    elif notification.seq > 1:
+        prefix = "Still firing: "
+    else:
+        prefix = ""
+    if kind == "match":
+        count = value["count"]
+        text = f"{rule.rule.title}: {count} matching {types} signal{'s' if count != 1 else ''}"
+    elif kind == "threshold":
+        text = f"{value['count']} matching {types} signals in the last {window} (threshold {rule.rule.params.count})"
+    elif kind == "ratio":
+        text = f"{value['count']} of {value['total']} {types} signals matched in the last {window} ({value['ratio']:.0%})"
+    elif kind == "distinct":
+        text = f"{value['distinct']} distinct {rule.rule.params.field} values in the last {window} over {value['count']} signals"
+    elif kind == "absence":
+        text = f"no matching {types} signal for {value['silent_for_s']:g}s (last seen {value['last_seen_at']})"
+    else:
+        text = f"{value['count']} {types} signals in the last {window} vs {value['baseline_count']} in the baseline (×{value['factor']:g})"
+    return prefix + text + group

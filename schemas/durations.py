@@ -1,0 +1,47 @@
+"""Durations as rule authors write them (``90s``, ``15m``, ``1d``), held as milliseconds."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, WithJsonSchema
+
+DURATION_PATTERN = r"^[0-9]+(ms|s|m|h|d)$"
+_DURATION_RE = re.compile(DURATION_PATTERN)
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+MAX_WINDOW_MS = 7 * 86_400_000
+
+
+def parse_duration(value: Any) -> int:
+    """``"15m"`` → ``900000``; anything else is a ValueError naming the expected form."""
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match:
+            unit = match.group(1)
+            return int(value[: -len(unit)]) * _UNIT_MS[unit]
+    raise ValueError(f"{value!r} is not a duration like 90s, 15m, 1h or 1d")
+
+
+def format_duration(ms: int) -> str:
+    """The shortest exact spelling of a duration (``900000`` → ``15m``)."""
+    for unit in ("d", "h", "m", "s"):
+        size = _UNIT_MS[unit]
+        if ms and ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+def _check_window(ms: int) -> int:
+    if ms <= 0:
+        raise ValueError("must be > 0")
+    if ms > MAX_WINDOW_MS:
+        raise ValueError("must be ≤ 7d")
+    return ms
+
+
+_SCHEMA = WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN})
+Duration = Annotated[int, BeforeValidator(parse_duration), _SCHEMA]
+"""A duration ≥ 0, in milliseconds once loaded."""
+Window = Annotated[int, BeforeValidator(lambda v: _check_window(parse_duration(v))), _SCHEMA]
+"""A duration in (0, 7d], in milliseconds once loaded."""

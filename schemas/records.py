@@ -1,0 +1,113 @@
+"""From one line of input bytes to a validated :class:`Record`, or a one-line reason.
+
+This is the boundary every signal crosses, in replay and (later) live: the
+reason strings are what a user sees on stderr as ``line N: <reason>``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from schemas.signals import MAX_SIGNAL_BYTES, SIGNAL_ADAPTER
+from schemas.timestamps import TimestampError, parse_ts
+
+
+class Record:
+    """A validated signal or tick, as the detection engine sees it.
+
+    ``raw`` keeps the bytes exactly as received so that evidence can carry the
+    envelope as received; it is only re-encoded when a notification is built.
+    """
+
+    __slots__ = ("data", "id", "line", "raw", "site", "ts", "type")
+
+    def __init__(self, line: int, site: str, type_: str, ts: int, id_: str, data: BaseModel, raw: bytes) -> None:
+        self.line = line
+        self.site = site
+        self.type = type_
+        self.ts = ts
+        self.id = id_
+        self.data = data
+        self.raw = raw
+
+    def __repr__(self) -> str:
+        return f"Record(line={self.line}, site={self.site!r}, type={self.type!r}, ts={self.ts}, id={self.id!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Only the raw bytes travel through pickling (recovery snapshots): the rest is re-derived.
+        return (_record_from_raw, (self.line, self.raw))
+
+
+def _record_from_raw(line: int, raw: bytes) -> Record:
+    parsed = parse_record(raw, line)
+    if not isinstance(parsed, Record):
+        raise ValueError(f"stored record no longer validates: {parsed}")
+    return parsed
+
+
+def compact_json(value: Any) -> str:
+    """Compact JSON as the contract defines it: no spaces, non-ASCII not escaped."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def compact_size(raw: bytes) -> int:
+    """Size in bytes of the compact UTF-8 encoding of a JSON document."""
+    return len(compact_json(json.loads(raw)).encode("utf-8"))
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One readable line for the first problem of a signal, plus how many more there are."""
+    problems = error.errors(include_url=False)
+    first = problems[0]
+    kind = first["type"]
+    if kind == "json_invalid":
+        return f"not valid JSON: {first['ctx'].get('error', first['msg'])}" if "ctx" in first else "not valid JSON"
+    loc = [str(part) for part in first["loc"]]
+    if kind == "union_tag_invalid":
+        reason = f"type: unknown signal type {first['ctx']['tag']!r}"
+    elif kind == "union_tag_not_found":
+        reason = "type: field required"
+    elif len(loc) <= 1 and kind in ("model_type", "model_attributes_type", "dict_type"):
+        reason = "not a JSON object"
+    elif kind in ("model_type", "model_attributes_type"):
+        reason = f"{'.'.join(loc[1:])}: must be an object"
+    else:
+        path = ".".join(loc[1:]) if len(loc) > 1 else ".".join(loc)
+        message = {
+            "extra_forbidden": "field not allowed",
+            "missing": "field required",
+        }.get(kind, first["msg"][0].lower() + first["msg"][1:])
+        reason = f"{path}: {message}"
+    if len(problems) > 1:
+        reason += f" (+{len(problems) - 1} more)"
+    return reason
+
+
+def parse_record(raw: bytes, line: int) -> Record | str:
+    """Validate one JSON signal line; return the record or the reason it is rejected."""
+    if len(raw) > MAX_SIGNAL_BYTES:
+        # Compact encoding can only be shorter than what was received (no floats are valid),
+        # so the exact size is computed only for lines that could be over the limit.
+        try:
+            size = compact_size(raw)
+        except (ValueError, UnicodeError):
+            size = len(raw)
+        if size > MAX_SIGNAL_BYTES:
+            return f"signal is {size} bytes in compact JSON, over the {MAX_SIGNAL_BYTES}-byte limit"
+    try:
+        signal = SIGNAL_ADAPTER.validate_json(raw)
+    except ValidationError as error:
+        return describe_validation_error(error)
+    try:
+        ts = parse_ts(signal.ts)
+    except TimestampError as error:
+        return f"ts: {error}"
+    return Record(line, signal.site, signal.type, ts, signal.id, signal.data, raw)  # type: ignore[attr-defined]
+
+
+def evidence_envelope(raw: bytes) -> Any:
+    """The envelope as received, as a JSON value ready to embed in a notification."""
+    return json.loads(raw)

@@ -1,0 +1,245 @@
+"""Rule, metric and channel definitions (rules.md, alerts.md "Channels").
+
+The models check each document's own shape; :mod:`schemas.rule_loader` adds
+the checks that need context (payload fields, channel names, duplicate ids)
+and turns every problem into one ``FILE: rule <id>: <field>: <message>`` line.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from schemas.durations import Duration, Window
+from schemas.signals import SIGNAL_TYPES
+
+RULE_CONFIG = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+SignalType = Literal[SIGNAL_TYPES]  # type: ignore[valid-type]
+Severity = Literal["critical", "high", "medium", "low", "info"]
+Kind = Literal["match", "threshold", "ratio", "distinct", "absence", "shift"]
+Conditions = dict[str, Any]
+Scalar = str | int | float | bool
+RULE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class ThresholdParams(BaseModel):
+    """``n ≥ count`` matching signals in the window."""
+
+    model_config = RULE_CONFIG
+    count: PositiveInt
+    window: Window
+
+
+class RatioParams(BaseModel):
+    """Share of matching signals among those that satisfy ``of``."""
+
+    model_config = RULE_CONFIG
+    of: Conditions | None = None
+    at_least: Annotated[float, Field(gt=0, le=1)]
+    min_total: PositiveInt
+    window: Window
+
+
+class DistinctParams(BaseModel):
+    """Distinct non-null values of ``field`` among matching signals in the window."""
+
+    model_config = RULE_CONFIG
+    field: str
+    count: PositiveInt
+    window: Window
+
+
+class AbsenceParams(BaseModel):
+    """Silence for ``after`` since the last matching signal."""
+
+    model_config = RULE_CONFIG
+    after: Window
+
+
+class ShiftParams(BaseModel):
+    """The current window against the baseline just before it."""
+
+    model_config = RULE_CONFIG
+    window: Window
+    baseline: Window
+    factor: Annotated[float, Field(gt=0)]
+    min_count: PositiveInt
+
+
+KIND_PARAMS: dict[str, type[BaseModel] | None] = {
+    "match": None,
+    "threshold": ThresholdParams,
+    "ratio": RatioParams,
+    "distinct": DistinctParams,
+    "absence": AbsenceParams,
+    "shift": ShiftParams,
+}
+
+
+class Rule(BaseModel):
+    """One detection: conditions, a kind with its parameters, suppression, delivery."""
+
+    model_config = RULE_CONFIG
+    id: Annotated[str, Field(pattern=RULE_ID_PATTERN)]
+    title: Annotated[str, Field(min_length=1, max_length=120)]
+    description: Annotated[str, Field(max_length=1000)] | None = None
+    severity: Severity
+    subsystem: Annotated[str, Field(min_length=1, max_length=32)]
+    signal: SignalType | Annotated[list[SignalType], Field(min_length=1)]
+    where: Conditions | None = None
+    group_by: Annotated[list[str], Field(max_length=3)] = []
+    kind: Kind
+    threshold: ThresholdParams | None = None
+    ratio: RatioParams | None = None
+    distinct: DistinctParams | None = None
+    absence: AbsenceParams | None = None
+    shift: ShiftParams | None = None
+    for_: Duration = Field(default=0, alias="for")
+    resolve_after: Duration = 0
+    suppress: Duration = 3_600_000
+    bundle: Duration | None = None
+    evidence: Annotated[int, Field(ge=1, le=100)] = 10
+    max_groups: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    deliver: list[str] = []
+    enabled: bool = True
+
+    @property
+    def signal_types(self) -> tuple[str, ...]:
+        """The rule's signal types as a tuple, whichever way they were written."""
+        return (self.signal,) if isinstance(self.signal, str) else tuple(self.signal)
+
+    @property
+    def params(self) -> Any:
+        """The parameters of the rule's kind (None for ``match``)."""
+        return getattr(self, self.kind) if self.kind != "match" else None
+
+    def kind_problems(self) -> list[tuple[str, str]]:
+        """Exactly the kind's own parameter block, and ``bundle`` only on match rules."""
+        problems = []
+        for kind, params in KIND_PARAMS.items():
+            present = getattr(self, kind, None) is not None
+            if kind == self.kind and params is not None and not present:
+                problems.append((kind, f"required for kind {self.kind}"))
+            elif kind != self.kind and present:
+                problems.append((kind, f"not allowed for kind {self.kind}"))
+        if self.bundle is not None and self.kind != "match":
+            problems.append(("bundle", f"only match rules bundle (kind is {self.kind})"))
+        return problems
+
+
+class SumValue(BaseModel):
+    """A metric that sums a numeric payload field."""
+
+    model_config = RULE_CONFIG
+    sum: str
+
+
+class MetricDefinition(BaseModel):
+    """A bounded, continuous series behind detections (rules.md "Metric definitions")."""
+
+    model_config = RULE_CONFIG
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+    signal: SignalType | Annotated[list[SignalType], Field(min_length=1)]
+    where: Conditions | None = None
+    labels: Annotated[dict[str, Annotated[list[Scalar], Field(min_length=1, max_length=64)]], Field(max_length=4)] = {}
+    value: Literal["count"] | SumValue = "count"
+    resolution: Literal["10s", "1m", "5m", "1h"]
+
+    @property
+    def signal_types(self) -> tuple[str, ...]:
+        """The metric's signal types as a tuple."""
+        return (self.signal,) if isinstance(self.signal, str) else tuple(self.signal)
+
+    @property
+    def series_bound(self) -> int:
+        """Largest number of label combinations: declared values + ``other`` + ``none`` per label."""
+        bound = 1
+        for values in self.labels.values():
+            bound *= len(values) + 2
+        return bound
+
+
+MAX_METRIC_SERIES = 5000
+
+
+class RateLimit(BaseModel):
+    """Token bucket: at most ``max`` notifications per ``per``."""
+
+    model_config = RULE_CONFIG
+    per: Window
+    max: PositiveInt
+
+
+class SmtpSettings(BaseModel):
+    """Where an e-mail channel sends; credentials only through environment variables."""
+
+    model_config = RULE_CONFIG
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 25
+    starttls: bool = False
+    username_env: str | None = None
+    password_env: str | None = None
+    sender: str = "logystera@localhost"
+
+
+EnvName = Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")]
+
+
+class _Channel(BaseModel):
+    model_config = RULE_CONFIG
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+    rate_limit: RateLimit = RateLimit(per="1m", max=60)  # type: ignore[arg-type]
+    send_resolved: bool = False
+
+
+class _UrlChannel(_Channel):
+    url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    url_env: EnvName | None = None
+
+    @model_validator(mode="after")
+    def _one_url(self) -> _UrlChannel:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("give exactly one of url or url_env")
+        return self
+
+
+class WebhookChannel(_UrlChannel):
+    """Signed JSON POST of the notification record (Standard Webhooks)."""
+
+    type: Literal["webhook"]
+    secret_env: EnvName | None = None
+
+
+class SlackChannel(_UrlChannel):
+    """Block Kit message to a Slack incoming webhook."""
+
+    type: Literal["slack"]
+
+
+class TeamsChannel(_UrlChannel):
+    """Adaptive Card to a Teams Workflows webhook."""
+
+    type: Literal["teams"]
+
+
+class EmailChannel(_Channel):
+    """Multipart e-mail, threaded per alert."""
+
+    type: Literal["email"]
+    to: Annotated[list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]], Field(min_length=1)]
+    smtp: SmtpSettings
+
+
+Channel = Annotated[WebhookChannel | SlackChannel | TeamsChannel | EmailChannel, Field(discriminator="type")]
+
+
+class RuleFileDocument(BaseModel):
+    """For the JSON Schema only: the shapes a rules-directory YAML document may take."""
+
+    model_config = RULE_CONFIG
+    rules: list[Rule] | None = None
+    metrics: list[MetricDefinition] | None = None
+    channels: list[Channel] | None = None

@@ -1,0 +1,68 @@
+"""Event-time parsing and formatting (signals.md, "Envelope").
+
+Internally every instant is an ``int`` of milliseconds since the Unix epoch:
+integer arithmetic keeps window boundaries exact, and the contract keeps at
+most millisecond precision anyway (the fraction is truncated, not rounded).
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from datetime import UTC, datetime
+
+TS_PATTERN = (
+    r"^[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?Z$"
+)
+_TS_RE = re.compile(TS_PATTERN)
+_DAY_CACHE: dict[str, int] = {}
+_DAY_CACHE_LIMIT = 4096
+MS_PER_DAY = 86_400_000
+
+
+class TimestampError(ValueError):
+    """A ``ts`` string that matches the shape but names no real instant (e.g. Feb 30)."""
+
+
+def _day_start_ms(date_part: str) -> int:
+    """Epoch milliseconds of ``YYYY-MM-DD`` 00:00 UTC, validating the calendar date."""
+    cached = _DAY_CACHE.get(date_part)
+    if cached is not None:
+        return cached
+    year, month, day = int(date_part[0:4]), int(date_part[5:7]), int(date_part[8:10])
+    if year < 1 or day > calendar.monthrange(year, month)[1]:
+        raise TimestampError(f"{date_part} is not a calendar date")
+    value = calendar.timegm((year, month, day, 0, 0, 0)) * 1000
+    if len(_DAY_CACHE) >= _DAY_CACHE_LIMIT:
+        _DAY_CACHE.clear()
+    _DAY_CACHE[date_part] = value
+    return value
+
+
+def parse_ts(text: str) -> int:
+    """Parse an already shape-checked ``ts`` string into epoch milliseconds.
+
+    The shape (upper-case ``T``/``Z``, ranges of each part) is enforced by the
+    schema pattern; this adds the calendar check and the ms truncation.
+    """
+    day = _day_start_ms(text[0:10])
+    clock = int(text[11:13]) * 3_600_000 + int(text[14:16]) * 60_000 + int(text[17:19]) * 1000
+    millis = 0
+    if text[19] == ".":
+        millis = int((text[20:-1] + "00")[:3])
+    return day + clock + millis
+
+
+def parse_ts_checked(text: str) -> int:
+    """Parse a ``ts`` string from an untrusted place (tests, CLI options)."""
+    if not _TS_RE.match(text):
+        raise TimestampError(f"{text!r} is not an RFC 3339 UTC timestamp like 2026-11-28T10:00:00.000Z")
+    return parse_ts(text)
+
+
+def format_ts(ms: int) -> str:
+    """Format epoch milliseconds as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (always three fraction digits)."""
+    seconds, millis = divmod(ms, 1000)
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{millis:03d}Z"
