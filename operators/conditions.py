@@ -59,9 +59,6 @@ def compile_conditions(conditions: dict[str, Any] | None) -> Predicate | None:
         tests.append((name, _test(op, arg)))
 
     def predicate(data: Any) -> bool:
-        for name, check in tests:
-            if not check(getattr(data, name, None)):
-                return False
-        return True
+        return all(check(getattr(data, name, None)) for name, check in tests)
 
     return predicate

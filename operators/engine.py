@@ -159,9 +159,9 @@ class RuleRunner:
         heap, fps = self.heap, self.fps
         due: list[AnyFingerprint] = []
         while heap and heap[0][0] <= c:
-            deadline, group = heappop(heap)
+            when, group = heappop(heap)
             fp = fps.get(group)
-            if fp is not None and fp.scheduled == deadline:
+            if fp is not None and fp.scheduled == when:
                 fp.scheduled = None
                 due.append(fp)
         if touched is not None and all(fp is not touched for fp in due):
@@ -170,6 +170,7 @@ class RuleRunner:
             due.sort(key=lambda fp: fp.group)
         rule = self.rule
         for fp in due:
+            deadline: int | None
             if isinstance(fp, MatchFingerprint):
                 if fp.t0 is not None and c >= fp.t0 + rule.bundle:
                     self._close_bundle(fp, c, out)

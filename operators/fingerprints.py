@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import override
+
 from operators.windows import EvidenceRing, TimeCounts, ValueWindow
 from schemas.timestamps import format_ts
 
@@ -98,27 +100,34 @@ class ThresholdFingerprint(Fingerprint):
         super().__init__(group, rule)
         self.counts = TimeCounts()
 
+    @override
     def add(self, record: Record, matching: bool, c: int, arrival: int, rule: CompiledRule) -> None:
         if record.ts > c - rule.window:
             self.counts.add(record.ts)
             self.ring.add(record.ts, record.id, arrival, record.raw)
 
+    @override
     def expire(self, c: int, rule: CompiledRule) -> None:
         self.counts.expire(c - rule.window)
 
+    @override
     def condition(self, c: int, rule: CompiledRule, first: int) -> bool:
         return self.counts.total >= rule.rule.params.count
 
+    @override
     def value(self, c: int, rule: CompiledRule) -> dict[str, Any]:
         return {"count": self.counts.total}
 
+    @override
     def evidence(self, c: int, rule: CompiledRule) -> tuple[list[bytes], int]:
         return self.ring.since(c - rule.window), self.counts.total
 
+    @override
     def holds_data(self, c: int, rule: CompiledRule) -> bool:
         newest = self.counts.newest()
         return newest is not None and newest > c - rule.window
 
+    @override
     def next_change(self, c: int, rule: CompiledRule, first: int) -> int | None:
         oldest = self.counts.oldest()
         return None if oldest is None else oldest + rule.window
@@ -134,6 +143,7 @@ class RatioFingerprint(Fingerprint):
         self.total = TimeCounts()
         self.matching = TimeCounts()
 
+    @override
     def add(self, record: Record, matching: bool, c: int, arrival: int, rule: CompiledRule) -> None:
         if record.ts > c - rule.window:
             self.total.add(record.ts)
@@ -141,26 +151,32 @@ class RatioFingerprint(Fingerprint):
                 self.matching.add(record.ts)
                 self.ring.add(record.ts, record.id, arrival, record.raw)
 
+    @override
     def expire(self, c: int, rule: CompiledRule) -> None:
         self.total.expire(c - rule.window)
         self.matching.expire(c - rule.window)
 
+    @override
     def condition(self, c: int, rule: CompiledRule, first: int) -> bool:
         params = rule.rule.params
         t = self.total.total
         return t >= params.min_total and self.matching.total / t >= params.at_least
 
+    @override
     def value(self, c: int, rule: CompiledRule) -> dict[str, Any]:
         n, t = self.matching.total, self.total.total
         return {"count": n, "total": t, "ratio": round(n / t, 4) if t else 0.0}
 
+    @override
     def evidence(self, c: int, rule: CompiledRule) -> tuple[list[bytes], int]:
         return self.ring.since(c - rule.window), self.matching.total
 
+    @override
     def holds_data(self, c: int, rule: CompiledRule) -> bool:
         newest = self.total.newest()
         return newest is not None and newest > c - rule.window
 
+    @override
     def next_change(self, c: int, rule: CompiledRule, first: int) -> int | None:
         # Every matching entry is also a total entry, so the oldest total entry expires first.
         oldest = self.total.oldest()
@@ -177,6 +193,7 @@ class DistinctFingerprint(Fingerprint):
         self.counts = TimeCounts()
         self.values = ValueWindow()
 
+    @override
     def add(self, record: Record, matching: bool, c: int, arrival: int, rule: CompiledRule) -> None:
         if record.ts > c - rule.window:
             self.counts.add(record.ts)
@@ -185,23 +202,29 @@ class DistinctFingerprint(Fingerprint):
                 self.values.add(record.ts, value)
             self.ring.add(record.ts, record.id, arrival, record.raw)
 
+    @override
     def expire(self, c: int, rule: CompiledRule) -> None:
         self.counts.expire(c - rule.window)
         self.values.expire(c - rule.window)
 
+    @override
     def condition(self, c: int, rule: CompiledRule, first: int) -> bool:
         return len(self.values.counts) >= rule.rule.params.count
 
+    @override
     def value(self, c: int, rule: CompiledRule) -> dict[str, Any]:
         return {"distinct": len(self.values.counts), "count": self.counts.total}
 
+    @override
     def evidence(self, c: int, rule: CompiledRule) -> tuple[list[bytes], int]:
         return self.ring.since(c - rule.window), self.counts.total
 
+    @override
     def holds_data(self, c: int, rule: CompiledRule) -> bool:
         newest = self.counts.newest()
         return newest is not None and newest > c - rule.window
 
+    @override
     def next_change(self, c: int, rule: CompiledRule, first: int) -> int | None:
         oldest = self.counts.oldest()
         return None if oldest is None else oldest + rule.window
@@ -218,6 +241,7 @@ class AbsenceFingerprint(Fingerprint):
         self.last_key: tuple[int, str, int] | None = None
         self.last_raw = b""
 
+    @override
     def add(self, record: Record, matching: bool, c: int, arrival: int, rule: CompiledRule) -> None:
         key = (record.ts, record.id, arrival)
         if self.last_key is None or key > self.last_key:
@@ -225,18 +249,23 @@ class AbsenceFingerprint(Fingerprint):
             self.last = record.ts
             self.last_raw = record.raw
 
+    @override
     def condition(self, c: int, rule: CompiledRule, first: int) -> bool:
         return c - self.last >= rule.rule.params.after
 
+    @override
     def value(self, c: int, rule: CompiledRule) -> dict[str, Any]:
         return {"last_seen_at": format_ts(self.last), "silent_for_s": round((c - self.last) / 1000, 3)}
 
+    @override
     def evidence(self, c: int, rule: CompiledRule) -> tuple[list[bytes], int]:
         return [self.last_raw], 1
 
+    @override
     def holds_data(self, c: int, rule: CompiledRule) -> bool:
         return True
 
+    @override
     def next_change(self, c: int, rule: CompiledRule, first: int) -> int | None:
         due = self.last + rule.rule.params.after
         return due if due > c else None
@@ -252,6 +281,7 @@ class ShiftFingerprint(Fingerprint):
         self.current = TimeCounts()
         self.baseline = TimeCounts()
 
+    @override
     def add(self, record: Record, matching: bool, c: int, arrival: int, rule: CompiledRule) -> None:
         ts = record.ts
         if ts > c - rule.window:
@@ -260,12 +290,14 @@ class ShiftFingerprint(Fingerprint):
         elif ts > c - rule.lookback:
             self.baseline.add(ts)
 
+    @override
     def expire(self, c: int, rule: CompiledRule) -> None:
         for ts, count in self.current.expire(c - rule.window):
             if ts > c - rule.lookback:
                 self.baseline.add(ts, count)
         self.baseline.expire(c - rule.lookback)
 
+    @override
     def condition(self, c: int, rule: CompiledRule, first: int) -> bool:
         params = rule.rule.params
         n, b = self.current.total, self.baseline.total
@@ -273,21 +305,25 @@ class ShiftFingerprint(Fingerprint):
             return False
         return bool(n >= params.factor * b * (params.window / 1000) / (params.baseline / 1000))
 
+    @override
     def value(self, c: int, rule: CompiledRule) -> dict[str, Any]:
         params = rule.rule.params
         n, b = self.current.total, self.baseline.total
         expected = b * params.window / params.baseline
         return {"count": n, "baseline_count": b, "factor": round(n / max(expected, 1e-9), 4)}
 
+    @override
     def evidence(self, c: int, rule: CompiledRule) -> tuple[list[bytes], int]:
         return self.ring.since(c - rule.window), self.current.total
 
+    @override
     def holds_data(self, c: int, rule: CompiledRule) -> bool:
         newest = self.current.newest()
         if newest is None:
             newest = self.baseline.newest()
         return newest is not None and newest > c - rule.lookback
 
+    @override
     def next_change(self, c: int, rule: CompiledRule, first: int) -> int | None:
         current, baseline = self.current.oldest(), self.baseline.oldest()
         gate = first + rule.lookback

@@ -118,7 +118,7 @@ class Rule(BaseModel):
 
     def kind_problems(self) -> list[tuple[str, str]]:
         """Exactly the kind's own parameter block, and ``bundle`` only on match rules."""
-        problems = []
+        problems: list[tuple[str, str]] = []
         for kind, params in KIND_PARAMS.items():
             present = getattr(self, kind, None) is not None
             if kind == self.kind and params is not None and not present:

@@ -10,7 +10,7 @@ The hot path validates raw JSON bytes against one discriminated union
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
@@ -203,11 +203,8 @@ class TickSignal(_Envelope):
 ENVELOPES: dict[str, type[_Envelope]] = {name: _envelope(name, model) for name, model in PAYLOADS.items()}
 ENVELOPES["tick"] = TickSignal
 
-_UNION = Annotated[  # noqa: UP007 - a dynamic Union needs the subscription form
-    __import__("typing").Union[tuple(ENVELOPES.values())],
-    Field(discriminator="type"),
-]
-SIGNAL_ADAPTER: TypeAdapter[_Envelope] = TypeAdapter(_UNION)
+_UNION = Annotated[Union[tuple(ENVELOPES.values())], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
+SIGNAL_ADAPTER: TypeAdapter[_Envelope] = TypeAdapter(_UNION)  # type: ignore[arg-type]
 """Validates one signal's JSON bytes into its typed envelope model."""
 
 
