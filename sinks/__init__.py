@@ -1,0 +1,1 @@
+"""Destinations for notifications and records (storage and delivery arrive with later issues)."""
