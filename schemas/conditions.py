@@ -37,19 +37,26 @@ def field_specs(name: str, signal_types: Sequence[str]) -> list[FieldSpec] | str
     return specs
 
 
+def _never(value: Any, specs: list[FieldSpec]) -> str:
+    """Why ``value`` can never be the field's value (a list field is compared with ``contains``)."""
+    if all(spec.kind == "list" for spec in specs):
+        return f"{value!r} can never match: the field is a list (test its items with contains)"
+    return f"{value!r} can never match: the field is {specs[0].describe()}"
+
+
 def _check_test(op: str, arg: Any, specs: list[FieldSpec]) -> str | None:
     """Why ``op: arg`` can never hold for a field with these shapes, or None when it can."""
     if op in ("eq", "ne"):
         if not _is_scalar(arg):
             return f"{op} takes a string, number or boolean"
         if not any(spec.can_equal(arg) for spec in specs):
-            return f"{arg!r} can never match: the field is {specs[0].describe()}"
+            return _never(arg, specs)
     elif op in ("in", "not_in"):
         if not isinstance(arg, list) or not arg:
             return f"{op} takes a non-empty list"
         for item in arg:
             if not _is_scalar(item) or not any(spec.can_equal(item) for spec in specs):
-                return f"{item!r} can never match: the field is {specs[0].describe()}"
+                return _never(item, specs)
     elif op in _ORDERING:
         if not _is_number(arg):
             return f"{op} takes a number"
@@ -60,10 +67,14 @@ def _check_test(op: str, arg: Any, specs: list[FieldSpec]) -> str | None:
             return "prefix takes a string"
         if not any(spec.kind in ("str", "enum") for spec in specs):
             return f"prefix needs a string field; the field is {specs[0].describe()}"
+        if not any(spec.kind == "str" or any(value.startswith(arg) for value in spec.values) for spec in specs if spec.kind != "list"):
+            return f"{arg!r} can never match: the field is {specs[0].describe()}"
     elif op == "exists":
         if not isinstance(arg, bool):
             return "exists takes true or false"
     elif op == "contains":
+        if not _is_scalar(arg):
+            return "contains takes one item value"
         if not any(spec.kind == "list" for spec in specs):
             return f"contains needs a list field; the field is {specs[0].describe()}"
         if not any(arg in spec.values for spec in specs if spec.kind == "list"):

@@ -17,10 +17,34 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from schemas.durations import parse_duration
 from schemas.conditions import check_conditions, field_specs
-from schemas.rules import MAX_METRIC_SERIES, Channel, MetricDefinition, Rule
+from schemas.rules import KIND_PARAMS, MAX_METRIC_SERIES, Channel, MetricDefinition, Rule, kind_block_problems
 
 _CHANNEL_ADAPTER: TypeAdapter[Any] = TypeAdapter(Channel)
+
+
+class _RuleYamlLoader(yaml.SafeLoader):
+    """The safe loader, refusing duplicate keys: a second ``kind:`` silently winning would hide a mistake."""
+
+
+def _construct_mapping(loader: _RuleYamlLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *defaults` may be overridden by explicit keys
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:
+            continue  # unhashable: construct_mapping reports it
+        if duplicate:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+    return loader.construct_mapping(node, deep=True)
+
+
+_RuleYamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 class RuleLoadError(Exception):
@@ -70,6 +94,9 @@ def _message(error: dict[str, Any]) -> str:
         return f"must have at least {ctx.get('min_length')} {'character' if kind == 'string_too_short' else 'item'}(s)"
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
+    if kind == "string_type" and isinstance(error.get("input"), bool):
+        got = "true" if error["input"] else "false"
+        return f"must be a string, got {got} (YAML reads unquoted yes/no/on/off as booleans: quote the value)"
     text = str(error["msg"])
     return text[0].lower() + text[1:]
 
@@ -81,24 +108,47 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return ".".join(parts).replace("for_", "for") or "(document)"
 
 
+def _tag_problem(item: dict[str, Any]) -> tuple[str, str]:
+    """A discriminated union (channels) without a usable ``type``: name the discriminator, not the union."""
+    ctx = item.get("ctx", {})
+    name = str(ctx.get("discriminator", "type")).strip("'")
+    path = _field_path(tuple(item["loc"]))
+    field_name = name if path == "(document)" else f"{path}.{name}"
+    if item["type"] == "union_tag_not_found":
+        return field_name, "required"
+    tags = [tag.strip() for tag in str(ctx.get("expected_tags", "")).split(",") if tag.strip()]
+    expected = ", ".join(tags[:-1]) + f" or {tags[-1]}" if len(tags) > 1 else "".join(tags)
+    return field_name, f"must be {expected}"
+
+
 def _validation_problems(error: ValidationError) -> Iterator[tuple[str, str]]:
     seen: set[tuple[str, str]] = set()
     for item in error.errors(include_url=False):
         loc = item["loc"]
         message = _message(dict(item))
-        if not loc and item["type"] == "value_error":
-            # Cross-field checks join "field: message" pairs with "; ".
+        pairs: list[tuple[str, str]]
+        if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            pairs = [_tag_problem(dict(item))]
+        elif item["type"] == "value_error" and _field_path(tuple(loc)) == "(document)":
+            # Cross-field checks (model validators) join "field: message" pairs with "; ".
+            pairs = []
             for part in message.split("; "):
                 name, _, text = part.partition(": ")
-                pair = (name, text)
-                if pair not in seen:
-                    seen.add(pair)
-                    yield pair
-            continue
-        pair = (_field_path(tuple(loc)), message)
-        if pair not in seen:
-            seen.add(pair)
-            yield pair
+                pairs.append((name, text) if text else ("(document)", part))
+        else:
+            pairs = [(_field_path(tuple(loc)), message)]
+        for pair in pairs:
+            if pair not in seen:
+                seen.add(pair)
+                yield pair
+
+
+def _bundles(value: Any) -> bool:
+    """Whether a raw ``bundle`` value asks for a real (non-zero) bundle; bad spellings are reported elsewhere."""
+    try:
+        return value is not None and parse_duration(value) > 0
+    except ValueError:
+        return False
 
 
 def _label(kind: str, raw: Any, position: int) -> str:
@@ -108,21 +158,57 @@ def _label(kind: str, raw: Any, position: int) -> str:
     return f"{kind} #{position}"
 
 
+def _signal_types(raw: dict[str, Any], failed: _Failed) -> tuple[str, ...] | None:
+    """The raw ``signal`` as a tuple of types, when it validated (else None: skip the field checks)."""
+    if failed("signal"):
+        return None
+    signal = raw.get("signal")
+    return (signal,) if isinstance(signal, str) else tuple(signal or ())
+
+
+class _Failed:
+    """The field paths the model validation already reported, so context checks do not repeat them."""
+
+    def __init__(self, paths: set[str]) -> None:
+        self.paths = paths
+
+    def __call__(self, path: str) -> bool:
+        return any(p == path or p.startswith(path + ".") or path.startswith(p + ".") for p in self.paths)
+
+
+@dataclass
+class _Delivery:
+    """A rule's ``deliver`` list, checked against every declared channel once all files are read."""
+
+    file: str
+    label: str
+    names: list[str]
+    rule: Rule | None
+
+
 class _Loader:
     def __init__(self) -> None:
         self.problems: list[str] = []
         self.ruleset = RuleSet()
         self.rule_files: dict[str, str] = {}
         self.names: dict[str, set[str]] = {"metric": set(), "channel": set()}
-        self.rule_sources: list[str] = []
+        self.deliveries: list[_Delivery] = []
 
     def report(self, file: str, label: str, field_name: str, message: str) -> None:
         self.problems.append(f"{file}: {label}: {field_name}: {message}")
 
     def load_file(self, path: Path, shown: str) -> None:
         try:
-            documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
-        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            self.problems.append(f"{shown}: (file): encoding: not UTF-8 ({error.reason} at byte {error.start})")
+            return
+        except OSError as error:
+            self.problems.append(f"{shown}: (file): read: {error.strerror or error}")
+            return
+        try:
+            documents = list(yaml.load_all(text, Loader=_RuleYamlLoader))
+        except yaml.YAMLError as error:
             where = ""
             mark = getattr(error, "problem_mark", None)
             if mark is not None:
@@ -139,7 +225,7 @@ class _Loader:
                     position += 1
                     self.load_rule(raw, shown, position)
             elif isinstance(document, dict) and "id" not in document and document.keys() & {"rules", "metrics", "channels"}:
-                unknown = sorted(set(document) - {"rules", "metrics", "channels"})
+                unknown = sorted(map(str, set(document) - {"rules", "metrics", "channels"}))
                 for name in unknown:
                     self.problems.append(f"{shown}: (file): {name}: unknown top-level key")
                 for kind, loader in (("rules", self.load_rule), ("metrics", self.load_metric), ("channels", self.load_channel)):
@@ -160,110 +246,146 @@ class _Loader:
             else:
                 self.problems.append(f"{shown}: (file): document: must be a rule, a list of rules, or a mapping of rules/metrics/channels")
 
-    def _validate(self, model: type[BaseModel] | TypeAdapter[Any], raw: Any, file: str, label: str) -> Any:
+    def _validate(self, model: type[BaseModel] | TypeAdapter[Any], raw: Any, file: str, label: str) -> tuple[Any, _Failed]:
+        """The validated model (or None) and the field paths whose problems were reported."""
+        failed: set[str] = set()
         if not isinstance(raw, dict):
             self.report(file, label, "(document)", "must be a mapping")
-            return None
+            return None, _Failed({"(document)"})
         try:
             if isinstance(model, TypeAdapter):
-                return model.validate_python(raw)
-            return model.model_validate(raw)
+                return model.validate_python(raw), _Failed(failed)
+            return model.model_validate(raw), _Failed(failed)
         except ValidationError as error:
             for name, message in _validation_problems(error):
+                failed.add(name)
                 self.report(file, label, name, message)
-            return None
+            return None, _Failed(failed)
 
     def load_rule(self, raw: Any, file: str, position: int) -> None:
+        """Validate one rule, then check it in context (payload fields, ids, channels).
+
+        The context checks read the raw mapping, so they run even when the
+        model rejected some other field: every problem is reported at once.
+        """
         label = _label("rule", raw, position)
-        rule = self._validate(Rule, raw, file, label)
-        if rule is None:
+        rule, failed = self._validate(Rule, raw, file, label)
+        if not isinstance(raw, dict):
             return
         before = len(self.problems)
-        types = rule.signal_types
-        for name, message in rule.kind_problems():
-            self.report(file, label, name, message)
+        kind = raw.get("kind")
+        if not failed("kind") and isinstance(kind, str):
+            present = {name for name in KIND_PARAMS if raw.get(name) is not None}
+            for name, message in kind_block_problems(kind, present, _bundles(raw.get("bundle"))):
+                self.report(file, label, name, message)
+        types = _signal_types(raw, failed)
+        if types is not None:
+            self.check_fields(raw, kind, types, failed, file, label)
+        rule_id = raw.get("id")
+        if not failed("id") and isinstance(rule_id, str):
+            if rule_id in self.rule_files:
+                self.report(file, label, "id", f"duplicate rule id (first defined in {self.rule_files[rule_id]})")
+            else:
+                self.rule_files[rule_id] = file
+        valid = rule if rule is not None and len(self.problems) == before else None
+        if not failed("deliver"):
+            # A rule whose own checks passed is kept once its channels are known to exist.
+            self.deliveries.append(_Delivery(file, label, list(raw.get("deliver") or []), valid))
+
+    def check_fields(self, raw: dict[str, Any], kind: Any, types: tuple[str, ...], failed: _Failed, file: str, label: str) -> None:
+        """The checks that need the payload schemas of the rule's signal types."""
         if len(set(types)) != len(types):
             self.report(file, label, "signal", "lists a type twice")
-        for name, message in check_conditions(rule.where, types, "where"):
-            self.report(file, label, name, message)
-        if rule.kind == "ratio" and rule.ratio is not None:
-            for name, message in check_conditions(rule.ratio.of, types, "ratio.of"):
+        if not failed("where"):
+            for name, message in check_conditions(raw.get("where"), types, "where"):
                 self.report(file, label, name, message)
-        if rule.kind == "distinct" and rule.distinct is not None:
-            specs = field_specs(rule.distinct.field, types)
+        ratio = raw.get("ratio")
+        if kind == "ratio" and isinstance(ratio, dict) and not failed("ratio.of"):
+            for name, message in check_conditions(ratio.get("of"), types, "ratio.of"):
+                self.report(file, label, name, message)
+        distinct = raw.get("distinct")
+        if kind == "distinct" and isinstance(distinct, dict) and not failed("distinct.field") and isinstance(distinct.get("field"), str):
+            specs = field_specs(distinct["field"], types)
             if isinstance(specs, str):
                 self.report(file, label, "distinct.field", specs)
-        if len(set(rule.group_by)) != len(rule.group_by):
-            self.report(file, label, "group_by", "names a field twice")
-        for index, name in enumerate(rule.group_by):
-            specs = field_specs(name, types)
-            if isinstance(specs, str):
-                self.report(file, label, f"group_by.{index}", f"{name}: {specs}")
-        if rule.id in self.rule_files:
-            self.report(file, label, "id", f"duplicate rule id (first defined in {self.rule_files[rule.id]})")
-        else:
-            self.rule_files[rule.id] = file
-        if len(self.problems) == before:
-            self.ruleset.rules.append(rule)
-            self.rule_sources.append(file)
+        group_by = raw.get("group_by") or []
+        if not failed("group_by"):
+            if len(set(group_by)) != len(group_by):
+                self.report(file, label, "group_by", "names a field twice")
+            for index, name in enumerate(group_by):
+                specs = field_specs(name, types)
+                if isinstance(specs, str):
+                    self.report(file, label, f"group_by.{index}", f"{name}: {specs}")
 
     def load_metric(self, raw: Any, file: str, position: int) -> None:
         label = _label("metric", raw, position)
-        metric = self._validate(MetricDefinition, raw, file, label)
-        if metric is None:
+        metric, failed = self._validate(MetricDefinition, raw, file, label)
+        if not isinstance(raw, dict):
             return
         before = len(self.problems)
-        types = metric.signal_types
-        for name, message in check_conditions(metric.where, types, "where"):
-            self.report(file, label, name, message)
-        for name, values in metric.labels.items():
-            specs = field_specs(name, types)
-            if isinstance(specs, str):
-                self.report(file, label, f"labels.{name}", specs)
-                continue
-            for value in values:
-                if not any(spec.can_equal(value) for spec in specs):
-                    self.report(file, label, f"labels.{name}", f"{value!r} can never occur: the field is {specs[0].describe()}")
-            if len(set(map(repr, values))) != len(values):
-                self.report(file, label, f"labels.{name}", "declares a value twice")
-        if not isinstance(metric.value, str):
-            specs = field_specs(metric.value.sum, types)
-            if isinstance(specs, str):
-                self.report(file, label, "value.sum", specs)
-            elif not all(spec.kind == "int" for spec in specs):
-                self.report(file, label, "value.sum", "must be a numeric field")
-        if metric.series_bound > MAX_METRIC_SERIES:
-            self.report(
-                file, label, "labels",
-                f"up to {metric.series_bound} series (declared values + other + none, multiplied); the bound is {MAX_METRIC_SERIES}",
-            )
-        if metric.name in self.names["metric"]:
-            self.report(file, label, "name", "duplicate metric name")
-        self.names["metric"].add(metric.name)
-        if len(self.problems) == before:
+        types = _signal_types(raw, failed)
+        labels = raw.get("labels") or {}
+        if types is not None:
+            if not failed("where"):
+                for name, message in check_conditions(raw.get("where"), types, "where"):
+                    self.report(file, label, name, message)
+            if not failed("labels"):
+                for name, values in labels.items():
+                    specs = field_specs(name, types)
+                    if isinstance(specs, str):
+                        self.report(file, label, f"labels.{name}", specs)
+                        continue
+                    for value in values:
+                        if not any(spec.can_equal(value) for spec in specs):
+                            self.report(file, label, f"labels.{name}", f"{value!r} can never occur: the field is {specs[0].describe()}")
+                    if len(set(map(repr, values))) != len(values):
+                        self.report(file, label, f"labels.{name}", "declares a value twice")
+            value = raw.get("value")
+            if isinstance(value, dict) and not failed("value"):
+                specs = field_specs(value["sum"], types)
+                if isinstance(specs, str):
+                    self.report(file, label, "value.sum", specs)
+                elif not all(spec.kind == "int" for spec in specs):
+                    self.report(file, label, "value.sum", "must be a numeric field")
+        if not failed("labels"):
+            bound = 1
+            for values in labels.values():
+                bound *= len(values) + 2
+            if bound > MAX_METRIC_SERIES:
+                self.report(
+                    file, label, "labels",
+                    f"up to {bound} series (declared values + other + none, multiplied); the bound is {MAX_METRIC_SERIES}",
+                )
+        metric_name = raw.get("name")
+        if not failed("name") and isinstance(metric_name, str):
+            if metric_name in self.names["metric"]:
+                self.report(file, label, "name", "duplicate metric name")
+            self.names["metric"].add(metric_name)
+        if metric is not None and len(self.problems) == before:
             self.ruleset.metrics.append(metric)
 
     def load_channel(self, raw: Any, file: str, position: int) -> None:
         label = _label("channel", raw, position)
-        channel = self._validate(_CHANNEL_ADAPTER, raw, file, label)
-        if channel is None:
+        channel, failed = self._validate(_CHANNEL_ADAPTER, raw, file, label)
+        if not isinstance(raw, dict):
             return
-        if channel.name in self.names["channel"]:
-            self.report(file, label, "name", "duplicate channel name")
-            return
-        self.names["channel"].add(channel.name)
-        self.ruleset.channels.append(channel)
+        channel_name = raw.get("name")
+        if not failed("name") and isinstance(channel_name, str):
+            if channel_name in self.names["channel"]:
+                self.report(file, label, "name", "duplicate channel name")
+                return
+            self.names["channel"].add(channel_name)
+        if channel is not None:
+            self.ruleset.channels.append(channel)
 
     def check_references(self) -> None:
-        channels = {channel.name for channel in self.ruleset.channels}
-        kept = []
-        for rule, file in zip(self.ruleset.rules, self.rule_sources, strict=True):
-            unknown = [name for name in rule.deliver if name not in channels]
+        """Every ``deliver`` name must be a declared channel (declared anywhere, even if it has problems of its own)."""
+        for delivery in self.deliveries:
+            unknown = [name for name in delivery.names if name not in self.names["channel"]]
             for name in unknown:
-                self.report(file, f"rule {rule.id}", "deliver", f"unknown channel {name!r}")
-            if not unknown:
-                kept.append(rule)
-        self.ruleset.rules = kept
+                self.report(delivery.file, delivery.label, "deliver", f"unknown channel {name!r}")
+            if delivery.rule is not None and not unknown:
+                self.ruleset.rules.append(delivery.rule)
 
 
 def rule_files(directory: Path) -> list[Path]:

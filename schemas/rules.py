@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from schemas.durations import Duration, Window
 from schemas.signals import SIGNAL_TYPES
@@ -23,6 +23,23 @@ Conditions = dict[str, Any]
 Scalar = str | int | float | bool
 RULE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 PositiveInt = Annotated[int, Field(ge=1)]
+
+
+def _check_signal(value: Any) -> Any:
+    """One clear message for a bad ``signal`` (the str | list union would report one per branch)."""
+    choices = ", ".join(SIGNAL_TYPES)
+    if isinstance(value, list) and not value:
+        raise ValueError(f"must name at least one signal type ({choices})")
+    for item in value if isinstance(value, list) else [value]:
+        if item == "tick":
+            raise ValueError(f"tick is not allowed (ticks only advance the clock); use one of {choices}")
+        if not isinstance(item, str) or item not in SIGNAL_TYPES:
+            raise ValueError(f"{item!r} is not a signal type; use one of {choices}")
+    return value
+
+
+SignalSelector = Annotated[SignalType | Annotated[list[SignalType], Field(min_length=1)], BeforeValidator(_check_signal)]
+"""A signal type or a non-empty list of them (never ``tick``)."""
 
 
 class ThresholdParams(BaseModel):
@@ -88,7 +105,7 @@ class Rule(BaseModel):
     description: Annotated[str, Field(max_length=1000)] | None = None
     severity: Severity
     subsystem: Annotated[str, Field(min_length=1, max_length=32)]
-    signal: SignalType | Annotated[list[SignalType], Field(min_length=1)]
+    signal: SignalSelector
     where: Conditions | None = None
     group_by: Annotated[list[str], Field(max_length=3)] = []
     kind: Kind
@@ -117,17 +134,26 @@ class Rule(BaseModel):
         return getattr(self, self.kind) if self.kind != "match" else None
 
     def kind_problems(self) -> list[tuple[str, str]]:
-        """Exactly the kind's own parameter block, and ``bundle`` only on match rules."""
-        problems: list[tuple[str, str]] = []
-        for kind, params in KIND_PARAMS.items():
-            present = getattr(self, kind, None) is not None
-            if kind == self.kind and params is not None and not present:
-                problems.append((kind, f"required for kind {self.kind}"))
-            elif kind != self.kind and present:
-                problems.append((kind, f"not allowed for kind {self.kind}"))
-        if self.bundle is not None and self.kind != "match":
-            problems.append(("bundle", f"only match rules bundle (kind is {self.kind})"))
-        return problems
+        """Exactly the kind's own parameter block, and a non-zero ``bundle`` only on match rules."""
+        present = {kind for kind in KIND_PARAMS if getattr(self, kind, None) is not None}
+        return kind_block_problems(self.kind, present, bool(self.bundle))
+
+
+def kind_block_problems(kind: str, present: set[str], has_bundle: bool) -> list[tuple[str, str]]:
+    """Problems of a rule of ``kind`` whose ``present`` parameter blocks are given (also usable on raw YAML).
+
+    ``has_bundle`` means a bundle longer than zero: rules.md's own field list shows
+    ``bundle: 0s`` (the default, "no bundle") on a ratio rule, so that stays valid.
+    """
+    problems: list[tuple[str, str]] = []
+    for name, params in KIND_PARAMS.items():
+        if name == kind and params is not None and name not in present:
+            problems.append((name, f"required for kind {kind}"))
+        elif name != kind and name in present:
+            problems.append((name, f"not allowed for kind {kind}"))
+    if has_bundle and kind != "match":
+        problems.append(("bundle", f"only match rules bundle (kind is {kind})"))
+    return problems
 
 
 class SumValue(BaseModel):
@@ -142,7 +168,7 @@ class MetricDefinition(BaseModel):
 
     model_config = RULE_CONFIG
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
-    signal: SignalType | Annotated[list[SignalType], Field(min_length=1)]
+    signal: SignalSelector
     where: Conditions | None = None
     labels: Annotated[dict[str, Annotated[list[Scalar], Field(min_length=1, max_length=64)]], Field(max_length=4)] = {}
     value: Literal["count"] | SumValue = "count"
@@ -202,7 +228,8 @@ class _UrlChannel(_Channel):
     @model_validator(mode="after")
     def _one_url(self) -> _UrlChannel:
         if (self.url is None) == (self.url_env is None):
-            raise ValueError("give exactly one of url or url_env")
+            # "field: message" so that the loader names the field (rule_loader._validation_problems).
+            raise ValueError("url: give exactly one of url or url_env")
         return self
 
 

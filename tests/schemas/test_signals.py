@@ -1,0 +1,531 @@
+"""The signal contract (signals.md): what `parse_record` accepts, and why it rejects the rest."""
+
+from __future__ import annotations
+
+import calendar
+import json
+import pickle
+from typing import Any
+
+import pytest
+
+from schemas.factory import identity_hash, make_signal, signal_line
+from schemas.records import Record, evidence_envelope, parse_record
+from schemas.signals import MAX_SIGNAL_BYTES, PAYLOADS, SIGNAL_TYPES, TickData
+
+TS = "2026-11-28T10:00:00.120Z"
+TS_MS = calendar.timegm((2026, 11, 28, 10, 0, 0)) * 1000 + 120
+SIGNAL_ID = "01JDQ3K9Y0A1B2C3D4E5F6G7H8"
+SITE = "shop-eu"
+HASH = identity_hash("alice", "shop-eu-key")
+FINGERPRINT = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+PATTERN_MISMATCH = "string should match pattern"
+
+# A full, valid payload per type (every optional field set).
+FULL: dict[str, dict[str, Any]] = {
+    "auth": {"outcome": "failure", "method": "xmlrpc", "user_hash": HASH, "user_len": 5, "source": "203.0.113.0/24", "privileged": False},
+    "mail": {"outcome": "failed", "transport": "smtp", "error_class": "auth"},
+    "cron": {"job": "wp_scheduled_delete", "event": "finished", "duration_ms": 1200},
+    "php_error": {"level": "fatal", "component": "plugin:woo", "file": "wp-content/plugins/woo/x.php", "line": 42,
+                  "fingerprint": FINGERPRINT},
+    "config_change": {"option": "siteurl", "before_hash": HASH, "after_hash": FINGERPRINT, "actor_hash": HASH, "sensitive": True},
+    "db_event": {"kind": "slow_query", "table": "wp_posts", "duration_ms": 3500},
+    "request": {"method": "GET", "path": "/wp-json/wp/v2/posts/{id}", "route_group": "rest", "status": 200, "duration_ms": 35,
+                "ua_family": "Chrome"},
+    "plugin": {"slug": "akismet", "kind": "plugin", "action": "updated", "version_before": "5.0", "version_after": "5.1"},
+    "file_edit": {"path": "wp-content/uploads/x.php", "change": "created", "size_delta": -512, "flags": ["php_in_uploads", "eval_call"]},
+    "integration": {"event": "heartbeat", "dropped": 0, "buffered": 3, "version": "1.2.0"},
+}
+
+
+def required(type_: str) -> list[str]:
+    return [name for name, info in PAYLOADS[type_].model_fields.items() if info.is_required()]
+
+
+def optional(type_: str) -> list[str]:
+    return [name for name, info in PAYLOADS[type_].model_fields.items() if not info.is_required()]
+
+
+def minimal(type_: str) -> dict[str, Any]:
+    return {name: FULL[type_][name] for name in required(type_)}
+
+
+def envelope(type_: str = "mail", **data: Any) -> dict[str, Any]:
+    payload = {**FULL[type_], **data} if type_ != "tick" else data
+    return make_signal(SITE, type_, TS, SIGNAL_ID, **payload)
+
+
+def with_data(type_: str, **changes: Any) -> dict[str, Any]:
+    """A full envelope of ``type_`` whose payload has ``changes`` applied (``...`` removes a field)."""
+    signal = envelope(type_)
+    data = {**signal["data"], **changes}
+    signal["data"] = {key: value for key, value in data.items() if value is not ...}
+    return signal
+
+
+def parse(signal: dict[str, Any] | bytes, line: int = 7) -> Record | str:
+    raw = signal if isinstance(signal, bytes) else signal_line(signal).encode("utf-8")
+    return parse_record(raw, line)
+
+
+def accept(signal: dict[str, Any] | bytes) -> Record:
+    parsed = parse(signal)
+    assert isinstance(parsed, Record), f"rejected: {parsed}"
+    return parsed
+
+
+def reject(signal: dict[str, Any] | bytes) -> str:
+    parsed = parse(signal)
+    assert isinstance(parsed, str), f"accepted: {signal!r}"
+    return parsed
+
+
+# --- every type accepted ---------------------------------------------------------------------
+
+
+def test_examples_cover_every_signal_type() -> None:
+    assert set(FULL) == set(SIGNAL_TYPES)
+
+
+@pytest.mark.parametrize("type_", SIGNAL_TYPES)
+def test_full_payload_accepted(type_: str) -> None:
+    record = accept(envelope(type_))
+    assert (record.line, record.site, record.type, record.id, record.ts) == (7, SITE, type_, SIGNAL_ID, TS_MS)
+    assert record.data.model_dump() == FULL[type_]
+
+
+@pytest.mark.parametrize("type_", SIGNAL_TYPES)
+def test_minimal_payload_accepted_and_optional_fields_default_to_none(type_: str) -> None:
+    record = accept(make_signal(SITE, type_, TS, SIGNAL_ID, **minimal(type_)))
+    for name in optional(type_):
+        assert getattr(record.data, name) is None
+
+
+@pytest.mark.parametrize("type_", SIGNAL_TYPES)
+def test_optional_fields_may_be_null(type_: str) -> None:
+    nulls = {name: None for name in optional(type_)}
+    record = accept(with_data(type_, **nulls))
+    assert all(getattr(record.data, name) is None for name in nulls)
+
+
+def test_only_php_error_and_file_edit_have_no_optional_field() -> None:
+    # Guards the two tests above against passing vacuously.
+    assert [t for t in SIGNAL_TYPES if not optional(t)] == ["php_error", "file_edit"]
+
+
+@pytest.mark.parametrize(("type_", "name"), [(t, name) for t in SIGNAL_TYPES for name in required(t)])
+def test_required_payload_field_missing(type_: str, name: str) -> None:
+    assert reject(with_data(type_, **{name: ...})) == f"data.{name}: field required"
+
+
+def test_seq_optional_absent_null_or_non_negative() -> None:
+    assert accept(envelope()).id == SIGNAL_ID
+    assert accept({**envelope(), "seq": None}).id == SIGNAL_ID
+    assert accept({**envelope(), "seq": 0}).id == SIGNAL_ID
+    assert accept(make_signal(SITE, "mail", TS, SIGNAL_ID, seq=42, **FULL["mail"])).id == SIGNAL_ID
+    assert reject({**envelope(), "seq": -1}) == "seq: input should be greater than or equal to 0"
+
+
+def test_spec_examples_accepted() -> None:
+    lines = [
+        b'{"v":1,"id":"01JDQ3K9Y0A1B2C3D4E5F6G7H8","site":"shop-eu","type":"mail","ts":"2026-11-28T10:00:00.120Z","seq":42,'
+        b'"data":{"outcome":"failed","transport":"smtp","error_class":"auth"}}',
+        b'{"v":1,"id":"01JDQ3KA00000000000000AUTH","site":"shop-eu","type":"auth","ts":"2026-11-28T10:00:01.000Z","data":'
+        b'{"outcome":"failure","method":"xmlrpc","user_hash":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",'
+        b'"user_len":5,"source":"203.0.113.0/24"}}',
+        b'{"v":1,"id":"tick-shop-eu-1764324010","site":"shop-eu","type":"tick","ts":"2026-11-28T10:00:10.000Z"}',
+    ]
+    assert [accept(line).type for line in lines] == ["mail", "auth", "tick"]
+
+
+# --- ticks -----------------------------------------------------------------------------------
+
+
+def test_tick_without_data_accepted() -> None:
+    record = accept(make_signal(SITE, "tick", TS, "tick-00000001"))
+    assert record.type == "tick"
+    assert record.data == TickData()
+
+
+def test_tick_with_empty_data_accepted() -> None:
+    signal = {**make_signal(SITE, "tick", TS, "tick-00000001"), "data": {}}
+    assert accept(signal).type == "tick"
+
+
+def test_tick_with_a_field_rejected() -> None:
+    signal = {**make_signal(SITE, "tick", TS, "tick-00000001"), "data": {"count": 1}}
+    assert reject(signal) == "data.count: field not allowed"
+
+
+# --- envelope --------------------------------------------------------------------------------
+
+
+def test_unknown_envelope_field_rejected() -> None:
+    assert reject({**envelope(), "host": "web1"}) == "host: field not allowed"
+
+
+@pytest.mark.parametrize("name", ["v", "id", "site", "ts"])
+def test_missing_envelope_field_rejected(name: str) -> None:
+    signal = envelope()
+    del signal[name]
+    assert reject(signal) == f"{name}: field required"
+
+
+def test_missing_type_and_unknown_type_rejected() -> None:
+    signal = envelope()
+    del signal["type"]
+    assert reject(signal) == "type: field required"
+    assert reject({**envelope(), "type": "email"}) == "type: unknown signal type 'email'"
+
+
+def test_missing_data_rejected_for_a_site_signal() -> None:
+    signal = envelope()
+    del signal["data"]
+    assert reject(signal) == "data: field required"
+
+
+def test_data_must_be_an_object() -> None:
+    assert reject({**envelope(), "data": ["failed"]}) == "data: must be an object"
+
+
+def test_not_json_and_not_an_object() -> None:
+    assert reject(b"outcome=failed").startswith("not valid JSON: ")
+    assert reject(b'{"v":1,') .startswith("not valid JSON: ")
+    assert reject(b"[1, 2]") == "not a JSON object"
+    assert reject(b'"mail"') == "not a JSON object"
+
+
+def test_several_problems_reported_as_first_plus_count() -> None:
+    signal = with_data("auth", outcome="maybe", method="telepathy")
+    assert reject(signal) == "data.outcome: input should be 'success', 'failure', 'lockout' or 'logout' (+1 more)"
+
+
+# --- privacy ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["email", "body", "message", "password", "content"])
+@pytest.mark.parametrize("type_", ["auth", "mail", "request", "file_edit"])
+def test_privacy_fields_rejected(type_: str, name: str) -> None:
+    assert reject(with_data(type_, **{name: "alice@example.com"})) == f"data.{name}: field not allowed"
+
+
+@pytest.mark.parametrize("type_", SIGNAL_TYPES)
+def test_unknown_data_field_rejected_for_every_type(type_: str) -> None:
+    assert reject(with_data(type_, user="alice")) == "data.user: field not allowed"
+
+
+# --- wrong types and strict integers ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [1.0, "1", True])
+def test_version_is_a_strict_integer(value: Any) -> None:
+    assert reject({**envelope(), "v": value}) == "v: input should be a valid integer"
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    (2, "v: input should be less than or equal to 1"),
+    (0, "v: input should be greater than or equal to 1"),
+])
+def test_version_must_be_one(value: int, reason: str) -> None:
+    assert reject({**envelope(), "v": value}) == reason
+
+
+INT_FIELDS = [
+    ("auth", "user_len"), ("cron", "duration_ms"), ("php_error", "line"), ("db_event", "duration_ms"),
+    ("request", "status"), ("request", "duration_ms"), ("file_edit", "size_delta"),
+    ("integration", "dropped"), ("integration", "buffered"),
+]
+
+
+@pytest.mark.parametrize("value", [200.0, "200", True])
+@pytest.mark.parametrize(("type_", "name"), INT_FIELDS)
+def test_integer_fields_are_strict(type_: str, name: str, value: Any) -> None:
+    assert reject(with_data(type_, **{name: value})) == f"data.{name}: input should be a valid integer"
+
+
+@pytest.mark.parametrize("value", [1.0, "1", True])
+def test_seq_is_a_strict_integer(value: Any) -> None:
+    assert reject({**envelope(), "seq": value}) == "seq: input should be a valid integer"
+
+
+@pytest.mark.parametrize(("type_", "changes", "reason"), [
+    ("auth", {"outcome": 1}, "data.outcome: input should be 'success', 'failure', 'lockout' or 'logout'"),
+    ("auth", {"privileged": "true"}, "data.privileged: input should be a valid boolean"),
+    ("auth", {"privileged": 1}, "data.privileged: input should be a valid boolean"),
+    ("config_change", {"sensitive": "yes"}, "data.sensitive: input should be a valid boolean"),
+    ("mail", {"transport": 25}, "data.transport: input should be a valid string"),
+    ("mail", {"outcome": "FAILED"}, "data.outcome: input should be 'sent', 'failed', 'deferred' or 'bounced'"),
+    ("request", {"method": "get"}, "data.method: input should be 'GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'HEAD', 'OPTIONS' or 'OTHER'"),
+    ("file_edit", {"flags": "eval_call"}, "data.flags: input should be a valid array"),
+    ("file_edit", {"flags": ["eval"]},
+     "data.flags.0: input should be 'php_in_uploads', 'eval_call', 'base64_blob', 'obfuscated', 'executable_bit' or 'core_file'"),
+    ("cron", {"event": None}, "data.event: input should be 'started', 'finished', 'failed', 'missed' or 'heartbeat'"),
+])
+def test_wrong_payload_types_rejected(type_: str, changes: dict[str, Any], reason: str) -> None:
+    assert reject(with_data(type_, **changes)) == reason
+
+
+@pytest.mark.parametrize(("name", "value"), [("id", 12345678), ("site", None), ("ts", 1795860000120), ("type", 1)])
+def test_wrong_envelope_types_rejected(name: str, value: Any) -> None:
+    reason = reject({**envelope(), name: value})
+    assert reason.startswith(f"{name}: "), reason
+
+
+# --- ranges ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("type_", "name", "value"), [
+    ("auth", "user_len", 0), ("auth", "user_len", 256),
+    ("request", "status", 100), ("request", "status", 599),
+    ("cron", "duration_ms", 0), ("db_event", "duration_ms", 0), ("request", "duration_ms", 0),
+    ("php_error", "line", 0), ("integration", "dropped", 0), ("integration", "buffered", 0),
+    ("file_edit", "size_delta", -1_000_000),
+])
+def test_range_boundaries_accepted(type_: str, name: str, value: int) -> None:
+    assert getattr(accept(with_data(type_, **{name: value})).data, name) == value
+
+
+@pytest.mark.parametrize(("type_", "name", "value", "reason"), [
+    ("auth", "user_len", 257, "less than or equal to 256"),
+    ("auth", "user_len", -1, "greater than or equal to 0"),
+    ("request", "status", 99, "greater than or equal to 100"),
+    ("request", "status", 600, "less than or equal to 599"),
+    ("cron", "duration_ms", -1, "greater than or equal to 0"),
+    ("db_event", "duration_ms", -1, "greater than or equal to 0"),
+    ("request", "duration_ms", -1, "greater than or equal to 0"),
+    ("php_error", "line", -1, "greater than or equal to 0"),
+    ("integration", "dropped", -1, "greater than or equal to 0"),
+    ("integration", "buffered", -1, "greater than or equal to 0"),
+])
+def test_out_of_range_rejected(type_: str, name: str, value: int, reason: str) -> None:
+    assert reject(with_data(type_, **{name: value})) == f"data.{name}: input should be {reason}"
+
+
+# --- string lengths (code points) ------------------------------------------------------------
+
+STRING_LIMITS = [
+    ("auth", "source", 64), ("mail", "transport", 32), ("mail", "error_class", 64), ("cron", "job", 128),
+    ("php_error", "component", 128), ("php_error", "file", 256), ("config_change", "option", 128),
+    ("db_event", "table", 64), ("request", "path", 256), ("request", "route_group", 64), ("request", "ua_family", 32),
+    ("plugin", "slug", 128), ("plugin", "version_before", 32), ("plugin", "version_after", 32),
+    ("file_edit", "path", 256), ("integration", "version", 32),
+]
+
+
+@pytest.mark.parametrize("char", ["a", "é", "😀"])
+@pytest.mark.parametrize(("type_", "name", "limit"), STRING_LIMITS)
+def test_string_at_its_limit_accepted(type_: str, name: str, limit: int, char: str) -> None:
+    assert getattr(accept(with_data(type_, **{name: char * limit})).data, name) == char * limit
+
+
+@pytest.mark.parametrize("char", ["a", "é"])
+@pytest.mark.parametrize(("type_", "name", "limit"), STRING_LIMITS)
+def test_string_over_its_limit_rejected(type_: str, name: str, limit: int, char: str) -> None:
+    reason = reject(with_data(type_, **{name: char * (limit + 1)}))
+    assert reason == f"data.{name}: string should have at most {limit} characters"
+
+
+def test_source_lengths_count_code_points_not_bytes() -> None:
+    # 64 two-byte characters are 128 bytes of UTF-8 but 64 code points.
+    assert accept(with_data("auth", source="é" * 64)).data.source == "é" * 64  # type: ignore[attr-defined]
+    assert reject(with_data("auth", source="é" * 65)) == "data.source: string should have at most 64 characters"
+
+
+# --- hashes ----------------------------------------------------------------------------------
+
+HASH_FIELDS = [("auth", "user_hash"), ("php_error", "fingerprint"), ("config_change", "before_hash"),
+               ("config_change", "after_hash"), ("config_change", "actor_hash")]
+
+
+@pytest.mark.parametrize("bad", [HASH.upper(), HASH[:-1], HASH + "0", "g" * 64, " " + HASH[1:], "alice@example.com"])
+@pytest.mark.parametrize(("type_", "name"), HASH_FIELDS)
+def test_hash_pattern(type_: str, name: str, bad: str) -> None:
+    assert accept(with_data(type_, **{name: HASH})).type == type_
+    assert reject(with_data(type_, **{name: bad})) == f"data.{name}: {PATTERN_MISMATCH} '^[0-9a-f]{{64}}$'"
+
+
+# --- path, file, job -------------------------------------------------------------------------
+
+PATH_FIELDS = [("request", "path"), ("file_edit", "path"), ("php_error", "file"), ("cron", "job")]
+
+
+@pytest.mark.parametrize("bad", [
+    "/search?q=alice", "/page#top", "/users/alice@example.com", "a\tb", "a\nb", "a\rb", "a\x00b", "a\x1fb",
+    "a\x7fb", "a\x85b", "a\u00a0b", "a\u2028b", "a\u3000b",
+], ids=repr)
+@pytest.mark.parametrize(("type_", "name"), PATH_FIELDS)
+def test_path_like_fields_reject_query_fragment_at_whitespace_and_control(type_: str, name: str, bad: str) -> None:
+    reason = reject(with_data(type_, **{name: bad}))
+    assert reason.startswith(f"data.{name}: {PATTERN_MISMATCH} "), reason
+
+
+@pytest.mark.parametrize(("type_", "name"), PATH_FIELDS)
+def test_path_like_fields_allow_plain_spaces_and_non_ascii(type_: str, name: str) -> None:
+    value = "wp-content/uploads/My Files/résumé 2026.php"
+    assert getattr(accept(with_data(type_, **{name: value})).data, name) == value
+
+
+def test_other_strings_may_contain_at_and_hash() -> None:
+    # Only path, file and job carry the restriction.
+    assert accept(with_data("php_error", component="plugin:a@b#c?")).type == "php_error"
+
+
+# --- flags -----------------------------------------------------------------------------------
+
+
+def test_flags_all_six_distinct_accepted_and_empty_accepted() -> None:
+    every = ["php_in_uploads", "eval_call", "base64_blob", "obfuscated", "executable_bit", "core_file"]
+    assert accept(with_data("file_edit", flags=every)).data.flags == every  # type: ignore[attr-defined]
+    assert accept(with_data("file_edit", flags=[])).data.flags == []  # type: ignore[attr-defined]
+
+
+def test_flags_must_not_repeat() -> None:
+    assert reject(with_data("file_edit", flags=["eval_call", "eval_call"])) == "data.flags: value error, flags must not repeat"
+
+
+def test_flags_at_most_eight() -> None:
+    reason = reject(with_data("file_edit", flags=["eval_call"] * 9))
+    assert reason == "data.flags: list should have at most 8 items after validation, not 9"
+
+
+# --- id, site --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("good", ["a" * 8, "Z" * 64, "01JDQ3K9Y0A1B2C3D4E5F6G7H8", "123e4567-e89b-12d3-a456-426614174000", "tick_shop-1"])
+def test_id_accepted(good: str) -> None:
+    assert accept({**envelope(), "id": good}).id == good
+
+
+@pytest.mark.parametrize("bad", ["a" * 7, "a" * 65, "", "abc.defgh", "abc defgh", "abcdéfgh", "abc/defgh"])
+def test_id_rejected(bad: str) -> None:
+    assert reject({**envelope(), "id": bad}) == f"id: {PATTERN_MISMATCH} '^[A-Za-z0-9_-]{{8,64}}$'"
+
+
+@pytest.mark.parametrize("good", ["a", "0", "shop-eu", "shop.eu_1", "a" * 63])
+def test_site_accepted(good: str) -> None:
+    assert accept({**envelope(), "site": good}).site == good
+
+
+@pytest.mark.parametrize("bad", ["", "Shop", "-shop", ".shop", "_shop", "shop/eu", "shop eu", "a" * 64])
+def test_site_rejected(bad: str) -> None:
+    assert reject({**envelope(), "site": bad}) == f"site: {PATTERN_MISMATCH} '^[a-z0-9][a-z0-9._-]{{0,62}}$'"
+
+
+# --- timestamps ------------------------------------------------------------------------------
+
+
+def epoch_ms(year: int, month: int, day: int, hour: int, minute: int, second: int, ms: int = 0) -> int:
+    return calendar.timegm((year, month, day, hour, minute, second)) * 1000 + ms
+
+
+@pytest.mark.parametrize(("ts", "expected"), [
+    ("2026-11-28T10:00:00Z", epoch_ms(2026, 11, 28, 10, 0, 0)),
+    ("2026-11-28T10:00:00.1Z", epoch_ms(2026, 11, 28, 10, 0, 0, 100)),
+    ("2026-11-28T10:00:00.12Z", epoch_ms(2026, 11, 28, 10, 0, 0, 120)),
+    ("2026-11-28T10:00:00.123Z", epoch_ms(2026, 11, 28, 10, 0, 0, 123)),
+    ("2026-11-28T10:00:00.1239Z", epoch_ms(2026, 11, 28, 10, 0, 0, 123)),
+    ("2026-11-28T10:00:00.999999999Z", epoch_ms(2026, 11, 28, 10, 0, 0, 999)),
+    ("2026-11-28T23:59:59.000Z", epoch_ms(2026, 11, 28, 23, 59, 59)),
+    ("2028-02-29T00:00:00Z", epoch_ms(2028, 2, 29, 0, 0, 0)),
+    ("2026-12-31T00:00:00Z", epoch_ms(2026, 12, 31, 0, 0, 0)),
+    ("1970-01-01T00:00:00.000Z", 0),
+])
+def test_ts_accepted_and_truncated_to_milliseconds(ts: str, expected: int) -> None:
+    assert accept({**envelope(), "ts": ts}).ts == expected
+
+
+@pytest.mark.parametrize("bad", [
+    "2026-11-28t10:00:00Z", "2026-11-28T10:00:00z", "2026-11-28T10:00:00+00:00", "2026-11-28T10:00:00.000+01:00",
+    "2026-11-28T10:00:00", "2026-11-28 10:00:00Z", "2026-11-28T10:00:60Z", "2026-11-28T10:60:00Z", "2026-11-28T24:00:00Z",
+    "2026-11-28T10:00:00.Z", "2026-11-28T10:00:00,123Z", "2026-11-28", "2026-13-01T00:00:00Z", "2026-11-32T00:00:00Z",
+    "2026-11-28T10:00Z", "26-11-28T10:00:00Z", " 2026-11-28T10:00:00Z",
+])
+def test_ts_shape_rejected(bad: str) -> None:
+    assert reject({**envelope(), "ts": bad}).startswith(f"ts: {PATTERN_MISMATCH} ")
+
+
+@pytest.mark.parametrize("bad", ["2026-02-30T10:00:00Z", "2026-02-29T10:00:00Z", "2026-04-31T10:00:00Z", "0000-01-01T00:00:00Z"])
+def test_ts_that_is_no_calendar_date_rejected(bad: str) -> None:
+    assert reject({**envelope(), "ts": bad}) == f"ts: {bad[:10]} is not a calendar date"
+
+
+# --- the 2048-byte limit ---------------------------------------------------------------------
+
+
+def sized_signal(size: int) -> dict[str, Any]:
+    """A valid-shaped php_error whose compact UTF-8 encoding is exactly ``size`` bytes.
+
+    No in-bounds signal reaches 2 KiB with plain characters, so ``component``
+    carries control characters (6 bytes each once escaped as \\u0001) and
+    ``file`` multi-byte characters, topped up with ASCII.
+    """
+    signal = make_signal("s" * 63, "php_error", TS, "i" * 64, seq=1, level="fatal", component="\x01" * 128,
+                         file="", line=1, fingerprint=FINGERPRINT)
+    missing = size - len(signal_line(signal).encode("utf-8"))
+    wide, narrow = divmod(missing, 4)
+    assert 0 <= wide + narrow <= 256, f"cannot build a {size}-byte signal"
+    signal["data"]["file"] = "😀" * wide + "a" * narrow
+    assert len(signal_line(signal).encode("utf-8")) == size
+    return signal
+
+
+def test_signal_of_exactly_2048_bytes_accepted() -> None:
+    assert MAX_SIGNAL_BYTES == 2048
+    record = accept(sized_signal(2048))
+    assert len(record.raw) == 2048
+
+
+def test_signal_of_2049_bytes_rejected() -> None:
+    assert reject(sized_signal(2049)) == "signal is 2049 bytes in compact JSON, over the 2048-byte limit"
+
+
+def test_limit_counts_utf8_bytes_not_characters() -> None:
+    signal = sized_signal(2049)
+    line = signal_line(signal)
+    assert len(line) < 2048  # fewer code points than bytes
+    assert reject(line.encode("utf-8")).startswith("signal is 2049 bytes")
+
+
+def test_line_over_the_limit_only_because_of_whitespace_accepted() -> None:
+    raw = json.dumps(sized_signal(2048), separators=(", ", ": "), ensure_ascii=False).encode("utf-8")
+    raw = b"  " + raw + b"  "
+    assert len(raw) > 2048
+    record = accept(raw)
+    assert record.raw == raw
+
+
+def test_line_over_the_limit_only_because_of_unicode_escapes_accepted() -> None:
+    raw = json.dumps(sized_signal(2048), separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    assert len(raw) > 2048
+    assert accept(raw).raw == raw
+
+
+def test_escaped_line_whose_compact_form_is_over_the_limit_rejected() -> None:
+    raw = json.dumps(sized_signal(2049), indent=2, ensure_ascii=True).encode("ascii")
+    assert reject(raw) == "signal is 2049 bytes in compact JSON, over the 2048-byte limit"
+
+
+def test_oversized_garbage_rejected() -> None:
+    assert "5000 bytes" in reject(b"x" * 5000)
+
+
+# --- raw kept exactly ------------------------------------------------------------------------
+
+
+def test_raw_is_kept_byte_for_byte() -> None:
+    raw = (b'{ "site" : "shop-eu", "v":1, "id":"01JDQ3K9Y0A1B2C3D4E5F6G7H8", "type":"mail",'
+           b' "ts":"2026-11-28T10:00:00.1239Z", "data":{"transport":"sm\\u0074p", "outcome":"failed"} }')
+    record = accept(raw)
+    assert record.raw == raw
+    assert record.ts == TS_MS + 3  # .1239 truncated to .123
+    envelope_out = evidence_envelope(record.raw)
+    assert envelope_out["ts"] == "2026-11-28T10:00:00.1239Z"  # the original ts string, not a reformatted one
+    assert list(envelope_out) == ["site", "v", "id", "type", "ts", "data"]
+
+
+def test_record_pickles_through_its_raw_bytes() -> None:
+    raw = signal_line(envelope("auth")).encode()
+    record = accept(raw)
+    copy = pickle.loads(pickle.dumps(record))
+    assert (copy.raw, copy.ts, copy.site, copy.type, copy.id, copy.line) == (raw, record.ts, SITE, "auth", SIGNAL_ID, 7)
+    assert copy.data == record.data
