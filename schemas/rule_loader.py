@@ -338,7 +338,8 @@ class _Loader:
                     for value in values:
                         if not any(spec.can_equal(value) for spec in specs):
                             self.report(file, label, f"labels.{name}", f"{value!r} can never occur: the field is {specs[0].describe()}")
-                    if len(set(map(repr, values))) != len(values):
+                    # Values compare as conditions do: 200 and 200.0 are one value, true and 1 are two.
+                    if len({(type(value) is bool, value) for value in values}) != len(values):
                         self.report(file, label, f"labels.{name}", "declares a value twice")
             value = raw.get("value")
             if isinstance(value, dict) and not failed("value"):

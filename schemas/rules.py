@@ -199,6 +199,10 @@ class RateLimit(BaseModel):
     max: PositiveInt
 
 
+EnvName = Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")]
+"""The name of an environment variable that holds a secret or URL."""
+
+
 class SmtpSettings(BaseModel):
     """Where an e-mail channel sends; credentials only through environment variables."""
 
@@ -206,12 +210,11 @@ class SmtpSettings(BaseModel):
     host: Annotated[str, Field(min_length=1)]
     port: Annotated[int, Field(ge=1, le=65535)] = 25
     starttls: bool = False
-    username_env: str | None = None
-    password_env: str | None = None
+    username_env: EnvName | None = None
+    password_env: EnvName | None = None
     sender: str = "logystera@localhost"
 
 
-EnvName = Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")]
 
 
 class _Channel(BaseModel):

@@ -81,6 +81,8 @@ EXPECTED: dict[str, list[str]] = {
     "channel-url-and-url-env": ["DIR/channels.yaml: channel oncall: url: give exactly one of url or url_env"],
     "channel-unknown-type": ["DIR/channels.yaml: channel oncall: type: must be 'webhook', 'slack', 'teams' or 'email'"],
     "duplicate-channel": ["DIR/channels.yaml: channel ops: name: duplicate channel name"],
+    "metric-label-value-twice": ["DIR/metrics.yaml: metric http_requests: labels.status: declares a value twice"],
+    "smtp-credential-not-env-name": ["DIR/channels.yaml: channel ops-mail: smtp.username_env: must match ^[A-Z_][A-Z0-9_]*$"],
     "yaml-boolean-for-string": [
         "DIR/rule.yaml: rule maintenance-window: title: must be a string, got false "
         "(YAML reads unquoted yes/no/on/off as booleans: quote the value)",
