@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from schemas.durations import parse_duration
 from schemas.conditions import check_conditions, field_specs
+from schemas.durations import parse_duration
 from schemas.rules import KIND_PARAMS, MAX_METRIC_SERIES, Channel, MetricDefinition, Rule, kind_block_problems
 
 _CHANNEL_ADAPTER: TypeAdapter[Any] = TypeAdapter(Channel)
