@@ -1,0 +1,265 @@
+"""``logystera demo``: a simulated day of four sites through the real detection flow.
+
+Writes the scenario of :mod:`flows.scenario` to ``DATA_DIR/signals.jsonl``,
+replays it with the default rule pack (the repository's ``rules/``) through
+:func:`flows.replay.replay` — the same Bytewax dataflow as ``logystera
+replay`` — and shows each notification the moment the flow emits it, then a
+table of them all and the totals; the notification records go to
+``DATA_DIR/alerts.jsonl``, sorted as cli.md prescribes.
+
+Progress: the flow reads the signals through a named pipe that a feeder
+thread fills from the file, counting lines as it goes (its count runs at most
+a pipe buffer and a read chunk ahead of the flow). On a terminal the
+progress is one line redrawn in place; otherwise it is a plain line every
+10 %. Where named pipes do not exist the flow reads the file directly and
+only the final totals are shown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from flows.detect import Alert
+from flows.replay import ReplayResult, replay
+from flows.scenario import DAY_START, SITES, write_scenario
+from flows.sources import DEFAULT_CHUNK_LINES
+from schemas.rules import Rule
+
+RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
+"""The default rule pack, located relative to the package (the repository's ``rules/``)."""
+
+_SEVERITY_ORDER = ("critical", "high", "medium", "low", "info")
+_PROGRESS_STEPS = 10
+_WRITE_LINES = 500
+_LEAD = 2 * DEFAULT_CHUNK_LINES
+
+
+class Console:
+    """Line output shared by the flow's callback and the feeder thread.
+
+    On a TTY a status line is kept at the bottom and redrawn after every
+    printed line; elsewhere status updates are printed as ordinary lines.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._lock = threading.Lock()
+        self._status = ""
+
+    def line(self, text: str) -> None:
+        """Print one line (above the status line on a TTY)."""
+        with self._lock:
+            self._clear()
+            self.stream.write(text + "\n")
+            if self._status:
+                self.stream.write(self._status)
+            self.stream.flush()
+
+    def status(self, text: str) -> None:
+        """Show progress: redrawn in place on a TTY, a plain line otherwise."""
+        with self._lock:
+            if not self.tty:
+                self.stream.write(text + "\n")
+            else:
+                self._clear()
+                self._status = text
+                self.stream.write(text)
+            self.stream.flush()
+
+    def end_status(self) -> None:
+        """Remove the status line (TTY only)."""
+        with self._lock:
+            self._clear()
+            self._status = ""
+            self.stream.flush()
+
+    def _clear(self) -> None:
+        if self.tty and self._status:
+            self.stream.write("\r" + " " * len(self._status) + "\r")
+
+
+def _clock(ts: str) -> str:
+    """``HH:MM:SS`` of a scenario timestamp (the scenario is one day, named in the header)."""
+    return ts[11:19]
+
+
+def alert_line(record: dict[str, Any]) -> str:
+    """One readable line for a notification: time, severity, site, rule title, summary."""
+    severity = record["severity"].upper() if record["status"] == "firing" else "resolved"
+    title = record["rule"]["title"]
+    return f"  {_clock(record['evaluated_at'])}  {severity:<8}  {record['site']:<12}  {title} — {_summary(record)}"
+
+
+def _summary(record: dict[str, Any]) -> str:
+    """The notification's summary without the rule title that match summaries start with."""
+    return str(record["summary"]).replace(f"{record['rule']['title']}: ", "", 1)
+
+
+def _feed(source: Path, pipe: Path, total: int, console: Console, stop: threading.Event) -> None:
+    """Copy ``source`` into the named pipe and report progress as the flow takes the lines.
+
+    A line counts as read once the flow has taken ``_LEAD`` more lines after it
+    (one read chunk and the pipe buffer), so the count never runs ahead of the
+    alerts printed by the flow.
+    """
+    step = max(1, -(-total // (100 if console.tty else _PROGRESS_STEPS)))
+    clocks: dict[int, str] = {}
+    written = reported = 0
+
+    def report(upto: int) -> None:
+        nonlocal reported
+        while reported + step <= upto or (upto == total and reported < total):
+            reported = min(reported + step, total)
+            console.status(f"  … {100 * reported // max(total, 1):3d}% read "
+                           f"({reported:,} of {total:,} signals, scenario clock {clocks.pop(reported, '--:--')})")
+
+    try:
+        with open(pipe, "wb") as out, open(source, "rb") as lines:
+            batch: list[bytes] = []
+            for raw in lines:
+                batch.append(raw)
+                if (written + len(batch)) % step == 0 or written + len(batch) == total:
+                    start = raw.find(b'"ts":"')
+                    clocks[written + len(batch)] = raw[start + 17:start + 22].decode() if start >= 0 else "--:--"
+                if len(batch) == _WRITE_LINES:
+                    if stop.is_set():
+                        return
+                    out.write(b"".join(batch))
+                    written += len(batch)
+                    batch.clear()
+                    report(written - _LEAD)
+            out.write(b"".join(batch))
+            written += len(batch)
+        report(total)
+    except BrokenPipeError:
+        return  # the flow stopped reading (it failed); the caller reports that
+
+
+def _release(pipe: Path, feeder: threading.Thread, stop: threading.Event) -> None:
+    """Make sure the feeder ends: open the pipe's read side (if the flow never did) and drain it."""
+    stop.set()
+    fd = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        while feeder.is_alive():
+            with contextlib.suppress(BlockingIOError):
+                os.read(fd, 1 << 16)
+            feeder.join(0.01)
+    finally:
+        os.close(fd)
+
+
+def replay_with_progress(
+    signals: Path, total: int, rules: list[Rule], workers: int, console: Console,
+    on_alerts: Callable[[list[Alert]], None],
+) -> ReplayResult:
+    """:func:`flows.replay.replay` over ``signals``, reporting how many lines the flow has been given."""
+    if not hasattr(os, "mkfifo"):
+        return replay(str(signals), rules, workers=workers, on_alerts=on_alerts)
+    with tempfile.TemporaryDirectory(prefix="logystera-demo-") as scratch:
+        pipe = Path(scratch) / "signals.pipe"
+        os.mkfifo(pipe)
+        stop = threading.Event()
+        feeder = threading.Thread(target=_feed, args=(signals, pipe, total, console, stop), name="demo-feeder", daemon=True)
+        feeder.start()
+        try:
+            return replay(str(pipe), rules, workers=workers, on_alerts=on_alerts)
+        finally:
+            _release(pipe, feeder, stop)
+            console.end_status()
+
+
+def _table(records: list[dict[str, Any]], width: int | None) -> list[str]:
+    """The final table: started, severity, site, rule, status, seq, summary."""
+    header = ("started", "severity", "site", "rule", "status", "seq", "summary")
+    rows = [
+        (_clock(r["started_at"]), r["severity"], r["site"], r["rule"]["id"], r["status"], str(r["seq"]), _summary(r))
+        for r in records
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    lines = []
+    for row in [header, tuple("-" * len(h) for h in header), *rows]:
+        text = "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])) + "  " + row[-1]
+        if width is not None and len(text) > width:
+            text = text[: width - 1] + "…"
+        lines.append("  " + text.rstrip())
+    return lines
+
+
+def _totals(records: list[dict[str, Any]], result: ReplayResult, seconds: float) -> list[str]:
+    episodes = {r["alert_id"]: r for r in records if r["seq"] == 1}
+    by_status = Counter(r["status"] for r in records)
+    by_severity = Counter(r["severity"] for r in episodes.values())
+    severities = ", ".join(f"{by_severity[s]} {s}" for s in _SEVERITY_ORDER if by_severity[s])
+    by_site = Counter(r["site"] for r in episodes.values())
+    sites = ", ".join(f"{site} {by_site[site]}" for site in SITES)
+    return [
+        f"  {len(records)} notifications ({by_status['firing']} firing, {by_status['resolved']} resolved) "
+        f"in {len(episodes)} alert episodes: {severities or 'none'}",
+        f"  episodes per site: {sites}",
+        f"  {result.totals_line} in {seconds:.1f} s",
+    ]
+
+
+def run_demo(data_dir: Path, workers: int = 1, console: Console | None = None) -> int:
+    """Generate the scenario, replay it through the real flow with the default rules, report; 0 on success."""
+    from schemas.rule_loader import RuleLoadError, load_rules
+
+    out = console or Console()
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    signals_path = data_dir / "signals.jsonl"
+    alerts_path = data_dir / "alerts.jsonl"
+    try:
+        ruleset = load_rules(RULES_DIR)
+    except RuleLoadError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    rules = ruleset.enabled_rules
+
+    out.line(f"Logystera demo: one simulated day ({DAY_START[:10]}, UTC) of {len(SITES)} sites: {', '.join(SITES)}")
+    started = time.perf_counter()
+    total = write_scenario(signals_path)
+    out.line(f"  wrote {total:,} signals in {time.perf_counter() - started:.1f} s")
+    out.line(f"Replaying through the detection flow with {len(rules)} rules from {RULES_DIR} "
+             f"({workers} worker{'s' if workers != 1 else ''}); alerts as they fire:")
+
+    def show(batch: list[Alert]) -> None:
+        for _, line in sorted(batch, key=lambda alert: alert[0]):
+            out.line(alert_line(json.loads(line)))
+
+    started = time.perf_counter()
+    result = replay_with_progress(signals_path, total, rules, workers, out, show)
+    seconds = time.perf_counter() - started
+    with open(alerts_path, "w", encoding="utf-8", newline="\n") as alerts:
+        for line in result.alerts:
+            alerts.write(line + "\n")
+
+    records = [json.loads(line) for line in result.alerts]
+    records.sort(key=lambda r: (r["started_at"], r["site"], r["rule"]["id"], r["alert_id"], r["seq"]))
+    width = shutil.get_terminal_size((160, 24)).columns if out.tty else None
+    out.line("")
+    out.line(f"Alerts ({len(records)} notifications, by episode start):")
+    for text in _table(records, width):
+        out.line(text)
+    out.line("")
+    for text in _totals(records, result, seconds):
+        out.line(text)
+    for line_number, reason in result.rejects[:5]:
+        out.line(f"  line {line_number}: {reason}")
+    out.line("")
+    out.line(f"Signals: {signals_path}")
+    out.line(f"Alerts:  {alerts_path}")
+    return 0
