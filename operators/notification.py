@@ -130,6 +130,8 @@ def summarize(notification: Notification) -> str:
         text = f"{value['distinct']} distinct {rule.rule.params.field} values in the last {window} over {value['count']} signals"
     elif kind == "absence":
         text = f"no matching {types} signal for {value['silent_for_s']:g}s (last seen {value['last_seen_at']})"
+    elif value["baseline_count"] == 0:
+        text = f"{value['count']} {types} signals in the last {window}, none in the baseline before it"
     else:
         text = f"{value['count']} {types} signals in the last {window} vs {value['baseline_count']} in the baseline (×{value['factor']:g})"
     return prefix + text + group

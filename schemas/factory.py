@@ -7,6 +7,7 @@ fixtures never hand-build JSON: ``make_signal("shop", "mail", ts, outcome=...)``
 from __future__ import annotations
 
 import hashlib
+import zlib
 from typing import Any
 
 from schemas.records import compact_json
@@ -24,8 +25,12 @@ def make_signal(site: str, type_: str, ts: int | str, id_: str, seq: int | None 
 
 
 def make_tick(site: str, ts: int) -> dict[str, Any]:
-    """A gateway tick for ``site`` at ``ts`` (epoch milliseconds)."""
-    return make_signal(site, "tick", ts, f"tick-{ts // 1000}")
+    """A gateway tick for ``site`` at ``ts`` (epoch milliseconds).
+
+    The id names the second and the site (as a CRC, since a site id can be 63
+    characters and an id at most 64), so ticks of different sites never share one.
+    """
+    return make_signal(site, "tick", ts, f"tick-{ts // 1000:010d}-{zlib.crc32(site.encode()):08x}")
 
 
 def signal_line(envelope: dict[str, Any]) -> str:
