@@ -1,0 +1,162 @@
+"""Metric buckets per site (rules.md "Metric definitions"), as plain Python.
+
+A metric counts (or sums a numeric field of) the site's matching signals in
+UTC-aligned buckets, split by declared labels only: a value outside the
+declared set is recorded as ``other``, a null as ``none``, so a metric can
+never grow past the bound checked at load. A bucket is final once the site's
+clock (the largest ``ts`` of its records, ticks included) passes its end plus
+the allowed lateness; it is emitted exactly once, then forgotten. A signal
+for a bucket that can no longer change is late and counted, never added.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS
+from operators.conditions import Predicate, compile_conditions
+from schemas.records import Record
+from schemas.rules import MetricDefinition
+
+RESOLUTION_MS = {"10s": 10_000, "1m": 60_000, "5m": 300_000, "1h": 3_600_000}
+OTHER, NONE = "other", "none"
+
+
+class MetricPoint(NamedTuple):
+    """One final bucket of one label combination."""
+
+    site: str
+    metric: str
+    labels: tuple[tuple[str, str], ...]
+    bucket_start: int
+    resolution: int
+    value: float
+    signals: int
+
+
+def label_text(value: Any) -> str:
+    """A declared or observed label value as the string stored for it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledMetric:
+    """A metric definition prepared for the per-signal path."""
+
+    name: str
+    types: frozenset[str]
+    matches: Predicate | None
+    labels: tuple[tuple[str, dict[Any, str]], ...]
+    sum_field: str | None
+    resolution: int
+
+    def labels_of(self, data: Any) -> tuple[tuple[str, str], ...]:
+        """The label combination of one payload, bucketed into declared / other / none."""
+        combination = []
+        for name, declared in self.labels:
+            value = getattr(data, name, None)
+            if value is None:
+                text = NONE
+            elif isinstance(value, list):
+                text = OTHER
+            else:
+                found = declared.get((type(value) is bool, value))
+                text = OTHER if found is None else found
+            combination.append((name, text))
+        return tuple(combination)
+
+
+def compile_metric(metric: MetricDefinition) -> CompiledMetric:
+    """Precompute the predicate, the declared-value lookups and the bucket length."""
+    labels = tuple(
+        (name, {(type(value) is bool, value): label_text(value) for value in values})
+        for name, values in sorted(metric.labels.items())
+    )
+    return CompiledMetric(
+        name=metric.name,
+        types=frozenset(metric.signal_types),
+        matches=compile_conditions(metric.where),
+        labels=labels,
+        sum_field=None if isinstance(metric.value, str) else metric.value.sum,
+        resolution=RESOLUTION_MS[metric.resolution],
+    )
+
+
+class SiteMetrics:
+    """Open buckets of every metric for one site, finalised by the site's clock."""
+
+    __slots__ = ("by_type", "clock", "late", "lateness", "next_end", "open", "resolutions", "site")
+
+    def __init__(self, metrics: list[CompiledMetric], site: str, lateness: int = DEFAULT_ALLOWED_LATENESS_MS) -> None:
+        self.site = site
+        self.lateness = lateness
+        self.clock: int | None = None
+        self.late = 0
+        self.by_type: dict[str, tuple[CompiledMetric, ...]] = {}
+        for metric in metrics:
+            for signal_type in metric.types:
+                self.by_type[signal_type] = (*self.by_type.get(signal_type, ()), metric)
+        self.resolutions = {metric.name: metric.resolution for metric in metrics}
+        # (bucket_start, metric name, labels) -> [value, signals]
+        self.open: dict[tuple[int, str, tuple[tuple[str, str], ...]], list[float]] = {}
+        self.next_end: int | None = None  # the earliest end among open buckets: nothing is final before it
+
+    def process(self, record: Record) -> list[MetricPoint]:
+        """Account one record (signal or tick); return the buckets it made final."""
+        ts = record.ts
+        clock = self.clock
+        if clock is not None and ts <= clock - self.lateness:
+            if record.type in self.by_type:
+                self.late += 1
+            return []
+        for metric in self.by_type.get(record.type, ()):
+            data = record.data
+            if metric.matches is not None and not metric.matches(data):
+                continue
+            start = ts - ts % metric.resolution
+            key = (start, metric.name, metric.labels_of(data))
+            amount = 1.0 if metric.sum_field is None else float(getattr(data, metric.sum_field, None) or 0)
+            bucket = self.open.get(key)
+            if bucket is None:
+                self.open[key] = [amount, 1]
+                end = start + metric.resolution
+                if self.next_end is None or end < self.next_end:
+                    self.next_end = end
+            else:
+                bucket[0] += amount
+                bucket[1] += 1
+        if clock is None or ts > clock:
+            self.clock = ts
+            return self._final()
+        return []
+
+    def _final(self) -> list[MetricPoint]:
+        """Buckets whose end plus the allowed lateness the clock has passed."""
+        assert self.clock is not None
+        horizon = self.clock - self.lateness
+        if self.next_end is None or self.next_end >= horizon:
+            return []
+        resolutions = self.resolutions
+        done = [key for key in self.open if key[0] + resolutions[key[1]] < horizon]
+        points = self._emit(done)
+        ends = [key[0] + resolutions[key[1]] for key in self.open]
+        self.next_end = min(ends) if ends else None
+        return points
+
+    def flush(self) -> list[MetricPoint]:
+        """Every open bucket, final because the input has ended."""
+        self.next_end = None
+        return self._emit(list(self.open))
+
+    def _emit(self, keys: list[tuple[int, str, tuple[tuple[str, str], ...]]]) -> list[MetricPoint]:
+        points = []
+        for key in sorted(keys):
+            value, signals = self.open.pop(key)
+            start, name, labels = key
+            points.append(MetricPoint(self.site, name, labels, start, self.resolutions[name], value, int(signals)))
+        return points

@@ -1,0 +1,93 @@
+"""Metric buckets (rules.md "Metric definitions"): declared labels, other/none, finality, lateness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from operators.metrics import MetricPoint, SiteMetrics, compile_metric
+from schemas.factory import make_signal, make_tick, signal_line
+from schemas.records import Record, parse_record
+from schemas.rules import MetricDefinition
+from schemas.timestamps import parse_ts_checked
+
+T0 = parse_ts_checked("2026-11-28T10:00:00Z")
+SECOND, MINUTE = 1000, 60_000
+
+
+def metric(**fields: Any) -> MetricDefinition:
+    return MetricDefinition.model_validate({"name": "auth_attempts", "signal": "auth", "resolution": "1m", **fields})
+
+
+def record(envelope: dict[str, Any], line: int = 1) -> Record:
+    parsed = parse_record(signal_line(envelope).encode(), line)
+    assert isinstance(parsed, Record), parsed
+    return parsed
+
+
+def auth(ts: int, n: int = 0, **data: Any) -> Record:
+    return record(make_signal("shop", "auth", ts, f"auth-{n:06d}", **{"outcome": "failure", "method": "password", **data}))
+
+
+def tick(ts: int) -> Record:
+    return record(make_tick("shop", ts))
+
+
+def run(metrics: list[MetricDefinition], records: list[Record]) -> tuple[list[MetricPoint], SiteMetrics]:
+    site = SiteMetrics([compile_metric(m) for m in metrics], "shop")
+    points = [point for r in records for point in site.process(r)]
+    return points, site
+
+
+def test_buckets_split_by_declared_labels_with_other_and_none() -> None:
+    definition = metric(labels={"outcome": ["success", "failure"], "source": ["203.0.113.0/24"]})
+    points, site = run([definition], [
+        auth(T0, 1, source="203.0.113.0/24"),
+        auth(T0 + SECOND, 2, source="198.51.100.0/24"),   # undeclared value -> other
+        auth(T0 + 2 * SECOND, 3),                          # no source -> none
+        auth(T0 + 3 * SECOND, 4, outcome="lockout"),       # undeclared outcome -> other
+    ])
+    assert points == []  # nothing final yet: the clock has not passed 10:01 + 60s
+    flushed = site.flush()
+    assert [(p.labels, p.value) for p in flushed] == [
+        ((("outcome", "failure"), ("source", "203.0.113.0/24")), 1.0),
+        ((("outcome", "failure"), ("source", "none")), 1.0),
+        ((("outcome", "failure"), ("source", "other")), 1.0),
+        ((("outcome", "other"), ("source", "none")), 1.0),
+    ]
+    assert {p.bucket_start for p in flushed} == {T0}
+
+
+def test_a_bucket_is_final_once_the_clock_passes_its_end_plus_lateness() -> None:
+    # bucket [10:00, 10:01); final when the site clock is past 10:01 + 60s = 10:02:00
+    points, site = run([metric()], [auth(T0, 1), auth(T0 + 30 * SECOND, 2), tick(T0 + 2 * MINUTE)])
+    assert points == []
+    points = site.process(tick(T0 + 2 * MINUTE + 1))
+    assert [(p.metric, p.bucket_start, p.value, p.signals, p.resolution) for p in points] == [
+        ("auth_attempts", T0, 2.0, 2, MINUTE),
+    ]
+    assert site.flush() == []  # emitted once, then forgotten
+
+
+def test_a_signal_for_a_bucket_that_can_no_longer_change_is_counted_late() -> None:
+    points, site = run([metric()], [auth(T0 + 5 * MINUTE, 1), auth(T0, 2)])
+    assert points == []  # 5 min back: late
+    assert site.late == 1
+    assert [(p.bucket_start, p.value) for p in site.flush()] == [(T0 + 5 * MINUTE, 1.0)]
+
+
+def test_sum_metrics_add_the_field_and_where_filters() -> None:
+    definition = MetricDefinition.model_validate({
+        "name": "request_ms", "signal": "request", "where": {"status": {"gte": 500}},
+        "labels": {"status": [500, 503]}, "value": {"sum": "duration_ms"}, "resolution": "10s",
+    })
+    records = [
+        record(make_signal("shop", "request", T0 + i * SECOND, f"req-{i:06d}", method="GET", path="/x", route_group="x",
+                           status=status, duration_ms=ms))
+        for i, (status, ms) in enumerate([(500, 10), (503, 20), (200, 999), (500, 5), (502, 7)])
+    ]
+    _, site = run([definition], records)
+    assert [(p.labels, p.value, p.signals) for p in site.flush()] == [
+        ((("status", "500"),), 15.0, 2),
+        ((("status", "503"),), 20.0, 1),
+        ((("status", "other"),), 7.0, 1),
+    ]
