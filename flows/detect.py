@@ -1,15 +1,21 @@
-"""The detection dataflow: parse and validate, route to (site, rule), detect, emit.
+"""The detection dataflow: parse and validate, route to sites, detect, emit.
 
 ``build_detect_flow`` only wires: validation lives in :mod:`schemas.records`,
 routing in :mod:`operators.routing`, detection in :mod:`operators.engine`.
 Invalid lines go down their own branch to ``rejects_sink`` (counted and
 reported, never dropped). Decisions never use Bytewax's clocks or
 ``notify_at``: time comes only from the records.
+
+The Bytewax key is the site: one state per site holds a :class:`RuleRunner`
+per rule, and a record is handed to the runners of the rules it is routed to,
+in file order. That is exactly what keying by (site, rule) would compute —
+each runner still sees its own records in order — but it costs Bytewax one
+item per site and chunk instead of one per (site, rule) and chunk, and a
+tick (routed to every rule) one dictionary append instead of one per rule.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
@@ -33,24 +39,18 @@ Alert = tuple[tuple[Any, ...], str]
 """A notification: its output sort key and its compact JSON record."""
 
 
-def key_of(site: str, rule_id: str) -> str:
-    """The state key of one (site, rule); ``/`` appears in neither part."""
-    return f"{site}/{rule_id}"
-
-
 class ParseAndRoute:
-    """Validate a chunk of lines and group its records per (site, rule) key, keeping order."""
+    """Validate a chunk of lines and group the routed records per site, keeping file order."""
 
     def __init__(self, table: RoutingTable) -> None:
         self.table = table
 
     def __call__(self, chunk: list[Line]) -> Iterable[tuple[str, Any]]:
-        """Tagged outputs: ``reject`` per bad line, one ``valid`` count, ``work`` per key."""
-        groups: dict[str, list[Record]] = defaultdict(list)
-        rule_of: dict[str, str] = {}
+        """Tagged outputs: ``reject`` per bad line, one ``valid`` count, ``work`` per site."""
+        groups: dict[str, list[Record]] = {}
         valid = 0
         out: list[tuple[str, Any]] = []
-        routes = self.table.routes
+        routed = self.table.by_type
         for line, raw in chunk:
             raw = raw.strip()
             if not raw:
@@ -60,36 +60,54 @@ class ParseAndRoute:
                 out.append(("reject", (line, parsed)))
                 continue
             valid += 1
-            for compiled in routes(parsed):
-                key = key_of(parsed.site, compiled.id)
-                groups[key].append(parsed)
-                rule_of[key] = compiled.id
+            if parsed.type in routed:
+                site = parsed.site
+                records = groups.get(site)
+                if records is None:
+                    groups[site] = [parsed]
+                else:
+                    records.append(parsed)
         out.append(("valid", valid))
-        out.extend(("work", (key, (rule_of[key], records))) for key, records in groups.items())
+        out.extend(("work", item) for item in groups.items())
         return out
 
 
-class DetectLogic(StatefulBatchLogic[tuple[str, list[Record]], tuple[str, Any], Any]):
-    """Bytewax state for one (site, rule): a :class:`RuleRunner`, fed in arrival order."""
+class DetectLogic(StatefulBatchLogic[list[Record], tuple[str, Any], Any]):
+    """Bytewax state for one site: a :class:`RuleRunner` per rule, fed in arrival order."""
 
     def __init__(self, table: RoutingTable, lateness: int, link_base: str) -> None:
         self.table = table
         self.lateness = lateness
         self.link_base = link_base
-        self.runner: RuleRunner | None = None
+        self.by_type: dict[str, tuple[RuleRunner, ...]] = {}
+
+    def _runners(self, site: str) -> dict[str, tuple[RuleRunner, ...]]:
+        # A runner's state starts with the first record it processes, so creating all of them
+        # up front is the same as creating each one when its first record is routed to it.
+        runners = {rule_id: RuleRunner(compiled, site, self.lateness) for rule_id, compiled in self.table.rules.items()}
+        return {
+            signal_type: tuple(runners[compiled.id] for compiled in rules)
+            for signal_type, rules in self.table.by_type.items()
+        }
 
     @override
-    def on_batch(self, values: list[tuple[str, list[Record]]]) -> tuple[list[tuple[str, Any]], bool]:
+    def on_batch(self, values: list[list[Record]]) -> tuple[list[tuple[str, Any]], bool]:
         out: list[Notification] = []
         emitted: list[tuple[str, Any]] = []
-        for rule_id, records in values:
-            runner = self.runner
-            if runner is None:
-                runner = self.runner = RuleRunner(self.table.rules[rule_id], records[0].site, self.lateness)
+        by_type = self.by_type
+        for records in values:
+            if not by_type:
+                by_type = self.by_type = self._runners(records[0].site)
             for record in records:
-                if not runner.process(record, out):
+                late = False
+                for runner in by_type[record.type]:
+                    if not runner.process(record, out):
+                        late = True
+                if late:
                     emitted.append(("late", record.line))
-        emitted.extend(("alert", (n.sort_key(), n.to_json(self.link_base))) for n in out)
+        if out:
+            link_base = self.link_base
+            emitted.extend(("alert", (n.sort_key(), n.to_json(link_base))) for n in out)
         return emitted, StatefulBatchLogic.RETAIN
 
     @override
@@ -110,7 +128,7 @@ def build_detect_flow(
     """Wire source → parse/route → detect → sinks.
 
     ``stats_sink`` receives ``("valid", n)`` per chunk and ``("late", line)``
-    per record that was late for a rule it was routed to.
+    per record that was late for at least one rule it was routed to.
     """
     flow = Dataflow("logystera_detect")
     chunks = op.input("signals", flow, source)

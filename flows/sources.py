@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
+from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,17 +32,12 @@ class _LinesPartition(StatefulSourcePartition[list[Line], int]):
 
     @override
     def next_batch(self) -> Iterable[list[Line]]:
-        chunk: list[Line] = []
-        readline = self._stream.readline
-        for _ in range(self._chunk_lines):
-            raw = readline()
-            if not raw:
-                break
-            self._line += 1
-            chunk.append((self._line, raw))
-        if not chunk:
+        raws = list(islice(self._stream, self._chunk_lines))
+        if not raws:
             raise StopIteration
-        return [chunk]
+        first = self._line + 1
+        self._line += len(raws)
+        return [list(zip(range(first, self._line + 1), raws, strict=True))]
 
     @override
     def snapshot(self) -> int:
