@@ -6,9 +6,9 @@ Invalid lines go down their own branch to ``rejects_sink`` (counted and
 reported, never dropped). Decisions never use Bytewax's clocks or
 ``notify_at``: time comes only from the records.
 
-The Bytewax key is the site: one state per site holds a :class:`RuleRunner`
-per rule, and a record is handed to the runners of the rules it is routed to,
-in file order. That is exactly what keying by (site, rule) would compute —
+The Bytewax key is the site: one state per site (:class:`SiteDetector`) holds
+a :class:`RuleRunner` per rule, and a record is handed to the runners of the
+rules it is routed to, in file order. That is exactly what keying by (site, rule) would compute —
 each runner still sees its own records in order — but it costs Bytewax one
 item per site and chunk instead of one per (site, rule) and chunk, and a
 tick (routed to every rule) one dictionary append instead of one per rule.
@@ -28,10 +28,10 @@ from typing_extensions import override
 
 from flows.sources import Line
 from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS
-from operators.engine import RuleRunner
 from operators.notification import DEFAULT_LINK_BASE, Notification
 from operators.routing import RoutingTable
-from schemas.records import Record, parse_record
+from operators.site import SiteDetector
+from schemas.records import Record, parse_lines
 
 Reject = tuple[int, str]
 """A rejected input line: its number and the one-line reason."""
@@ -47,63 +47,42 @@ class ParseAndRoute:
 
     def __call__(self, chunk: list[Line]) -> Iterable[tuple[str, Any]]:
         """Tagged outputs: ``reject`` per bad line, one ``valid`` count, ``work`` per site."""
+        records, rejects = parse_lines(chunk)
+        out: list[tuple[str, Any]] = [("reject", reject) for reject in rejects]
+        out.append(("valid", len(records)))
         groups: dict[str, list[Record]] = {}
-        valid = 0
-        out: list[tuple[str, Any]] = []
         routed = self.table.by_type
-        for line, raw in chunk:
-            raw = raw.strip()
-            if not raw:
-                continue
-            parsed = parse_record(raw, line)
-            if isinstance(parsed, str):
-                out.append(("reject", (line, parsed)))
-                continue
-            valid += 1
-            if parsed.type in routed:
-                site = parsed.site
-                records = groups.get(site)
-                if records is None:
-                    groups[site] = [parsed]
+        for record in records:
+            if record.type in routed:
+                site_records = groups.get(record.site)
+                if site_records is None:
+                    groups[record.site] = [record]
                 else:
-                    records.append(parsed)
-        out.append(("valid", valid))
+                    site_records.append(record)
         out.extend(("work", item) for item in groups.items())
         return out
 
 
 class DetectLogic(StatefulBatchLogic[list[Record], tuple[str, Any], Any]):
-    """Bytewax state for one site: a :class:`RuleRunner` per rule, fed in arrival order."""
+    """Bytewax state for one site: its :class:`SiteDetector`, fed in arrival order."""
 
     def __init__(self, table: RoutingTable, lateness: int, link_base: str) -> None:
         self.table = table
         self.lateness = lateness
         self.link_base = link_base
-        self.by_type: dict[str, tuple[RuleRunner, ...]] = {}
-
-    def _runners(self, site: str) -> dict[str, tuple[RuleRunner, ...]]:
-        # A runner's state starts with the first record it processes, so creating all of them
-        # up front is the same as creating each one when its first record is routed to it.
-        runners = {rule_id: RuleRunner(compiled, site, self.lateness) for rule_id, compiled in self.table.rules.items()}
-        return {
-            signal_type: tuple(runners[compiled.id] for compiled in rules)
-            for signal_type, rules in self.table.by_type.items()
-        }
+        self.detector: SiteDetector | None = None
 
     @override
     def on_batch(self, values: list[list[Record]]) -> tuple[list[tuple[str, Any]], bool]:
         out: list[Notification] = []
         emitted: list[tuple[str, Any]] = []
-        by_type = self.by_type
+        detector = self.detector
         for records in values:
-            if not by_type:
-                by_type = self.by_type = self._runners(records[0].site)
+            if detector is None:
+                detector = self.detector = SiteDetector(self.table, records[0].site, self.lateness)
+            process = detector.process
             for record in records:
-                late = False
-                for runner in by_type[record.type]:
-                    if not runner.process(record, out):
-                        late = True
-                if late:
+                if not process(record, out):
                     emitted.append(("late", record.line))
         if out:
             link_base = self.link_base

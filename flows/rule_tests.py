@@ -30,7 +30,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from operators.routing import Detector
+from operators.site import Detector
 from schemas.records import Record, compact_json, parse_record
 from schemas.rule_loader import RuleLoadError, load_rules
 from schemas.timestamps import TimestampError, format_ts, parse_ts_checked

@@ -33,6 +33,7 @@ class CompiledRule:
     max_groups: int
     overflow_json: str
     header: dict[str, Any]
+    params: Any  # the kind's parameter block (None for match), read on every evaluation
 
     @property
     def window_text(self) -> str:
@@ -69,4 +70,5 @@ def compile_rule(rule: Rule) -> CompiledRule:
         max_groups=rule.max_groups,
         overflow_json=group_json(overflow),
         header=header,
+        params=params,
     )

@@ -58,6 +58,10 @@ def compile_conditions(conditions: dict[str, Any] | None) -> Predicate | None:
             arg = tuple(arg)
         tests.append((name, _test(op, arg)))
 
+    if len(tests) == 1:
+        ((name, check),) = tests
+        return lambda data: check(getattr(data, name, None))
+
     def predicate(data: Any) -> bool:
         return all(check(getattr(data, name, None)) for name, check in tests)
 

@@ -27,7 +27,9 @@ AnyFingerprint = Fingerprint | MatchFingerprint
 class RuleRunner:
     """State and evaluation for one (site, rule): clock, fingerprints, deadlines."""
 
-    __slots__ = ("arrivals", "clock", "emitted", "first", "fps", "heap", "instant", "lateness", "rule", "site")
+    __slots__ = (
+        "arrivals", "clock", "emitted", "first", "fps", "heap", "instant", "lateness", "registered", "rule", "site", "synced",
+    )
 
     def __init__(self, rule: CompiledRule, site: str, lateness: int = DEFAULT_ALLOWED_LATENESS_MS) -> None:
         self.rule = rule
@@ -40,6 +42,8 @@ class RuleRunner:
         self.emitted = 0
         self.fps: dict[str, AnyFingerprint] = {}
         self.heap: list[tuple[int, str]] = []
+        self.synced = 0  # ticks absorbed lazily so far (see operators.site)
+        self.registered: int | None = None  # the due time the site currently knows for this runner
 
     def process(self, record: Record, out: list[Notification]) -> bool:
         """Apply and evaluate one routed record; False when it was late (and ignored)."""
@@ -55,6 +59,26 @@ class RuleRunner:
         touched = None if record.type == "tick" else self._apply(record, clock, out)
         self._evaluate(clock, touched, out)
         return True
+
+    def absorb_ticks(self, ticks: int, latest: int) -> None:
+        """Count ``ticks`` tick instants that reached no deadline, the latest at ``latest``.
+
+        A tick that is not late and reaches no deadline only moves the clock and
+        counts as an evaluation instant; :class:`operators.site.SiteDetector`
+        applies such ticks in bulk when the runner is next needed.
+        """
+        self.instant += ticks
+        if self.clock is None or latest > self.clock:
+            self.clock = latest
+
+    def due(self) -> int | None:
+        """The clock at which this runner's earliest deadline falls (None: no deadline)."""
+        return self.heap[0][0] if self.heap else None
+
+    def evaluate_due(self, out: list[Notification]) -> None:
+        """Evaluate the fingerprints whose deadline the clock has reached (after absorbing ticks)."""
+        assert self.clock is not None
+        self._evaluate(self.clock, None, out)
 
     # -- apply -----------------------------------------------------------------------------
     def _group_of(self, data: Any) -> str:
@@ -157,6 +181,11 @@ class RuleRunner:
     # -- evaluate ----------------------------------------------------------------------------
     def _evaluate(self, c: int, touched: AnyFingerprint | None, out: list[Notification]) -> None:
         heap, fps = self.heap, self.fps
+        if not heap or heap[0][0] > c:
+            # Nothing is due: only the record's own fingerprint can change (the common case).
+            if touched is not None:
+                self._evaluate_one(touched, c, out)
+            return
         due: list[AnyFingerprint] = []
         while heap and heap[0][0] <= c:
             when, group = heappop(heap)
@@ -168,23 +197,27 @@ class RuleRunner:
             due.append(touched)
         if len(due) > 1:
             due.sort(key=lambda fp: fp.group)
-        rule = self.rule
         for fp in due:
-            deadline: int | None
-            if isinstance(fp, MatchFingerprint):
-                if fp.t0 is not None and c >= fp.t0 + rule.bundle:
-                    self._close_bundle(fp, c, out)
-                deadline = fp.next_change(c, rule)
-                live = fp.live(c, rule)
-            else:
-                self._evaluate_stateful(fp, c, out)
-                live = fp.state != INACTIVE or fp.holds_data(c, rule)
-                deadline = self._deadline(fp, c) if live else None
-            if not live:
-                del fps[fp.group]
-            elif deadline is not None and (fp.scheduled is None or deadline < fp.scheduled):
-                fp.scheduled = deadline
-                heappush(heap, (deadline, fp.group))
+            self._evaluate_one(fp, c, out)
+
+    def _evaluate_one(self, fp: AnyFingerprint, c: int, out: list[Notification]) -> None:
+        """Evaluate one fingerprint at ``c``, then forget it or schedule its next deadline."""
+        rule = self.rule
+        deadline: int | None
+        if isinstance(fp, MatchFingerprint):
+            if fp.t0 is not None and c >= fp.t0 + rule.bundle:
+                self._close_bundle(fp, c, out)
+            deadline = fp.next_change(c, rule)
+            live = fp.live(c, rule)
+        else:
+            self._evaluate_stateful(fp, c, out)
+            live = fp.state != INACTIVE or fp.holds_data(c, rule)
+            deadline = self._deadline(fp, c) if live else None
+        if not live:
+            del self.fps[fp.group]
+        elif deadline is not None and (fp.scheduled is None or deadline < fp.scheduled):
+            fp.scheduled = deadline
+            heappush(self.heap, (deadline, fp.group))
 
     def _evaluate_stateful(self, fp: Fingerprint, c: int, out: list[Notification]) -> None:
         rule = self.rule

@@ -112,7 +112,7 @@ class ThresholdFingerprint(Fingerprint):
 
     @override
     def condition(self, c: int, rule: CompiledRule, first: int) -> bool:
-        return self.counts.total >= rule.rule.params.count
+        return self.counts.total >= rule.params.count
 
     @override
     def value(self, c: int, rule: CompiledRule) -> dict[str, Any]:
@@ -158,7 +158,7 @@ class RatioFingerprint(Fingerprint):
 
     @override
     def condition(self, c: int, rule: CompiledRule, first: int) -> bool:
-        params = rule.rule.params
+        params = rule.params
         t = self.total.total
         return t >= params.min_total and self.matching.total / t >= params.at_least
 
@@ -197,9 +197,10 @@ class DistinctFingerprint(Fingerprint):
     def add(self, record: Record, matching: bool, c: int, arrival: int, rule: CompiledRule) -> None:
         if record.ts > c - rule.window:
             self.counts.add(record.ts)
-            value = getattr(record.data, rule.rule.params.field, None)
+            value = getattr(record.data, rule.params.field, None)
             if value is not None:
-                self.values.add(record.ts, value)
+                # A list field (``flags``) is one value, compared as a whole; lists are not hashable.
+                self.values.add(record.ts, tuple(value) if isinstance(value, list) else value)
             self.ring.add(record.ts, record.id, arrival, record.raw)
 
     @override
@@ -209,7 +210,7 @@ class DistinctFingerprint(Fingerprint):
 
     @override
     def condition(self, c: int, rule: CompiledRule, first: int) -> bool:
-        return len(self.values.counts) >= rule.rule.params.count
+        return len(self.values.counts) >= rule.params.count
 
     @override
     def value(self, c: int, rule: CompiledRule) -> dict[str, Any]:
@@ -251,7 +252,7 @@ class AbsenceFingerprint(Fingerprint):
 
     @override
     def condition(self, c: int, rule: CompiledRule, first: int) -> bool:
-        return c - self.last >= rule.rule.params.after
+        return c - self.last >= rule.params.after
 
     @override
     def value(self, c: int, rule: CompiledRule) -> dict[str, Any]:
@@ -267,7 +268,7 @@ class AbsenceFingerprint(Fingerprint):
 
     @override
     def next_change(self, c: int, rule: CompiledRule, first: int) -> int | None:
-        due = self.last + rule.rule.params.after
+        due = self.last + rule.params.after
         return due if due > c else None
 
 
@@ -299,7 +300,7 @@ class ShiftFingerprint(Fingerprint):
 
     @override
     def condition(self, c: int, rule: CompiledRule, first: int) -> bool:
-        params = rule.rule.params
+        params = rule.params
         n, b = self.current.total, self.baseline.total
         if c - first < rule.lookback or n < params.min_count:
             return False
@@ -307,7 +308,7 @@ class ShiftFingerprint(Fingerprint):
 
     @override
     def value(self, c: int, rule: CompiledRule) -> dict[str, Any]:
-        params = rule.rule.params
+        params = rule.params
         n, b = self.current.total, self.baseline.total
         expected = b * params.window / params.baseline
         return {"count": n, "baseline_count": b, "factor": round(n / max(expected, 1e-9), 4)}

@@ -123,11 +123,11 @@ def summarize(notification: Notification) -> str:
         count = value["count"]
         text = f"{rule.rule.title}: {count} matching {types} signal{'s' if count != 1 else ''}"
     elif kind == "threshold":
-        text = f"{value['count']} matching {types} signals in the last {window} (threshold {rule.rule.params.count})"
+        text = f"{value['count']} matching {types} signals in the last {window} (threshold {rule.params.count})"
     elif kind == "ratio":
         text = f"{value['count']} of {value['total']} {types} signals matched in the last {window} ({value['ratio']:.0%})"
     elif kind == "distinct":
-        text = f"{value['distinct']} distinct {rule.rule.params.field} values in the last {window} over {value['count']} signals"
+        text = f"{value['distinct']} distinct {rule.params.field} values in the last {window} over {value['count']} signals"
     elif kind == "absence":
         text = f"no matching {types} signal for {value['silent_for_s']:g}s (last seen {value['last_seen_at']})"
     elif value["baseline_count"] == 0:

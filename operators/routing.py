@@ -1,17 +1,14 @@
-"""Which (site, rule) keys a record goes to, and a pure-Python driver over them.
+"""Which rules a record goes to: decided once, here.
 
-The dataflow and the pure driver share :class:`RoutingTable`, so "which rules
-see this record" is decided in one place: a signal goes to the rules whose
-``signal`` includes its type, a tick to every rule of its site.
+A signal goes to the rules whose ``signal`` includes its type, a tick to every
+rule of its site (rules.md "Records of a rule").
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS, CompiledRule, compile_rule
-from operators.engine import RuleRunner
-from operators.notification import Notification
+from operators.compiled import CompiledRule, compile_rule
 from schemas.records import Record
 from schemas.rules import Rule
 
@@ -34,37 +31,3 @@ class RoutingTable:
     def routes(self, record: Record) -> tuple[CompiledRule, ...]:
         """The rules this record is routed to (ticks: all of them)."""
         return self.by_type.get(record.type, ())
-
-
-class Detector:
-    """Runs records through every (site, rule) runner in order, without a dataflow.
-
-    Used by ``logystera rules test`` and the engine's unit tests; the dataflow
-    holds the same :class:`RuleRunner` objects as keyed state instead.
-    """
-
-    def __init__(self, rules: Iterable[Rule], lateness: int = DEFAULT_ALLOWED_LATENESS_MS) -> None:
-        self.table = RoutingTable(rules)
-        self.lateness = lateness
-        self.runners: dict[tuple[str, str], RuleRunner] = {}
-        self.late_lines: set[int] = set()
-
-    def process(self, record: Record) -> list[Notification]:
-        """Route one record and return the notifications it caused, in emission order."""
-        out: list[Notification] = []
-        for compiled in self.table.routes(record):
-            key = (record.site, compiled.id)
-            runner = self.runners.get(key)
-            if runner is None:
-                runner = self.runners[key] = RuleRunner(compiled, record.site, self.lateness)
-            if not runner.process(record, out):
-                self.late_lines.add(record.line)
-        return out
-
-    def run(self, records: Iterable[Record]) -> list[Notification]:
-        """All notifications for a sequence of records, in output (sorted) order."""
-        out: list[Notification] = []
-        for record in records:
-            out.extend(self.process(record))
-        out.sort(key=Notification.sort_key)
-        return out

@@ -7,6 +7,7 @@ reason strings are what a user sees on stderr as ``line N: <reason>``.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -92,24 +93,52 @@ _validate_json = SIGNAL_ADAPTER.validator.validate_json
 
 def parse_record(raw: bytes, line: int) -> Record | str:
     """Validate one JSON signal line; return the record or the reason it is rejected."""
-    if len(raw) > MAX_SIGNAL_BYTES:
-        # Compact encoding can only be shorter than what was received (no floats are valid),
-        # so the exact size is computed only for lines that could be over the limit.
+    records, rejects = parse_lines([(line, raw)])
+    return records[0] if records else rejects[0][1]
+
+
+def _oversized(raw: bytes) -> str | None:
+    """The rejection reason of a line longer than the limit, if its compact form is too."""
+    # Compact encoding can only be shorter than what was received (no floats are valid),
+    # so the exact size is computed only for lines that could be over the limit.
+    try:
+        size = compact_size(raw)
+    except (ValueError, UnicodeError):
+        return None  # not JSON: validation names the problem
+    if size > MAX_SIGNAL_BYTES:
+        return f"signal is {size} bytes in compact JSON, over the {MAX_SIGNAL_BYTES}-byte limit"
+    return None
+
+
+def parse_lines(lines: Iterable[tuple[int, bytes]]) -> tuple[list[Record], list[tuple[int, str]]]:
+    """Validate numbered lines: the records, and ``(line, reason)`` for each rejected one.
+
+    Blank lines are skipped. This is the per-signal hot path, so the loop is
+    written out in one function with its names bound locally.
+    """
+    records: list[Record] = []
+    rejects: list[tuple[int, str]] = []
+    validate, to_ms, make = _validate_json, parse_ts, Record
+    for line, received in lines:
+        raw = received.strip()
+        if not raw:
+            continue
+        if len(raw) > MAX_SIGNAL_BYTES:
+            reason = _oversized(raw)
+            if reason is not None:
+                rejects.append((line, reason))
+                continue
         try:
-            size = compact_size(raw)
-        except (ValueError, UnicodeError):
-            size = len(raw)
-        if size > MAX_SIGNAL_BYTES:
-            return f"signal is {size} bytes in compact JSON, over the {MAX_SIGNAL_BYTES}-byte limit"
-    try:
-        signal = _validate_json(raw)
-    except ValidationError as error:
-        return describe_validation_error(error)
-    try:
-        ts = parse_ts(signal.ts)
-    except TimestampError as error:
-        return f"ts: {error}"
-    return Record(line, signal.site, signal.type, ts, signal.id, signal.data, raw)  # type: ignore[attr-defined]
+            signal = validate(raw)
+            ts = to_ms(signal.ts)
+        except ValidationError as error:
+            rejects.append((line, describe_validation_error(error)))
+            continue
+        except TimestampError as error:
+            rejects.append((line, f"ts: {error}"))
+            continue
+        records.append(make(line, signal.site, signal.type, ts, signal.id, signal.data, raw))
+    return records, rejects
 
 
 def evidence_envelope(raw: bytes) -> Any:

@@ -1,0 +1,150 @@
+"""Everything one site's records drive: a :class:`RuleRunner` per rule, and its metrics.
+
+A signal goes to the runners of the rules whose ``signal`` includes its type;
+a tick goes to every runner (rules.md "Records of a rule"). Ticks are most of
+a quiet site's records, and for most runners a tick only moves the clock and
+counts as an evaluation instant. So a tick that is late for no runner is
+absorbed at site level (a count and the latest tick ``ts``) and handed to a
+runner only when it reaches one of that runner's deadlines, or when the
+runner's next record arrives. Every runner still sees exactly the instants and
+clock values it would have seen had each tick been processed one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from heapq import heappop, heappush
+
+from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS
+from operators.engine import RuleRunner
+from operators.metrics import CompiledMetric, MetricPoint, SiteMetrics
+from operators.notification import Notification
+from operators.routing import RoutingTable
+from schemas.records import Record
+from schemas.rules import Rule
+
+
+class SiteDetector:
+    """The detection state of one site; fed its records in order."""
+
+    __slots__ = ("by_type", "clock", "dues", "index", "lateness", "metrics", "runners", "started", "tick_max", "ticks")
+
+    def __init__(
+        self,
+        table: RoutingTable,
+        site: str,
+        lateness: int = DEFAULT_ALLOWED_LATENESS_MS,
+        metrics: list[CompiledMetric] | None = None,
+    ) -> None:
+        self.lateness = lateness
+        runners = {rule_id: RuleRunner(compiled, site, lateness) for rule_id, compiled in table.rules.items()}
+        self.runners = tuple(runners[rule_id] for rule_id in sorted(runners))
+        self.index = {runner.rule.id: position for position, runner in enumerate(self.runners)}
+        self.by_type = {
+            signal_type: tuple(runners[compiled.id] for compiled in rules)
+            for signal_type, rules in table.by_type.items()
+            if signal_type != "tick"
+        }
+        self.metrics = SiteMetrics(metrics, site, lateness) if metrics else None
+        self.clock: int | None = None  # the largest ts of any record of the site
+        self.ticks = 0  # ticks absorbed at site level so far
+        self.tick_max = 0  # the largest ts among them
+        self.started = False  # every runner has a clock (ticks can be absorbed)
+        self.dues: list[tuple[int, int]] = []  # (due clock, runner index): runners' earliest deadlines
+
+    def process(self, record: Record, out: list[Notification], points: list[MetricPoint] | None = None) -> bool:
+        """Apply one record; append notifications (and final metric buckets); False if late for any rule."""
+        ts = record.ts
+        clock = self.clock
+        if self.metrics is not None and points is not None:
+            points.extend(self.metrics.process(record))
+        if record.type == "tick":
+            if self.started and clock is not None and ts > clock - self.lateness:
+                self._absorb_tick(ts, out)
+                return True
+            targets = self.runners
+        else:
+            targets = self.by_type.get(record.type, ())
+        if clock is None or ts > clock:
+            self.clock = ts
+        on_time = True
+        for runner in targets:
+            self._sync(runner)
+            if not runner.process(record, out):
+                on_time = False
+            self._register(runner)
+        if not self.started:
+            self.started = all(runner.clock is not None for runner in self.runners)
+        return on_time
+
+    def flush_metrics(self) -> list[MetricPoint]:
+        """Every open metric bucket (the input has ended)."""
+        return self.metrics.flush() if self.metrics is not None else []
+
+    def _absorb_tick(self, ts: int, out: list[Notification]) -> None:
+        self.ticks += 1
+        if ts > self.tick_max:
+            self.tick_max = ts
+        if self.clock is None or ts > self.clock:
+            self.clock = ts
+        dues = self.dues
+        while dues and dues[0][0] <= self.tick_max:
+            due, index = heappop(dues)
+            runner = self.runners[index]
+            if runner.registered != due:
+                continue  # superseded registration
+            runner.registered = None
+            self._sync(runner)
+            runner.evaluate_due(out)
+            self._register(runner)
+
+    def _sync(self, runner: RuleRunner) -> None:
+        pending = self.ticks - runner.synced
+        if pending:
+            runner.absorb_ticks(pending, self.tick_max)
+            runner.synced = self.ticks
+
+    def _register(self, runner: RuleRunner) -> None:
+        due = runner.due()
+        if due is None:
+            runner.registered = None
+        elif due != runner.registered:
+            runner.registered = due
+            heappush(self.dues, (due, self.index[runner.rule.id]))
+
+
+class Detector:
+    """Runs records through per-site detectors in order, without a dataflow.
+
+    Used by ``logystera rules test`` and the engine's unit tests; the dataflow
+    holds the same :class:`SiteDetector` objects as keyed state instead.
+    """
+
+    def __init__(self, rules: Iterable[Rule], lateness: int = DEFAULT_ALLOWED_LATENESS_MS) -> None:
+        self.table = RoutingTable(rules)
+        self.lateness = lateness
+        self.sites: dict[str, SiteDetector] = {}
+        self.late_lines: set[int] = set()
+
+    @property
+    def runners(self) -> dict[tuple[str, str], RuleRunner]:
+        """Every runner by (site, rule id), for inspection in tests."""
+        return {(site, runner.rule.id): runner for site, detector in self.sites.items() for runner in detector.runners}
+
+    def process(self, record: Record) -> list[Notification]:
+        """Route one record and return the notifications it caused, in emission order."""
+        out: list[Notification] = []
+        site = self.sites.get(record.site)
+        if site is None:
+            site = self.sites[record.site] = SiteDetector(self.table, record.site, self.lateness)
+        if not site.process(record, out):
+            self.late_lines.add(record.line)
+        return out
+
+    def run(self, records: Iterable[Record]) -> list[Notification]:
+        """All notifications for a sequence of records, in output (sorted) order."""
+        out: list[Notification] = []
+        for record in records:
+            out.extend(self.process(record))
+        out.sort(key=Notification.sort_key)
+        return out
