@@ -19,7 +19,7 @@ from typing_extensions import override
 Line = tuple[int, bytes]
 """A 1-based line number and the line's bytes (without the newline)."""
 
-DEFAULT_CHUNK_LINES = 2000
+DEFAULT_CHUNK_LINES = 10_000
 
 
 class _LinesPartition(StatefulSourcePartition[list[Line], int]):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from operators.conditions import Predicate, compile_conditions
@@ -34,6 +34,7 @@ class CompiledRule:
     overflow_json: str
     header: dict[str, Any]
     params: Any  # the kind's parameter block (None for match), read on every evaluation
+    group_cache: dict[tuple[Any, ...], str] = field(default_factory=dict)  # group values -> group_json
 
     @property
     def window_text(self) -> str:

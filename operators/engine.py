@@ -22,6 +22,7 @@ from operators.notification import Notification, alert_id
 from schemas.records import Record, compact_json
 
 AnyFingerprint = Fingerprint | MatchFingerprint
+GROUP_CACHE_LIMIT = 4096
 
 
 class RuleRunner:
@@ -85,7 +86,16 @@ class RuleRunner:
         fields = self.rule.group_fields
         if not fields:
             return "{}"
-        return compact_json({name: getattr(data, name, None) for name in sorted(fields)})
+        values = tuple(getattr(data, name, None) for name in fields)
+        if any(isinstance(value, list) for value in values):  # `flags`: not hashable, not cached
+            return compact_json(dict(sorted(zip(fields, values, strict=True))))
+        cache = self.rule.group_cache  # group_json is a pure function of the values: share it per rule
+        group = cache.get(values)
+        if group is None:
+            if len(cache) >= GROUP_CACHE_LIMIT:
+                cache.clear()
+            group = cache[values] = compact_json(dict(sorted(zip(fields, values, strict=True))))
+        return group
 
     def _apply(self, record: Record, c: int, out: list[Notification]) -> AnyFingerprint | None:
         rule = self.rule
