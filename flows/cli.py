@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from schemas.durations import parse_duration
+from sinks.clickhouse import StoreError
 
 EXIT_USAGE = 2
+EXIT_FAILED = 1
+DEFAULT_STORE = "chdb://.logystera/store"
 
 
 class UsageError(Exception):
@@ -96,16 +100,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.signals}: no such file")
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
-    if args.store not in (None, "none"):
-        raise UsageError("--store: only 'none' is available in this version (ClickHouse storage is not wired yet)")
     try:
         lateness = parse_duration(args.allowed_lateness)
     except ValueError as error:
         raise UsageError(f"--allowed-lateness: {error}") from None
     ruleset = _load_ruleset(args.rules)
+    store = None if args.store in (None, "none") else _open_store(args.store)
     out = sys.stdout if args.out in (None, "-") else _open_output(args.out)
     result = replay(args.signals, ruleset.enabled_rules, workers=args.workers, lateness=lateness,
-                    link_base=args.link_base)
+                    link_base=args.link_base, store=store, metrics=ruleset.metrics)
     for line, reason in result.rejects:
         print(f"line {line}: {reason}", file=sys.stderr)
     with out:
@@ -114,6 +117,43 @@ def cmd_replay(args: argparse.Namespace) -> int:
             out.write("\n")
     print(result.totals_line, file=sys.stderr)
     return 0
+
+
+def default_store() -> str:
+    """The store ``db``, ``sql`` and ``demo`` use unless told otherwise: ``$LOGYSTERA_STORE`` or the embedded one."""
+    return os.environ.get("LOGYSTERA_STORE") or DEFAULT_STORE
+
+
+def _open_store(dsn: str, **options: Any):  # type: ignore[no-untyped-def]
+    from sinks.clickhouse import Store, StoreConfigError
+
+    try:
+        return Store.open(dsn, **options)
+    except StoreConfigError as error:
+        raise UsageError(f"--store: {error}") from None
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    """Create or upgrade the store's schema (idempotent)."""
+    from sinks.clickhouse import Store, StoreConfigError, parse_dsn
+
+    try:
+        store = Store(parse_dsn(args.store))
+    except StoreConfigError as error:
+        raise UsageError(f"--store: {error}") from None
+    applied = store.migrate()
+    done = f"applied migration(s) {', '.join(map(str, applied))}" if applied else "schema already up to date"
+    print(f"{store.address}: {done}")
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    """Run one SQL query against the store and print the result."""
+    from flows.sql import run_sql
+    from sinks.clickhouse import RetryPolicy
+
+    # A person is waiting: a query the store rejects fails at once instead of being retried.
+    return run_sql(_open_store(args.store, retry=RetryPolicy(give_up_after=0)), args.query, args.format, sys.stdout)
 
 
 def _open_output(path: str):  # type: ignore[no-untyped-def]
@@ -158,7 +198,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Replay the bundled scenario and show the alerts as they fire."""
     from flows.demo import run_demo
 
-    return run_demo(Path(args.data_dir), workers=args.workers)
+    return run_demo(Path(args.data_dir), workers=args.workers, store=args.store)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,7 +233,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="replay a realistic scenario and show the alerts")
     demo.add_argument("--data-dir", default=".logystera/demo", metavar="DIR")
     demo.add_argument("--workers", type=int, default=1, metavar="N")
+    demo.add_argument("--store", default=default_store(), metavar="DSN", help="where to store everything (none: nowhere)")
     demo.set_defaults(handler=cmd_demo)
+
+    db = commands.add_parser("db", help="manage the ClickHouse store")
+    db_commands = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
+    migrate = db_commands.add_parser("migrate", help="create or upgrade the schema")
+    migrate.add_argument("--store", default=default_store(), metavar="DSN")
+    migrate.set_defaults(handler=cmd_db_migrate)
+
+    sql = commands.add_parser("sql", help="query the store (chDB has no server to point clickhouse-client at)")
+    sql.add_argument("query", metavar="QUERY")
+    sql.add_argument("--store", default=default_store(), metavar="DSN")
+    sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sql.set_defaults(handler=cmd_sql)
     return parser
 
 
@@ -205,6 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"logystera: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except StoreError as error:
+        # The store could not be reached or kept failing: the run did not complete.
+        print(f"logystera: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except BrokenPipeError:
         return 0
 

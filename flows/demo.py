@@ -35,6 +35,7 @@ from flows.replay import ReplayResult, replay
 from flows.scenario import DAY_START, SITES, write_scenario
 from flows.sources import DEFAULT_CHUNK_LINES
 from schemas.rules import Rule
+from sinks.clickhouse import Store
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 """The default rule pack, located relative to the package (the repository's ``rules/``)."""
@@ -162,11 +163,12 @@ def _release(pipe: Path, feeder: threading.Thread, stop: threading.Event) -> Non
 
 def replay_with_progress(
     signals: Path, total: int, rules: list[Rule], workers: int, console: Console,
-    on_alerts: Callable[[list[Alert]], None],
+    on_alerts: Callable[[list[Alert]], None], **options: Any,
 ) -> ReplayResult:
     """:func:`flows.replay.replay` over ``signals``, reporting how many lines the flow has been given."""
+    options.setdefault("source", signals.name)
     if not hasattr(os, "mkfifo"):
-        return replay(str(signals), rules, workers=workers, on_alerts=on_alerts)
+        return replay(str(signals), rules, workers=workers, on_alerts=on_alerts, **options)
     with tempfile.TemporaryDirectory(prefix="logystera-demo-") as scratch:
         pipe = Path(scratch) / "signals.pipe"
         os.mkfifo(pipe)
@@ -174,7 +176,7 @@ def replay_with_progress(
         feeder = threading.Thread(target=_feed, args=(signals, pipe, total, console, stop), name="demo-feeder", daemon=True)
         feeder.start()
         try:
-            return replay(str(pipe), rules, workers=workers, on_alerts=on_alerts)
+            return replay(str(pipe), rules, workers=workers, on_alerts=on_alerts, **options)
         finally:
             _release(pipe, feeder, stop)
             console.end_status()
@@ -212,8 +214,15 @@ def _totals(records: list[dict[str, Any]], result: ReplayResult, seconds: float)
     ]
 
 
-def run_demo(data_dir: Path, workers: int = 1, console: Console | None = None) -> int:
-    """Generate the scenario, replay it through the real flow with the default rules, report; 0 on success."""
+TRY_QUERY = 'try: .venv/bin/logystera sql "SELECT site, rule_id, count() AS notifications FROM alerts_final GROUP BY ALL"'
+
+
+def run_demo(data_dir: Path, workers: int = 1, console: Console | None = None, store: str = "none") -> int:
+    """Generate the scenario, replay it through the real flow with the default rules, report; 0 on success.
+
+    With a ``store`` DSN (the CLI passes the embedded default), everything is
+    also written to ClickHouse; replaying the day again replaces, never doubles.
+    """
     from schemas.rule_loader import RuleLoadError, load_rules
 
     out = console or Console()
@@ -240,8 +249,9 @@ def run_demo(data_dir: Path, workers: int = 1, console: Console | None = None) -
         for _, line in sorted(batch, key=lambda alert: alert[0]):
             out.line(alert_line(json.loads(line)))
 
+    opened = None if store == "none" else Store.open(store)
     started = time.perf_counter()
-    result = replay_with_progress(signals_path, total, rules, workers, out, show)
+    result = replay_with_progress(signals_path, total, rules, workers, out, show, store=opened, metrics=ruleset.metrics)
     seconds = time.perf_counter() - started
     with open(alerts_path, "w", encoding="utf-8", newline="\n") as alerts:
         for line in result.alerts:
@@ -262,4 +272,7 @@ def run_demo(data_dir: Path, workers: int = 1, console: Console | None = None) -
     out.line("")
     out.line(f"Signals: {signals_path}")
     out.line(f"Alerts:  {alerts_path}")
+    if opened is not None:
+        out.line(f"Store:   {opened.address}")
+        out.line(f"  {TRY_QUERY}")
     return 0

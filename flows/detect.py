@@ -17,6 +17,7 @@ tick (routed to every rule) one dictionary append instead of one per rule.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from operator import attrgetter
 from typing import Any
 
 import bytewax.operators as op
@@ -28,10 +29,13 @@ from typing_extensions import override
 
 from flows.sources import Line
 from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS
+from operators.metrics import CompiledMetric, MetricPoint
 from operators.notification import DEFAULT_LINK_BASE, Notification
 from operators.routing import RoutingTable
 from operators.site import SiteDetector
-from schemas.records import Record, parse_lines
+from schemas.records import Record, parse_lines, salvage_site_and_ts
+from schemas.store import alert_rows, metric_row, rejected_row, signal_rows
+from sinks.clickhouse import StoreItem
 
 Reject = tuple[int, str]
 """A rejected input line: its number and the one-line reason."""
@@ -40,13 +44,22 @@ Alert = tuple[tuple[Any, ...], str]
 
 
 class ParseAndRoute:
-    """Validate a chunk of lines and group the routed records per site, keeping file order."""
+    """Validate a chunk of lines and group the routed records per site, keeping file order.
 
-    def __init__(self, table: RoutingTable) -> None:
+    With ``store_source`` set it also emits the rows for the store: every
+    valid signal, and every rejected line (without its content) attributed to
+    its own ``ts`` or, when it has none, to the latest valid ``ts`` before it.
+    That attribution depends only on the input order, never on chunking: this
+    step runs on the single worker that reads the input.
+    """
+
+    def __init__(self, table: RoutingTable, store_source: str | None = None) -> None:
         self.table = table
+        self.store_source = store_source
+        self.latest_ts = 0
 
     def __call__(self, chunk: list[Line]) -> Iterable[tuple[str, Any]]:
-        """Tagged outputs: ``reject`` per bad line, one ``valid`` count, ``work`` per site."""
+        """Tagged outputs: ``reject`` per bad line, one ``valid`` count, ``work`` per site, ``store`` rows."""
         records, rejects = parse_lines(chunk)
         out: list[tuple[str, Any]] = [("reject", reject) for reject in rejects]
         out.append(("valid", len(records)))
@@ -60,39 +73,80 @@ class ParseAndRoute:
                 else:
                     site_records.append(record)
         out.extend(("work", item) for item in groups.items())
+        if self.store_source is not None:
+            out.append(("store", ("signals", signal_rows(records))))
+            if rejects:
+                out.append(("store", ("rejected", self._rejected_rows(chunk, records, rejects))))
+            if records:
+                self.latest_ts = max(self.latest_ts, max(map(attrgetter("ts"), records)))
         return out
+
+    def _rejected_rows(self, chunk: list[Line], records: list[Record], rejects: list[Reject]) -> list[tuple[Any, ...]]:
+        assert self.store_source is not None
+        raw_of = dict(chunk)
+        valid_ts = iter(sorted((record.line, record.ts) for record in records))
+        latest, upcoming = self.latest_ts, next(valid_ts, None)
+        rows = []
+        for line, reason in rejects:
+            while upcoming is not None and upcoming[0] < line:
+                latest = max(latest, upcoming[1])
+                upcoming = next(valid_ts, None)
+            site, ts = salvage_site_and_ts(raw_of[line])
+            rows.append(rejected_row(self.store_source, line, site, reason, ts if ts is not None else latest))
+        return rows
 
 
 class DetectLogic(StatefulBatchLogic[list[Record], tuple[str, Any], Any]):
     """Bytewax state for one site: its :class:`SiteDetector`, fed in arrival order."""
 
-    def __init__(self, table: RoutingTable, lateness: int, link_base: str) -> None:
+    def __init__(self, table: RoutingTable, lateness: int, link_base: str, metrics: list[CompiledMetric]) -> None:
         self.table = table
         self.lateness = lateness
         self.link_base = link_base
+        self.metrics = metrics
         self.detector: SiteDetector | None = None
 
     @override
     def on_batch(self, values: list[list[Record]]) -> tuple[list[tuple[str, Any]], bool]:
         out: list[Notification] = []
+        points: list[MetricPoint] = []
         emitted: list[tuple[str, Any]] = []
         detector = self.detector
         for records in values:
             if detector is None:
-                detector = self.detector = SiteDetector(self.table, records[0].site, self.lateness)
+                detector = self.detector = SiteDetector(self.table, records[0].site, self.lateness, self.metrics)
             process = detector.process
             for record in records:
-                if not process(record, out):
+                if not process(record, out, points):
                     emitted.append(("late", record.line))
         if out:
             link_base = self.link_base
             emitted.extend(("alert", (n.sort_key(), n.to_json(link_base))) for n in out)
+        if points:
+            emitted.append(("store", ("metrics", [metric_row(point) for point in points])))
         return emitted, StatefulBatchLogic.RETAIN
 
     @override
+    def on_eof(self) -> tuple[list[tuple[str, Any]], bool]:
+        # The input has ended: every open metric bucket is final.
+        if self.detector is None or not self.metrics:
+            return [], StatefulBatchLogic.RETAIN
+        points = self.detector.flush_metrics()
+        return [("store", ("metrics", [metric_row(point) for point in points]))], StatefulBatchLogic.RETAIN
+
+    @override
     def snapshot(self) -> Any:
-        # Recovery (restoring runners from snapshots) arrives with the live path; replay needs none.
+        # Recovery (restoring detectors from snapshots) arrives with the live path; replay needs none.
         return None
+
+
+def _tagged(step_id: str, stream: Any, tag: str) -> Any:
+    return op.filter_map(step_id, stream, lambda item: item[1] if item[0] == tag else None)
+
+
+def _store_items(alert: Alert) -> list[StoreItem]:
+    alert_row, evidence = alert_rows(alert[1])
+    return [("alerts", [alert_row]), ("evidence", evidence)]
 
 
 def build_detect_flow(
@@ -103,22 +157,38 @@ def build_detect_flow(
     table: RoutingTable,
     lateness: int = DEFAULT_ALLOWED_LATENESS_MS,
     link_base: str = DEFAULT_LINK_BASE,
+    store_sink: Sink[StoreItem] | None = None,
+    store_source: str = "replay",
+    metrics: list[CompiledMetric] | None = None,
 ) -> Dataflow:
     """Wire source → parse/route → detect → sinks.
 
     ``stats_sink`` receives ``("valid", n)`` per chunk and ``("late", line)``
-    per record that was late for at least one rule it was routed to.
+    per record that was late for at least one rule it was routed to. With a
+    ``store_sink``, every valid signal, notification (with its evidence),
+    final metric bucket and rejected line also goes to the store, as
+    ``(table, rows)`` items; ``store_source`` names the input in ``rejected``.
     """
     flow = Dataflow("logystera_detect")
     chunks = op.input("signals", flow, source)
-    parsed = op.flat_map("parse_route", chunks, ParseAndRoute(table))
-    work = op.branch("is_work", parsed, lambda item: item[0] == "work")
-    keyed = op.map("keyed", work.trues, lambda item: item[1])
-    side = op.branch("is_reject", work.falses, lambda item: item[0] == "reject")
-    op.output("rejects", op.map("reject", side.trues, lambda item: item[1]), rejects_sink)
-    results = op.stateful_batch("detect", keyed, lambda _resume: DetectLogic(table, lateness, link_base))
+    storing = store_sink is not None
+    parsed = op.flat_map("parse_route", chunks, ParseAndRoute(table, store_source if storing else None))
+    keyed = _tagged("work", parsed, "work")
+    op.output("rejects", _tagged("reject", parsed, "reject"), rejects_sink)
+    site_metrics = (metrics or []) if storing else []
+    results = op.stateful_batch("detect", keyed, lambda _resume: DetectLogic(table, lateness, link_base, site_metrics))
     outcomes = op.key_rm("outcomes", results)
-    alerts = op.branch("is_alert", outcomes, lambda item: item[0] == "alert")
-    op.output("alerts", op.map("alert", alerts.trues, lambda item: item[1]), alerts_sink)
-    op.output("stats", op.merge("stats_merge", side.falses, alerts.falses), stats_sink)
+    alerts = _tagged("alert", outcomes, "alert")
+    op.output("alerts", alerts, alerts_sink)
+    valid = op.map("valid", _tagged("valid_count", parsed, "valid"), lambda n: ("valid", n))
+    late = op.map("late", _tagged("late_line", outcomes, "late"), lambda line: ("late", line))
+    op.output("stats", op.merge("stats_merge", valid, late), stats_sink)
+    if store_sink is not None:
+        rows = op.merge(
+            "store_rows",
+            _tagged("store_parsed", parsed, "store"),
+            _tagged("store_detected", outcomes, "store"),
+            op.flat_map("alert_rows", alerts, _store_items),
+        )
+        op.output("store", rows, store_sink)
     return flow

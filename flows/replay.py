@@ -10,6 +10,7 @@ import gc
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from bytewax.dataflow import Dataflow
@@ -20,9 +21,11 @@ from typing_extensions import override
 from flows.detect import Alert, Reject, build_detect_flow
 from flows.sources import DEFAULT_CHUNK_LINES, JsonLinesSource
 from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS
+from operators.metrics import compile_metric
 from operators.notification import DEFAULT_LINK_BASE
 from operators.routing import RoutingTable
-from schemas.rules import Rule
+from schemas.rules import MetricDefinition, Rule
+from sinks.clickhouse import Store, StoreSink, StoreUnavailable
 
 X = TypeVar("X")
 
@@ -64,6 +67,16 @@ class ReplayResult:
         return f"replayed {self.valid} signals, {len(self.rejects)} invalid, {len(self.late_lines)} late"
 
 
+def store_failure(error: BaseException) -> StoreUnavailable | None:
+    """The :class:`StoreUnavailable` somewhere in an exception's chain, if any."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, StoreUnavailable):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def run_flow(flow: Dataflow, workers: int) -> None:
     """Run a dataflow to completion with ``workers`` worker threads in this process.
 
@@ -93,8 +106,17 @@ def replay(
     link_base: str = DEFAULT_LINK_BASE,
     chunk_lines: int = DEFAULT_CHUNK_LINES,
     on_alerts: Callable[[list[Alert]], None] | None = None,
+    store: Store | None = None,
+    metrics: list[MetricDefinition] | None = None,
+    source: str | None = None,
 ) -> ReplayResult:
-    """Run the detection flow over a file (``-`` = stdin) and return sorted results."""
+    """Run the detection flow over a file (``-`` = stdin) and return sorted results.
+
+    With a ``store``, everything the flow sees and decides is written to it as
+    well (signals, notifications and evidence, final metric buckets of
+    ``metrics``, rejected lines, attributed to ``source``); a store that stays
+    unavailable stops the run with :class:`sinks.clickhouse.StoreUnavailable`.
+    """
     result = ReplayResult()
     keyed_alerts: list[Alert] = []
 
@@ -118,8 +140,18 @@ def replay(
         RoutingTable(rules),
         lateness,
         link_base,
+        store_sink=StoreSink(store) if store is not None else None,
+        store_source=source or (Path(signals).name if signals != "-" else "stdin"),
+        metrics=[compile_metric(metric) for metric in metrics or []],
     )
-    run_flow(flow, workers)
+    try:
+        run_flow(flow, workers)
+    except Exception as error:
+        # Bytewax re-raises a step's exception wrapped; a store that gave up is the user-facing cause.
+        cause = store_failure(error)
+        if cause is not None:
+            raise cause from None
+        raise
     keyed_alerts.sort(key=lambda alert: alert[0])
     result.alerts = [line for _, line in keyed_alerts]
     result.rejects.sort()

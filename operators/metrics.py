@@ -110,11 +110,17 @@ class SiteMetrics:
         """Account one record (signal or tick); return the buckets it made final."""
         ts = record.ts
         clock = self.clock
-        if clock is not None and ts <= clock - self.lateness:
-            if record.type in self.by_type:
-                self.late += 1
+        metrics = self.by_type.get(record.type)
+        if metrics is None:  # a tick, or a type no metric counts: it can only move the clock
+            if clock is None or ts > clock:
+                self.clock = ts
+                if self.next_end is not None and self.next_end < ts - self.lateness:
+                    return self._final()
             return []
-        for metric in self.by_type.get(record.type, ()):
+        if clock is not None and ts <= clock - self.lateness:
+            self.late += 1
+            return []
+        for metric in metrics:
             data = record.data
             if metric.matches is not None and not metric.matches(data):
                 continue

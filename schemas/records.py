@@ -7,13 +7,14 @@ reason strings are what a user sees on stderr as ``line N: <reason>``.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from schemas.signals import MAX_SIGNAL_BYTES, SIGNAL_ADAPTER
-from schemas.timestamps import TimestampError, parse_ts
+from schemas.signals import MAX_SIGNAL_BYTES, SIGNAL_ADAPTER, SITE_PATTERN
+from schemas.timestamps import TimestampError, parse_ts, parse_ts_checked
 
 
 class Record:
@@ -23,9 +24,11 @@ class Record:
     envelope as received; it is only re-encoded when a notification is built.
     """
 
-    __slots__ = ("data", "id", "line", "raw", "site", "ts", "type")
+    __slots__ = ("data", "id", "line", "raw", "seq", "site", "ts", "type")
 
-    def __init__(self, line: int, site: str, type_: str, ts: int, id_: str, data: BaseModel, raw: bytes) -> None:
+    def __init__(
+        self, line: int, site: str, type_: str, ts: int, id_: str, data: BaseModel, raw: bytes, seq: int | None = None
+    ) -> None:
         self.line = line
         self.site = site
         self.type = type_
@@ -33,6 +36,7 @@ class Record:
         self.id = id_
         self.data = data
         self.raw = raw
+        self.seq = seq
 
     def __repr__(self) -> str:
         return f"Record(line={self.line}, site={self.site!r}, type={self.type!r}, ts={self.ts}, id={self.id!r})"
@@ -137,8 +141,32 @@ def parse_lines(lines: Iterable[tuple[int, bytes]]) -> tuple[list[Record], list[
         except TimestampError as error:
             rejects.append((line, f"ts: {error}"))
             continue
-        records.append(make(line, signal.site, signal.type, ts, signal.id, signal.data, raw))
+        records.append(make(line, signal.site, signal.type, ts, signal.id, signal.data, raw, signal.seq))
     return records, rejects
+
+
+_SITE_RE = re.compile(SITE_PATTERN)
+
+
+def salvage_site_and_ts(raw: bytes) -> tuple[str, int | None]:
+    """The site and event time of a rejected line, where they are themselves valid.
+
+    Used to attribute rejected input (counted by site and hour) without keeping
+    any of its content; ``("", None)`` when the line names neither.
+    """
+    try:
+        envelope = json.loads(raw)
+    except (ValueError, UnicodeError):
+        return "", None
+    if not isinstance(envelope, dict):
+        return "", None
+    site = envelope.get("site")
+    site = site if isinstance(site, str) and _SITE_RE.match(site) else ""
+    ts = envelope.get("ts")
+    try:
+        return site, parse_ts_checked(ts) if isinstance(ts, str) else None
+    except TimestampError:
+        return site, None
 
 
 def evidence_envelope(raw: bytes) -> Any:

@@ -171,7 +171,8 @@ SIGNAL_TYPES: tuple[str, ...] = tuple(PAYLOADS)
 MAX_SIGNAL_BYTES = 2048
 
 SignalId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
-SiteId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
+SITE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+SiteId = Annotated[str, Field(pattern=SITE_PATTERN)]
 Timestamp = Annotated[str, Field(pattern=TS_PATTERN)]
 Version = Annotated[int, Field(ge=1, le=1)]
 

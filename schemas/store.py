@@ -1,0 +1,213 @@
+"""The ClickHouse schema: tables analysts query, as versioned migrations.
+
+Every table is a ``ReplacingMergeTree`` whose sorting key contains the row's
+deterministic identity (signal id; alert id + seq; metric key + bucket;
+rejected line), so replaying the same input, or re-emitting after a crash,
+replaces rows instead of adding them. Reads that count go through the
+``*_final`` views (``FINAL``), which see deduplicated data even before a
+background merge.
+
+Migrations are applied in order and recorded in ``schema_migrations``; each
+statement is idempotent (``IF NOT EXISTS``), so applying twice is harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from schemas.records import Record, compact_json
+from schemas.timestamps import parse_ts_checked
+
+if TYPE_CHECKING:
+    from operators.metrics import MetricPoint
+
+SIGNAL_COLUMNS = ("site", "type", "ts", "id", "seq", "envelope")
+ALERT_COLUMNS = (
+    "alert_id", "seq", "status", "rule_id", "rule_title", "rule_kind", "severity", "site", "subsystem",
+    "group_json", "summary", "started_at", "evaluated_at", "ended_at", "value", "suppressed_count",
+    "evidence_total", "link", "deliver", "record",
+)
+EVIDENCE_COLUMNS = ("alert_id", "seq", "position", "site", "signal_id", "type", "ts", "envelope")
+METRIC_COLUMNS = ("site", "metric", "labels_key", "labels", "bucket_start", "resolution_s", "value", "signals")
+REJECTED_COLUMNS = ("source", "line", "site", "reason", "hour")
+DELIVERY_COLUMNS = (
+    "alert_id", "seq", "channel", "attempt", "attempted_at", "outcome", "status_code", "latency_ms", "error",
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema version: statements with ``{db}`` and ``{ttl_days}`` placeholders."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "signals, alerts, evidence, metrics, rejected, deliveries and their deduplicated views", (
+        """CREATE TABLE IF NOT EXISTS {db}.signals (
+            site LowCardinality(String),
+            type LowCardinality(String),
+            ts DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1)),
+            id String CODEC(ZSTD(1)),
+            seq Nullable(UInt64),
+            envelope String CODEC(ZSTD(3)) COMMENT 'the signal as received: structure only, never content',
+            data String ALIAS JSONExtractRaw(envelope, 'data') COMMENT 'the typed payload as JSON'
+        ) ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(ts)
+        ORDER BY (site, type, ts, id)
+        TTL toDateTime(ts) + INTERVAL {ttl_days} DAY""",
+        """CREATE TABLE IF NOT EXISTS {db}.alerts (
+            alert_id String,
+            seq UInt32,
+            status LowCardinality(String),
+            rule_id LowCardinality(String),
+            rule_title String,
+            rule_kind LowCardinality(String),
+            severity LowCardinality(String),
+            site LowCardinality(String),
+            subsystem LowCardinality(String),
+            group_json String,
+            summary String,
+            started_at DateTime64(3, 'UTC'),
+            evaluated_at DateTime64(3, 'UTC'),
+            ended_at Nullable(DateTime64(3, 'UTC')),
+            value String,
+            suppressed_count UInt32,
+            evidence_total UInt32,
+            link String,
+            deliver Array(LowCardinality(String)),
+            record String CODEC(ZSTD(3)) COMMENT 'the notification record exactly as emitted'
+        ) ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(evaluated_at)
+        ORDER BY (site, evaluated_at, rule_id, alert_id, seq)""",
+        """CREATE TABLE IF NOT EXISTS {db}.evidence (
+            alert_id String,
+            seq UInt32,
+            position UInt16,
+            site LowCardinality(String),
+            signal_id String,
+            type LowCardinality(String),
+            ts DateTime64(3, 'UTC'),
+            envelope String CODEC(ZSTD(3))
+        ) ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(ts)
+        ORDER BY (alert_id, seq, position)""",
+        """CREATE TABLE IF NOT EXISTS {db}.metrics (
+            site LowCardinality(String),
+            metric LowCardinality(String),
+            labels_key String COMMENT 'the labels as sorted compact JSON: part of the row identity',
+            labels Map(LowCardinality(String), String),
+            bucket_start DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1)),
+            resolution_s UInt32,
+            value Float64,
+            signals UInt64
+        ) ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(bucket_start)
+        ORDER BY (site, metric, bucket_start, labels_key)
+        TTL toDateTime(bucket_start) + INTERVAL {ttl_days} DAY""",
+        """CREATE TABLE IF NOT EXISTS {db}.rejected (
+            source String COMMENT 'where the input came from (file name, gateway)',
+            line UInt64,
+            site LowCardinality(String) COMMENT 'empty when the line names no valid site',
+            reason LowCardinality(String) COMMENT 'what was wrong (field and check), never the content',
+            hour DateTime('UTC')
+        ) ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(hour)
+        ORDER BY (hour, site, reason, source, line)""",
+        """CREATE TABLE IF NOT EXISTS {db}.deliveries (
+            alert_id String,
+            seq UInt32,
+            channel LowCardinality(String),
+            attempt UInt16,
+            attempted_at DateTime64(3, 'UTC'),
+            outcome LowCardinality(String),
+            status_code Nullable(UInt16),
+            latency_ms UInt32,
+            error String
+        ) ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(attempted_at)
+        ORDER BY (channel, alert_id, seq, attempt)""",
+        "CREATE VIEW IF NOT EXISTS {db}.signals_final AS SELECT * FROM {db}.signals FINAL",
+        "CREATE VIEW IF NOT EXISTS {db}.alerts_final AS SELECT * FROM {db}.alerts FINAL",
+        "CREATE VIEW IF NOT EXISTS {db}.evidence_final AS SELECT * FROM {db}.evidence FINAL",
+        "CREATE VIEW IF NOT EXISTS {db}.metrics_final AS SELECT * FROM {db}.metrics FINAL",
+        """CREATE VIEW IF NOT EXISTS {db}.rejected_hourly AS
+            SELECT hour, site, reason, count() AS rejected FROM {db}.rejected FINAL GROUP BY hour, site, reason""",
+        "CREATE VIEW IF NOT EXISTS {db}.deliveries_final AS SELECT * FROM {db}.deliveries FINAL",
+    )),
+)
+
+MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {db}.schema_migrations (
+    version UInt32,
+    description String,
+    applied_at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree ORDER BY version"""
+
+TABLES = ("signals", "alerts", "evidence", "metrics", "rejected", "deliveries")
+
+
+# -- rows ------------------------------------------------------------------------------------------
+# Timestamps are written as integer epoch milliseconds (DateTime64(3) ticks): no datetime objects on the hot path.
+
+_QUOTED = re.compile(r"'[^']*'")
+_POSITION = re.compile(r" at line \d+ column \d+")
+
+
+def signal_rows(records: Iterable[Record]) -> list[tuple[Any, ...]]:
+    """``signals`` rows for the site signals among ``records`` (ticks are clock records, not signals)."""
+    return [(r.site, r.type, r.ts, r.id, r.seq, r.raw.decode()) for r in records if r.type != "tick"]
+
+
+def alert_rows(line: str) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+    """The ``alerts`` row and the ``evidence`` rows of one notification record (JSON line)."""
+    record = json.loads(line)
+    alert_id, seq = record["alert_id"], record["seq"]
+    ended = record["ended_at"]
+    alert = (
+        alert_id, seq, record["status"], record["rule"]["id"], record["rule"]["title"], record["rule"]["kind"],
+        record["severity"], record["site"], record["subsystem"], compact_json(record["group"]), record["summary"],
+        parse_ts_checked(record["started_at"]), parse_ts_checked(record["evaluated_at"]),
+        None if ended is None else parse_ts_checked(ended), compact_json(record["value"]),
+        record["suppressed_count"], record["evidence_total"], record["link"], record["deliver"], line,
+    )
+    evidence = [
+        (alert_id, seq, position, envelope["site"], envelope["id"], envelope["type"], parse_ts_checked(envelope["ts"]),
+         compact_json(envelope))
+        for position, envelope in enumerate(record["evidence"])
+    ]
+    return alert, evidence
+
+
+def metric_row(point: MetricPoint) -> tuple[Any, ...]:
+    """One final metric bucket."""
+    labels = dict(point.labels)
+    return (
+        point.site, point.metric, compact_json(labels), labels, point.bucket_start, point.resolution // 1000,
+        point.value, point.signals,
+    )
+
+
+def rejection_reason(reason: str) -> str:
+    """A rejection reason as a category: anything quoted from the input and positions removed."""
+    return _POSITION.sub("", _QUOTED.sub("'…'", reason))[:200]
+
+
+def rejected_row(source: str, line: int, site: str, reason: str, at_ms: int) -> tuple[Any, ...]:
+    """One rejected input line, attributed to the hour of ``at_ms``."""
+    return (source, line, site, rejection_reason(reason), (at_ms - at_ms % 3_600_000) // 1000)
+
+
+ROW_COLUMNS = {
+    "signals": SIGNAL_COLUMNS,
+    "alerts": ALERT_COLUMNS,
+    "evidence": EVIDENCE_COLUMNS,
+    "metrics": METRIC_COLUMNS,
+    "rejected": REJECTED_COLUMNS,
+    "deliveries": DELIVERY_COLUMNS,
+}
