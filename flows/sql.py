@@ -12,7 +12,8 @@ from sinks.clickhouse import Store
 
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
+        # The store keeps UTC; clickhouse-connect hands back naive datetimes. Print them like the records do.
+        return f"{value:%Y-%m-%dT%H:%M:%S}.{value.microsecond // 1000:03d}Z"
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return value
@@ -31,6 +32,9 @@ def run_sql(store: Store, query: str, output_format: str, out: TextIO) -> int:
     """Run ``query`` and write its result to ``out``; 0 on success."""
     result = store.query(query)
     names = list(result.column_names)
+    if not names and query.lstrip().upper().startswith(("SELECT", "WITH")):
+        # chDB reports no column names for an empty result; ask the store for the result's shape.
+        names = [row[0] for row in store.query(f"DESCRIBE ({query})").result_rows]
     rows = result.result_rows
     if output_format == "json":
         for row in rows:

@@ -444,8 +444,8 @@ def _rejected(result: Result, run: Replayed, _: str) -> None:
     reasons = dict(run.rejects)
     last = run.lines
     expected = {
-        ("2026-11-28T00:00:00", "", rejection_reason(reasons[EARLY_BROKEN_AFTER + 1])): 1,
-        ("2026-11-28T15:00:00", "shop-eu", rejection_reason(reasons[last])): 2,
+        ("2026-11-28T00:00:00.000Z", "", rejection_reason(reasons[EARLY_BROKEN_AFTER + 1])): 1,
+        ("2026-11-28T15:00:00.000Z", "shop-eu", rejection_reason(reasons[last])): 2,
     }
     assert set(reasons) == {EARLY_BROKEN_AFTER + 1, last - 1, last}
     assert {(row["hour"], row["site"], row["reason"]): int(row["rejected"]) for row in result.rows} == expected
