@@ -16,6 +16,7 @@ tick (routed to every rule) one dictionary append instead of one per rule.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable
 from operator import attrgetter
 from typing import Any
@@ -34,13 +35,15 @@ from operators.notification import DEFAULT_LINK_BASE, Notification
 from operators.routing import RoutingTable
 from operators.site import SiteDetector
 from schemas.records import Record, parse_lines, salvage_site_and_ts
-from schemas.store import alert_rows, metric_row, rejected_row, signal_rows
+from schemas.store import alert_rows, metric_row, rejected_row, signal_columns
 from sinks.clickhouse import StoreItem
 
 Reject = tuple[int, str]
 """A rejected input line: its number and the one-line reason."""
 Alert = tuple[tuple[Any, ...], str]
 """A notification: its output sort key and its compact JSON record."""
+
+_line_of, _ts_of = attrgetter("line"), attrgetter("ts")
 
 
 class ParseAndRoute:
@@ -53,9 +56,11 @@ class ParseAndRoute:
     step runs on the single worker that reads the input.
     """
 
-    def __init__(self, table: RoutingTable, store_source: str | None = None) -> None:
+    def __init__(self, table: RoutingTable, store_source: str | None = None, metric_types: Iterable[str] = ()) -> None:
         self.table = table
         self.store_source = store_source
+        # A type only a metric reads must still reach its site's detector, or the metric never counts it.
+        self.routed = set(table.by_type).union(metric_types)
         self.latest_ts = 0
 
     def __call__(self, chunk: list[Line]) -> Iterable[tuple[str, Any]]:
@@ -64,7 +69,7 @@ class ParseAndRoute:
         out: list[tuple[str, Any]] = [("reject", reject) for reject in rejects]
         out.append(("valid", len(records)))
         groups: dict[str, list[Record]] = {}
-        routed = self.table.by_type
+        routed = self.routed
         for record in records:
             if record.type in routed:
                 site_records = groups.get(record.site)
@@ -74,23 +79,28 @@ class ParseAndRoute:
                     site_records.append(record)
         out.extend(("work", item) for item in groups.items())
         if self.store_source is not None:
-            out.append(("store", ("signals", signal_rows(records))))
+            out.append(("store", ("signals", signal_columns(records))))
             if rejects:
                 out.append(("store", ("rejected", self._rejected_rows(chunk, records, rejects))))
             if records:
-                self.latest_ts = max(self.latest_ts, max(map(attrgetter("ts"), records)))
+                self.latest_ts = max(self.latest_ts, max(map(_ts_of, records)))
         return out
 
     def _rejected_rows(self, chunk: list[Line], records: list[Record], rejects: list[Reject]) -> list[tuple[Any, ...]]:
         assert self.store_source is not None
         raw_of = dict(chunk)
-        valid_ts = iter(sorted((record.line, record.ts) for record in records))
-        latest, upcoming = self.latest_ts, next(valid_ts, None)
+        # No object per record: under the store every allocation that lives to the next collection costs GC time.
+        lines = list(map(_line_of, records))
+        if lines != sorted(lines):  # parse_lines keeps the chunk's order, which is line order
+            records = sorted(records, key=_line_of)
+            lines = list(map(_line_of, records))
+        latest, before = self.latest_ts, 0
         rows = []
         for line, reason in rejects:
-            while upcoming is not None and upcoming[0] < line:
-                latest = max(latest, upcoming[1])
-                upcoming = next(valid_ts, None)
+            upto = bisect_left(lines, line, before)
+            if upto > before:
+                latest = max(latest, max(map(_ts_of, records[before:upto])))
+                before = upto
             site, ts = salvage_site_and_ts(raw_of[line])
             rows.append(rejected_row(self.store_source, line, site, reason, ts if ts is not None else latest))
         return rows
@@ -172,10 +182,11 @@ def build_detect_flow(
     flow = Dataflow("logystera_detect")
     chunks = op.input("signals", flow, source)
     storing = store_sink is not None
-    parsed = op.flat_map("parse_route", chunks, ParseAndRoute(table, store_source if storing else None))
+    site_metrics = (metrics or []) if storing else []
+    metric_types = {signal_type for metric in site_metrics for signal_type in metric.types}
+    parsed = op.flat_map("parse_route", chunks, ParseAndRoute(table, store_source if storing else None, metric_types))
     keyed = _tagged("work", parsed, "work")
     op.output("rejects", _tagged("reject", parsed, "reject"), rejects_sink)
-    site_metrics = (metrics or []) if storing else []
     results = op.stateful_batch("detect", keyed, lambda _resume: DetectLogic(table, lateness, link_base, site_metrics))
     outcomes = op.key_rm("outcomes", results)
     alerts = _tagged("alert", outcomes, "alert")

@@ -17,6 +17,8 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from schemas.records import Record, compact_json
@@ -159,9 +161,42 @@ _QUOTED = re.compile(r"'[^']*'")
 _POSITION = re.compile(r" at line \d+ column \d+")
 
 
+class Columns:
+    """Rows of one table given column by column: ``data[i]`` holds the values of the table's ``i``-th column.
+
+    The form the flow hands the store the signals in: no tuple per row to
+    build, to keep alive in the sink's buffer (where every live object costs
+    garbage-collector time) and to transpose again for the column-oriented insert.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: list[list[Any]]) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data[0]) if self.data else 0
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        """The same rows as tuples."""
+        return list(zip(*self.data, strict=True))
+
+
+_SITE, _TYPE, _TS, _ID, _SEQ, _RAW = (attrgetter(name) for name in ("site", "type", "ts", "id", "seq", "raw"))
+
+
+def signal_columns(records: Iterable[Record]) -> Columns:
+    """``signals`` rows, as :class:`Columns`, for the site signals among ``records`` (ticks are clock records, not signals)."""
+    signals = [record for record in records if record.type != "tick"]
+    return Columns([
+        list(map(_SITE, signals)), list(map(_TYPE, signals)), list(map(_TS, signals)), list(map(_ID, signals)),
+        list(map(_SEQ, signals)), [raw.decode() for raw in map(_RAW, signals)],
+    ])
+
+
 def signal_rows(records: Iterable[Record]) -> list[tuple[Any, ...]]:
     """``signals`` rows for the site signals among ``records`` (ticks are clock records, not signals)."""
-    return [(r.site, r.type, r.ts, r.id, r.seq, r.raw.decode()) for r in records if r.type != "tick"]
+    return signal_columns(records).rows()
 
 
 def alert_rows(line: str) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
@@ -184,11 +219,17 @@ def alert_rows(line: str) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
     return alert, evidence
 
 
+@lru_cache(maxsize=16_384)
+def _labels_key(labels: tuple[tuple[str, str], ...]) -> str:
+    # A metric has few label combinations and emits them for every site and bucket: encode each once.
+    return compact_json(dict(labels))
+
+
 def metric_row(point: MetricPoint) -> tuple[Any, ...]:
     """One final metric bucket."""
-    labels = dict(point.labels)
+    labels = point.labels
     return (
-        point.site, point.metric, compact_json(labels), labels, point.bucket_start, point.resolution // 1000,
+        point.site, point.metric, _labels_key(labels), dict(labels), point.bucket_start, point.resolution // 1000,
         point.value, point.signals,
     )
 

@@ -33,9 +33,12 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from typing_extensions import override
 
-from schemas.store import MIGRATIONS, MIGRATIONS_TABLE, ROW_COLUMNS
+from schemas.store import MIGRATIONS, MIGRATIONS_TABLE, ROW_COLUMNS, Columns
 
 DEFAULT_DATABASE = "logystera"
+INSERT_SETTINGS = {"optimize_on_insert": 0}
+"""Every table is a ReplacingMergeTree read through FINAL, which already replaces rows with the same key;
+replacing them within each inserted block as well took a quarter of chDB's insert time (bench/store.py)."""
 _LOW_CARDINALITY = re.compile(r"LowCardinality\((\w+(?:\([^()]*\))?)\)")
 
 
@@ -119,6 +122,24 @@ class RetryPolicy:
     give_up_after: float = 60.0
 
 
+def _locked_by_another_process(directory: Path) -> bool:
+    """Whether another process holds the lock chDB (like ClickHouse) takes on the directory's ``status`` file."""
+    import fcntl
+    import os
+
+    try:
+        descriptor = os.open(directory / "status", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)  # also releases the lock if it was free and just taken
+    return False
+
+
 def _connect(address: StoreAddress) -> Any:
     import clickhouse_connect
 
@@ -126,7 +147,13 @@ def _connect(address: StoreAddress) -> Any:
         # clickhouse-connect reads chdb://a/b as host "a": hand it an absolute path.
         directory = Path(address.path).resolve()
         directory.mkdir(parents=True, exist_ok=True)
-        return clickhouse_connect.get_client(dsn=f"chdb://{directory}")
+        try:
+            return clickhouse_connect.get_client(dsn=f"chdb://{directory}")
+        except ClickHouseError:
+            # chDB says only "Error initializing EmbeddedServer"; the usual cause deserves its own words.
+            if _locked_by_another_process(directory):
+                raise OSError(f"{directory} is in use by another process (a chDB directory is opened by one process at a time)") from None
+            raise
     return clickhouse_connect.get_client(
         host=address.host, port=address.port, username=address.username, password=address.password,
         secure=address.secure, database="default",
@@ -222,7 +249,7 @@ class Store:
             f"insert into {table}",
             lambda client: client.insert(
                 f"{self.database}.{table}", data, column_names=list(columns), column_oriented=True,
-                column_type_names=types,
+                column_type_names=types, settings=INSERT_SETTINGS,
             ),
         )
         return len(data[0])
@@ -251,8 +278,8 @@ class Store:
         self.query("SELECT 1")
 
 
-StoreItem = tuple[str, list[tuple[Any, ...]]]
-"""What the flow hands the store: a table name and rows for it."""
+StoreItem = tuple[str, list[tuple[Any, ...]] | Columns]
+"""What the flow hands the store: a table name and rows for it, as tuples or as :class:`~schemas.store.Columns`."""
 
 
 class _StorePartition(StatelessSinkPartition[StoreItem]):
@@ -261,7 +288,7 @@ class _StorePartition(StatelessSinkPartition[StoreItem]):
         self._batch_rows = batch_rows
         self._max_delay = max_delay
         self._clock = clock
-        self._buffers: dict[str, list[tuple[Any, ...]]] = {}
+        self._buffers: dict[str, list[list[Any]]] = {}  # per table, one list per column: inserted as they are
         self._oldest: float | None = None
 
     @override
@@ -269,21 +296,23 @@ class _StorePartition(StatelessSinkPartition[StoreItem]):
         for table, rows in items:
             if not rows:
                 continue
-            buffer = self._buffers.setdefault(table, [])
-            buffer.extend(rows)
+            buffer = self._buffers.get(table)
+            if buffer is None:
+                buffer = self._buffers[table] = [[] for _ in ROW_COLUMNS[table]]
+            for column, values in zip(buffer, rows.data if isinstance(rows, Columns) else zip(*rows, strict=True), strict=True):
+                column.extend(values)
             if self._oldest is None:
                 self._oldest = self._clock()
-            if len(buffer) >= self._batch_rows:
+            if len(buffer[0]) >= self._batch_rows:
                 self._flush(table)
         if self._oldest is not None and self._clock() - self._oldest >= self._max_delay:
             self._flush_all()
 
     def _flush(self, table: str) -> None:
-        rows = self._buffers.pop(table, [])
-        if rows:
-            columns = ROW_COLUMNS[table]
-            self._store.insert(table, columns, [list(column) for column in zip(*rows, strict=True)])
-        if not any(self._buffers.values()):
+        columns = self._buffers.pop(table, None)
+        if columns:
+            self._store.insert(table, ROW_COLUMNS[table], columns)
+        if not self._buffers:  # a buffer exists only while it holds rows
             self._oldest = None
 
     def _flush_all(self) -> None:
