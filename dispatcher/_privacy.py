@@ -7,9 +7,9 @@ or /48 (IPv6) prefix names a network, not a person.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
+
+from schemas.factory import identity_hash
 
 
 def hash_identity(value: str, site_key: str) -> str:
@@ -21,7 +21,7 @@ def hash_identity(value: str, site_key: str) -> str:
     """
     if not site_key:
         raise ValueError("site_key: must not be empty (identities are hashed with a key per site)")
-    return hmac.new(site_key.encode("utf-8"), value.encode("utf-8"), hashlib.sha256).hexdigest()
+    return identity_hash(value, site_key)
 
 
 def network_prefix(ip: str) -> str:

@@ -7,6 +7,7 @@ fixtures never hand-build JSON: ``make_signal("shop", "mail", ts, outcome=...)``
 from __future__ import annotations
 
 import hashlib
+import hmac
 import zlib
 from typing import Any
 
@@ -39,5 +40,8 @@ def signal_line(envelope: dict[str, Any]) -> str:
 
 
 def identity_hash(value: str, site_key: str = "") -> str:
-    """Hash an identity (user name, address) the privacy-respecting way: SHA-256 hex, keyed per site."""
-    return hashlib.sha256(f"{site_key}\n{value}".encode()).hexdigest()
+    """Hash an identity (user name, address) the privacy-respecting way: HMAC-SHA256 hex keyed per site.
+
+    The one implementation: the dispatcher's ``hash_identity`` uses it too.
+    """
+    return hmac.new(site_key.encode("utf-8"), value.encode("utf-8"), hashlib.sha256).hexdigest()
