@@ -58,7 +58,9 @@ class RuleRunner:
             self.clock = clock = ts
         self.instant += 1
         touched = None if record.type == "tick" else self._apply(record, clock, out)
-        self._evaluate(clock, touched, out)
+        heap = self.heap
+        if touched is not None or (heap and heap[0][0] <= clock):
+            self._evaluate(clock, touched, out)
         return True
 
     def absorb_ticks(self, ticks: int, latest: int) -> None:

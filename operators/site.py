@@ -68,11 +68,18 @@ class SiteDetector:
         if clock is None or ts > clock:
             self.clock = ts
         on_time = True
+        ticks = self.ticks
         for runner in targets:
-            self._sync(runner)
+            if runner.synced != ticks:
+                self._sync(runner)
             if not runner.process(record, out):
                 on_time = False
-            self._register(runner)
+            heap = runner.heap  # _register, inlined: this loop runs for every routed signal
+            if heap:
+                if heap[0][0] != runner.registered:
+                    self._register(runner)
+            else:
+                runner.registered = None
         if not self.started:
             self.started = all(runner.clock is not None for runner in self.runners)
         return on_time

@@ -38,7 +38,8 @@ from schemas.store import MIGRATIONS, MIGRATIONS_TABLE, ROW_COLUMNS, Columns
 DEFAULT_DATABASE = "logystera"
 INSERT_SETTINGS = {"optimize_on_insert": 0}
 """Every table is a ReplacingMergeTree read through FINAL, which already replaces rows with the same key;
-replacing them within each inserted block as well took a quarter of chDB's insert time (bench/store.py)."""
+replacing them within each inserted block as well took about a quarter of chDB's insert time (measured on
+200k signal rows in 50k batches: 0.37 → 0.27 s of chDB CPU), and a third of its CPU in a replay with the store."""
 _LOW_CARDINALITY = re.compile(r"LowCardinality\((\w+(?:\([^()]*\))?)\)")
 
 
