@@ -67,6 +67,8 @@ class StoreAddress:
     password: str = field(default="", repr=False)
     database: str = DEFAULT_DATABASE
     secure: bool = False
+    ttl_days: int = 30
+    give_up_after: float = 60.0
 
     def __str__(self) -> str:
         if self.kind == "chdb":
@@ -83,18 +85,40 @@ def _checked_database(name: str) -> str:
     return name
 
 
+_TUNING = {"ttl_days": int, "give_up_after": float}
+"""DSN options that tune the store: data retention in days, and how long a failing store is retried (s)."""
+
+
+def _options(query: str, known: set[str]) -> dict[str, str]:
+    options = {name: values[-1] for name, values in parse_qs(query, keep_blank_values=True).items()}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise StoreConfigError(f"store DSN option {unknown[0]!r} is unknown (known: {', '.join(sorted(known))})")
+    return options
+
+
+def _tuning(options: dict[str, str]) -> dict[str, Any]:
+    tuned: dict[str, Any] = {}
+    for name, kind in _TUNING.items():
+        if name in options:
+            try:
+                tuned[name] = kind(options[name])
+            except ValueError:
+                raise StoreConfigError(f"store DSN option {name} must be a number, not {options[name]!r}") from None
+            if tuned[name] <= 0 or (name == "ttl_days" and tuned[name] > 36_500):
+                raise StoreConfigError(f"store DSN option {name} is out of range")
+    return tuned
+
+
 def parse_dsn(dsn: str) -> StoreAddress:
     """Parse ``chdb:///dir`` or ``http(s)://user:pass@host:port/db``; raise :class:`StoreConfigError`."""
     if dsn.startswith("chdb://"):
         path, _, query = dsn[len("chdb://"):].partition("?")
         if not path:
             raise StoreConfigError("chdb DSN needs a directory, e.g. chdb:///var/lib/logystera")
-        options = parse_qs(query)
-        unknown = sorted(set(options) - {"database"})
-        if unknown:
-            raise StoreConfigError(f"chdb DSN option {unknown[0]!r} is unknown (only database=NAME)")
-        database = options.get("database", [DEFAULT_DATABASE])[-1]
-        return StoreAddress(kind="chdb", path=path, database=_checked_database(database))
+        options = _options(query, {"database", *_TUNING})
+        database = options.get("database", DEFAULT_DATABASE)
+        return StoreAddress(kind="chdb", path=path, database=_checked_database(database), **_tuning(options))
     parts = urlsplit(dsn)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise StoreConfigError("store DSN must be chdb:///path or http(s)://user:password@host:8123/database")
@@ -111,6 +135,7 @@ def parse_dsn(dsn: str) -> StoreAddress:
         password=unquote(parts.password or ""),
         database=database,
         secure=parts.scheme == "https",
+        **_tuning(_options(parts.query, set(_TUNING))),
     )
 
 
@@ -167,7 +192,7 @@ class Store:
     def __init__(
         self,
         address: StoreAddress,
-        ttl_days: int = 30,
+        ttl_days: int | None = None,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -175,8 +200,8 @@ class Store:
     ) -> None:
         self.address = address
         self.database = address.database
-        self.ttl_days = ttl_days
-        self.retry = retry or RetryPolicy()
+        self.ttl_days = ttl_days if ttl_days is not None else address.ttl_days
+        self.retry = retry or RetryPolicy(give_up_after=address.give_up_after)
         self.attempts_failed = 0
         self._sleep = sleep
         self._clock = clock

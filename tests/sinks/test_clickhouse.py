@@ -219,8 +219,8 @@ def test_http_dsns(dsn: str, expected: StoreAddress, text: str) -> None:
     ("", "store DSN must be chdb:///path or http(s)://user:password@host:8123/database"),
     ("chdb://", "chdb DSN needs a directory"),
     ("chdb://?database=x", "chdb DSN needs a directory"),
-    ("chdb:///data?db=x", "chdb DSN option 'db' is unknown (only database=NAME)"),
-    ("chdb:///data?database=x&compress=1", "chdb DSN option 'compress' is unknown"),
+    ("chdb:///data?db=x", "store DSN option 'db' is unknown (known: database, give_up_after, ttl_days)"),
+    ("chdb:///data?database=x&compress=1", "store DSN option 'compress' is unknown"),
     ("chdb:///data?database=a-b", "store database 'a-b' must be letters, digits and underscores"),
     ("chdb:///data?database=1abc", "store database '1abc' must be"),
     ("chdb:///data?database=x;DROP%20TABLE%20y", "store database 'x;DROP TABLE y' must be"),
@@ -259,7 +259,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 def test_cli_reports_a_bad_dsn_as_one_usage_line(tmp_path: Path) -> None:
     result = run_cli("db", "migrate", "--store", f"chdb://{tmp_path}/store?dbname=x")
     assert (result.returncode, result.stdout) == (2, "")
-    assert result.stderr == "logystera: error: --store: chdb DSN option 'dbname' is unknown (only database=NAME)\n"
+    assert result.stderr == "logystera: error: --store: store DSN option 'dbname' is unknown (known: database, give_up_after, ttl_days)\n"
     assert not (tmp_path / "store").exists()
 
 
@@ -640,14 +640,6 @@ HOLD = textwrap.dedent("""\
     print("ready", flush=True)
     sys.stdin.read()
 """)
-# The CLI exactly as installed, except that the store gives up after about a second instead of a minute.
-IMPATIENT_CLI = textwrap.dedent("""\
-    import sys
-    from sinks.clickhouse import RetryPolicy
-    RetryPolicy.__init__.__defaults__ = (0.05, 0.2, 1.0)
-    from flows.cli import main
-    raise SystemExit(main(sys.argv[1:]))
-""")
 
 
 @contextmanager
@@ -668,7 +660,8 @@ def test_a_directory_locked_by_another_process_ends_the_replay_with_one_clear_li
     with held_by_another_process(directory):
         started = time.monotonic()
         result = subprocess.run(
-            [sys.executable, "-c", IMPATIENT_CLI, "replay", str(corpus.path), "--rules", str(RULES), "--store", f"chdb://{directory}"],
+            # The real CLI; the DSN asks the store to give up after a second instead of a minute.
+            [LOGYSTERA, "replay", str(corpus.path), "--rules", str(RULES), "--store", f"chdb://{directory}?give_up_after=1"],
             capture_output=True, text=True, timeout=TIMEOUT, check=False,
         )
         elapsed = time.monotonic() - started
@@ -779,3 +772,18 @@ def test_a_table_that_comes_back_while_the_store_retries_loses_nothing(
     assert snapshot(flaky) == snapshot(store)
     assert flaky.acknowledged_rows()["signals"] == table_rows(flaky, "signals") == len(corpus.signals)
 
+
+
+def test_dsn_options_tune_retention_and_patience() -> None:
+    """`ttl_days` and `give_up_after` ride on the DSN, for both deployments."""
+    embedded = parse_dsn("chdb:///data?ttl_days=90&give_up_after=5")
+    server = parse_dsn("https://u:p@ch.example:8443/logs?ttl_days=7")
+    assert (embedded.ttl_days, embedded.give_up_after) == (90, 5.0)
+    assert (server.ttl_days, server.give_up_after, server.database) == (7, 60.0, "logs")
+    for bad, message in [
+        ("chdb:///data?ttl_days=ninety", "store DSN option ttl_days must be a number, not 'ninety'"),
+        ("chdb:///data?give_up_after=0", "store DSN option give_up_after is out of range"),
+    ]:
+        with pytest.raises(StoreConfigError) as caught:
+            parse_dsn(bad)
+        assert str(caught.value) == message
