@@ -60,7 +60,15 @@ class SiteDetector:
             points.extend(self.metrics.process(record))
         if record.type == "tick":
             if self.started and clock is not None and ts > clock - self.lateness:
-                self._absorb_tick(ts, out)
+                # Late for no runner: count it here; runners whose deadline it reaches catch up now.
+                self.ticks += 1
+                if ts > self.tick_max:
+                    self.tick_max = ts
+                if ts > clock:
+                    self.clock = ts
+                dues = self.dues
+                if dues and dues[0][0] <= self.tick_max:
+                    self._run_due(out)
                 return True
             targets = self.runners
         else:
@@ -88,12 +96,8 @@ class SiteDetector:
         """Every open metric bucket (the input has ended)."""
         return self.metrics.flush() if self.metrics is not None else []
 
-    def _absorb_tick(self, ts: int, out: list[Notification]) -> None:
-        self.ticks += 1
-        if ts > self.tick_max:
-            self.tick_max = ts
-        if self.clock is None or ts > self.clock:
-            self.clock = ts
+    def _run_due(self, out: list[Notification]) -> None:
+        """Catch up and evaluate the runners whose earliest deadline the absorbed ticks have reached."""
         dues = self.dues
         while dues and dues[0][0] <= self.tick_max:
             due, index = heappop(dues)

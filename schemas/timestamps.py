@@ -17,7 +17,8 @@ TS_PATTERN = (
 )
 _TS_RE = re.compile(TS_PATTERN)
 _DAY_CACHE: dict[str, int] = {}
-_MINUTE_CACHE: dict[str, int] = {}
+_SECOND_CACHE: dict[str, int] = {}
+_SECOND_CACHE_LIMIT = 65_536
 _DAY_CACHE_LIMIT = 4096
 MS_PER_DAY = 86_400_000
 
@@ -45,21 +46,21 @@ def parse_ts(text: str) -> int:
     """Parse an already shape-checked ``ts`` string into epoch milliseconds.
 
     The shape (upper-case ``T``/``Z``, ranges of each part) is enforced by the
-    schema pattern; this adds the calendar check and the ms truncation. Signals
-    arrive roughly in time order, so the start of each minute is cached.
+    schema pattern; this adds the calendar check and the ms truncation. Records
+    arrive roughly in time order and many share a second (every site's tick,
+    bursts), so the start of each second is cached.
     """
-    minute = _MINUTE_CACHE.get(text[:16])
-    if minute is None:
-        minute = _day_start_ms(text[0:10]) + int(text[11:13]) * 3_600_000 + int(text[14:16]) * 60_000
-        if len(_MINUTE_CACHE) >= _DAY_CACHE_LIMIT:
-            _MINUTE_CACHE.clear()
-        _MINUTE_CACHE[text[:16]] = minute
-    ms = minute + int(text[17:19]) * 1000
+    second = _SECOND_CACHE.get(text[:19])
+    if second is None:
+        second = _day_start_ms(text[0:10]) + int(text[11:13]) * 3_600_000 + int(text[14:16]) * 60_000 + int(text[17:19]) * 1000
+        if len(_SECOND_CACHE) >= _SECOND_CACHE_LIMIT:
+            _SECOND_CACHE.clear()
+        _SECOND_CACHE[text[:19]] = second
     if len(text) == 24:  # the usual ".mmmZ"
-        return ms + int(text[20:23])
+        return second + int(text[20:23])
     if text[19] == ".":
-        return ms + int(text[20:-1][:3].ljust(3, "0"))
-    return ms
+        return second + int(text[20:-1][:3].ljust(3, "0"))
+    return second
 
 
 def parse_ts_checked(text: str) -> int:
