@@ -3,8 +3,8 @@
 ``build_detect_flow`` only wires: validation lives in :mod:`schemas.records`,
 routing in :mod:`operators.routing`, detection in :mod:`operators.engine`.
 Invalid lines go down their own branch to ``rejects_sink`` (counted and
-reported, never dropped). Decisions never use Bytewax's clocks or
-``notify_at``: time comes only from the records.
+reported, never dropped). Decisions never use Bytewax's clock-driven windows
+or wake-ups: time comes only from the records.
 
 The Bytewax key is the site: one state per site (:class:`SiteDetector`) holds
 a :class:`RuleRunner` per rule, and a record is handed to the runners of the
