@@ -124,13 +124,11 @@ class ThresholdFingerprint(Fingerprint):
 
     @override
     def holds_data(self, c: int, rule: CompiledRule) -> bool:
-        newest = self.counts.newest()
-        return newest is not None and newest > c - rule.window
+        return self.counts.newer_than(c - rule.window)
 
     @override
     def next_change(self, c: int, rule: CompiledRule, first: int) -> int | None:
-        oldest = self.counts.oldest()
-        return None if oldest is None else oldest + rule.window
+        return self.counts.next_expiry(rule.window)
 
 
 class RatioFingerprint(Fingerprint):
@@ -173,14 +171,12 @@ class RatioFingerprint(Fingerprint):
 
     @override
     def holds_data(self, c: int, rule: CompiledRule) -> bool:
-        newest = self.total.newest()
-        return newest is not None and newest > c - rule.window
+        return self.total.newer_than(c - rule.window)
 
     @override
     def next_change(self, c: int, rule: CompiledRule, first: int) -> int | None:
         # Every matching entry is also a total entry, so the oldest total entry expires first.
-        oldest = self.total.oldest()
-        return None if oldest is None else oldest + rule.window
+        return self.total.next_expiry(rule.window)
 
 
 class DistinctFingerprint(Fingerprint):
@@ -222,13 +218,11 @@ class DistinctFingerprint(Fingerprint):
 
     @override
     def holds_data(self, c: int, rule: CompiledRule) -> bool:
-        newest = self.counts.newest()
-        return newest is not None and newest > c - rule.window
+        return self.counts.newer_than(c - rule.window)
 
     @override
     def next_change(self, c: int, rule: CompiledRule, first: int) -> int | None:
-        oldest = self.counts.oldest()
-        return None if oldest is None else oldest + rule.window
+        return self.counts.next_expiry(rule.window)
 
 
 class AbsenceFingerprint(Fingerprint):

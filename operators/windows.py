@@ -69,6 +69,14 @@ class TimeCounts:
         """Timestamp of the oldest entry, if any."""
         return self._times[self._head] if self._head < len(self._times) else None
 
+    def newer_than(self, horizon: int) -> bool:
+        """Whether any entry has ``ts > horizon`` (something is still inside the lookback)."""
+        return self._head < len(self._times) and self._times[-1] > horizon
+
+    def next_expiry(self, window: int) -> int | None:
+        """The clock at which the oldest entry leaves a window of length ``window``."""
+        return self._times[self._head] + window if self._head < len(self._times) else None
+
     def newest(self) -> int | None:
         """Timestamp of the newest entry, if any."""
         return self._times[-1] if self._head < len(self._times) else None
