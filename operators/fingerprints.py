@@ -179,29 +179,31 @@ class RatioFingerprint(Fingerprint):
         return self.total.next_expiry(rule.window)
 
 
-class DistinctFingerprint(Fingerprint):
-    """Distinct non-null values of a field among matching signals in the window."""
+class DistinctFingerprint(ThresholdFingerprint):
+    """Distinct non-null values of a field among matching signals in the window.
 
-    __slots__ = ("counts", "values")
+    The window of every matching signal (``value.count``, evidence, expiry) is a
+    threshold fingerprint's; on top of it, a live count per distinct value.
+    """
+
+    __slots__ = ("values",)
 
     def __init__(self, group: str, rule: CompiledRule) -> None:
         super().__init__(group, rule)
-        self.counts = TimeCounts()
         self.values = ValueWindow()
 
     @override
     def add(self, record: Record, matching: bool, c: int, arrival: int, rule: CompiledRule) -> None:
+        super().add(record, matching, c, arrival, rule)
         if record.ts > c - rule.window:
-            self.counts.add(record.ts)
             value = getattr(record.data, rule.params.field, None)
             if value is not None:
                 # A list field (``flags``) is one value, compared as a whole; lists are not hashable.
                 self.values.add(record.ts, tuple(value) if isinstance(value, list) else value)
-            self.ring.add(record.ts, record.id, arrival, record.raw)
 
     @override
     def expire(self, c: int, rule: CompiledRule) -> None:
-        self.counts.expire(c - rule.window)
+        super().expire(c, rule)
         self.values.expire(c - rule.window)
 
     @override
@@ -211,18 +213,6 @@ class DistinctFingerprint(Fingerprint):
     @override
     def value(self, c: int, rule: CompiledRule) -> dict[str, Any]:
         return {"distinct": len(self.values.counts), "count": self.counts.total}
-
-    @override
-    def evidence(self, c: int, rule: CompiledRule) -> tuple[list[bytes], int]:
-        return self.ring.since(c - rule.window), self.counts.total
-
-    @override
-    def holds_data(self, c: int, rule: CompiledRule) -> bool:
-        return self.counts.newer_than(c - rule.window)
-
-    @override
-    def next_change(self, c: int, rule: CompiledRule, first: int) -> int | None:
-        return self.counts.next_expiry(rule.window)
 
 
 class AbsenceFingerprint(Fingerprint):
