@@ -1,0 +1,1 @@
+"""The ingest gateway: signed batches in, validated signals (and ticks) to Kafka."""
