@@ -1,1 +1,1 @@
-"""Destinations for notifications and records (storage and delivery arrive with later issues)."""
+"""Destinations: the ClickHouse store, Kafka, and one module per delivery channel behind ``sinks.channel``."""
