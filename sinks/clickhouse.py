@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from typing_extensions import override
 
@@ -304,35 +304,70 @@ class Store:
         self.query("SELECT 1")
 
 
-StoreItem = tuple[str, list[tuple[Any, ...]] | Columns]
-"""What the flow hands the store: a table name and rows for it, as tuples or as :class:`~schemas.store.Columns`."""
+StoreRows = list[tuple[Any, ...]] | Columns
+"""Rows for one table, as tuples or as :class:`~schemas.store.Columns`."""
+StoreItem = tuple[str, StoreRows]
+"""What the flow hands the store: a table name and rows for it."""
 
 
 class _StorePartition(StatelessSinkPartition[StoreItem]):
-    def __init__(self, store: Store, batch_rows: int, max_delay: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, store: Store, batch_rows: int, max_delay: float, clock: Callable[[], float], flush_every: float | None = None
+    ) -> None:
         self._store = store
         self._batch_rows = batch_rows
         self._max_delay = max_delay
         self._clock = clock
         self._buffers: dict[str, list[list[Any]]] = {}  # per table, one list per column: inserted as they are
         self._oldest: float | None = None
+        self._lock = threading.Lock()  # the buffers are shared with the periodic flusher, when there is one
+        self._failure: Exception | None = None  # what stopped the periodic flusher, raised to the worker
+        self._closing = threading.Event()
+        self._flusher: threading.Thread | None = None
+        if flush_every is not None:
+            self._flusher = threading.Thread(target=self._flush_periodically, args=(flush_every,), name="store-flush", daemon=True)
+            self._flusher.start()
 
     @override
     def write_batch(self, items: list[StoreItem]) -> None:
-        for table, rows in items:
-            if not rows:
-                continue
-            buffer = self._buffers.get(table)
-            if buffer is None:
-                buffer = self._buffers[table] = [[] for _ in ROW_COLUMNS[table]]
-            for column, values in zip(buffer, rows.data if isinstance(rows, Columns) else zip(*rows, strict=True), strict=True):
-                column.extend(values)
-            if self._oldest is None:
-                self._oldest = self._clock()
-            if len(buffer[0]) >= self._batch_rows:
-                self._flush(table)
-        if self._oldest is not None and self._clock() - self._oldest >= self._max_delay:
+        with self._lock:
+            self._raise_failure()
+            for table, rows in items:
+                if not rows:
+                    continue
+                buffer = self._buffers.get(table)
+                if buffer is None:
+                    buffer = self._buffers[table] = [[] for _ in ROW_COLUMNS[table]]
+                for column, values in zip(buffer, rows.data if isinstance(rows, Columns) else zip(*rows, strict=True), strict=True):
+                    column.extend(values)
+                if self._oldest is None:
+                    self._oldest = self._clock()
+                if len(buffer[0]) >= self._batch_rows:
+                    self._flush(table)
+            if self._oldest is not None and self._clock() - self._oldest >= self._max_delay:
+                self._flush_all()
+
+    def flush(self) -> None:
+        """Write everything buffered now."""
+        with self._lock:
+            self._raise_failure()
             self._flush_all()
+
+    def _flush_periodically(self, every: float) -> None:
+        """Write rows ``max_delay`` old even while no items arrive (a quiet live stream), until close."""
+        while not self._closing.wait(every):
+            with self._lock:
+                if self._oldest is None or self._clock() - self._oldest < self._max_delay:
+                    continue
+                try:
+                    self._flush_all()
+                except Exception as error:  # the store gave up: the worker raises it at its next write
+                    self._failure = error
+                    return
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
 
     def _flush(self, table: str) -> None:
         columns = self._buffers.pop(table, None)
@@ -347,7 +382,10 @@ class _StorePartition(StatelessSinkPartition[StoreItem]):
 
     @override
     def close(self) -> None:
-        self._flush_all()
+        self._closing.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        self.flush()
 
 
 class StoreSink(DynamicSink[StoreItem]):
@@ -357,6 +395,9 @@ class StoreSink(DynamicSink[StoreItem]):
     rows, when the oldest buffered row is ``max_delay`` seconds old, and at the
     end of the run. A write blocks the worker until it succeeds or the store's
     patience runs out (:class:`StoreUnavailable`), which stops the run.
+
+    ``max_delay`` is checked when items arrive, which suits replay (its input
+    never pauses); the live path wraps this sink in :class:`EpochStoreSink`.
     """
 
     def __init__(
@@ -369,4 +410,61 @@ class StoreSink(DynamicSink[StoreItem]):
 
     @override
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _StorePartition:
-        return _StorePartition(self.store, self.batch_rows, self.max_delay, self._clock)
+        return self._partition()
+
+    def _partition(self, flush_every: float | None = None) -> _StorePartition:
+        return _StorePartition(self.store, self.batch_rows, self.max_delay, self._clock, flush_every)
+
+
+class _TablePartition(StatefulSinkPartition[StoreRows, None]):
+    """The rows of one table, and a flush at the end of every epoch."""
+
+    def __init__(self, table: str, writer: _StorePartition) -> None:
+        self._table = table
+        self._writer = writer
+
+    @override
+    def write_batch(self, values: list[StoreRows]) -> None:
+        self._writer.write_batch([(self._table, rows) for rows in values])
+
+    @override
+    def snapshot(self) -> None:
+        # Bytewax commits an epoch only after this returns: what recovery counts as done must be stored by then.
+        self._writer.flush()
+
+    @override
+    def close(self) -> None:
+        self._writer.close()
+
+
+class EpochStoreSink(FixedPartitionedSink[StoreRows, None]):
+    """The store sink for runs with Bytewax recovery: at least once across a crash.
+
+    A :class:`StoreSink` buffers rows for up to ``max_delay``; after a crash,
+    recovery replays the input from the last completed epoch only, so rows of
+    an earlier epoch still in a buffer would be lost. This sink writes every
+    buffered row before its epoch completes (Bytewax snapshots a partitioned
+    sink at the end of each epoch it wrote in, and commits the epoch after
+    that), besides the ``batch_rows`` / ``max_delay`` writes of the wrapped
+    :class:`StoreSink`; and a thread checks ``max_delay`` every ``flush_every``
+    seconds, so that rows do not wait for the next item on a quiet stream. It
+    takes the same ``(table, rows)`` items, keyed by table: one partition per
+    table, so each table has one writer.
+    """
+
+    def __init__(self, sink: StoreSink, flush_every: float = 0.5) -> None:
+        self.sink = sink
+        self.flush_every = flush_every
+        self._tables = sorted(ROW_COLUMNS)  # Bytewax indexes partitions in sorted order
+
+    @override
+    def list_parts(self) -> list[str]:
+        return list(self._tables)
+
+    @override
+    def part_fn(self, item_key: str) -> int:
+        return self._tables.index(item_key)
+
+    @override
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _TablePartition:
+        return _TablePartition(for_part, self.sink._partition(self.flush_every))

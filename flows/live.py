@@ -1,0 +1,280 @@
+"""``logystera detect``: the detection flow on Kafka, continuously, with crash recovery.
+
+The flow is replay's (:func:`flows.detect.build_detect_flow`); only the ends
+differ:
+
+- **in**: the ``signals`` topic through Bytewax's ``KafkaSource``, one Bytewax
+  input partition per Kafka partition. Producers key records by site, so a
+  site's records are one partition, in order — what the detector needs. A
+  record's "line number" is :func:`kafka_line` of its partition and offset;
+  rejected records are reported as ``TOPIC partition P offset O: reason``.
+- **out**: every notification record, compact JSON exactly as replay prints
+  it, to the ``alerts`` topic keyed by site (:class:`sinks.kafka.KafkaTopicSink`:
+  each batch acknowledged before the flow moves on); with a store, everything
+  to ClickHouse through :class:`sinks.clickhouse.EpochStoreSink`.
+
+With a recovery directory, Bytewax snapshots at the end of every epoch the
+Kafka offsets and the detector of every site the epoch touched
+(:mod:`operators.snapshot`), and a restart — after SIGTERM or ``kill -9`` alike
+— resumes from the last completed epoch: the records after it are read and
+detected again, which gives the same notifications (same ``alert_id``, ``seq``
+and bytes) as the first time. So delivery is at least once, and repeated
+notifications are identical. Without a recovery directory, the flow keeps
+no state and starts at the beginning of the topic every time
+(``docs/live.md``).
+
+SIGINT and SIGTERM stop the flow cleanly: the workers stop between steps,
+deliveries in flight are awaited and buffered store rows are written.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+from bytewax.connectors.kafka import KafkaSource
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.testing import cluster_main
+from confluent_kafka import OFFSET_BEGINNING
+from typing_extensions import override
+
+from flows.detect import Alert, Reject, build_detect_flow
+from flows.replay import CallbackSink
+from flows.sources import Line
+from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS
+from operators.metrics import compile_metric
+from operators.notification import DEFAULT_LINK_BASE
+from operators.routing import RoutingTable
+from operators.snapshot import SnapshotCodec
+from schemas.rules import MetricDefinition, Rule
+from sinks.clickhouse import EpochStoreSink, Store, StoreError, StoreSink
+from sinks.kafka import DEFAULT_TIMEOUT_S, KafkaDeliveryError, KafkaTopicSink, missing_topics
+
+LINE_STRIDE = 10**12
+"""A Kafka record's line number is ``partition × LINE_STRIDE + offset`` (``3000000000042``: partition 3, offset 42)."""
+
+DEFAULT_EPOCH_S = 10.0
+"""Bytewax epoch length: how often offsets and touched detectors are snapshotted (see docs/live.md)."""
+
+IDLE_POLL = timedelta(milliseconds=10)
+"""How soon an input partition that had nothing is polled again (Bytewax's default, 1 ms, keeps a core busy)."""
+
+
+class LiveConfigError(Exception):
+    """The live flow cannot start as configured (a missing topic, an unusable recovery directory)."""
+
+
+class KafkaReadError(Exception):
+    """The consumer reported an error reading the signals topic (the flow stops; a restart resumes)."""
+
+
+def kafka_line(partition: int, offset: int) -> int:
+    """The line number the flow gives the record at ``offset`` of ``partition``."""
+    if not 0 <= offset < LINE_STRIDE:
+        raise ValueError(f"offset {offset} of partition {partition} does not fit a line number")
+    return partition * LINE_STRIDE + offset
+
+
+def kafka_position(line: int) -> tuple[int, int]:
+    """The (partition, offset) a line number stands for (inverse of :func:`kafka_line`)."""
+    return divmod(line, LINE_STRIDE)
+
+
+class _KafkaLinesPartition(StatefulSourcePartition[list[Line], int | None]):
+    """One Kafka partition as chunks of numbered lines; the offset to resume from is KafkaSource's own."""
+
+    def __init__(self, messages: StatefulSourcePartition[Any, int | None]) -> None:
+        self._messages = messages
+        self._idle = False
+
+    @override
+    def next_batch(self) -> list[list[Line]]:
+        try:
+            batch = self._messages.next_batch()  # StopIteration at the end of the partition, if not tailing
+        except RuntimeError as error:  # how KafkaSource reports a consumer error
+            raise KafkaReadError(str(error)) from error
+        self._idle = not batch
+        if not batch:
+            return []
+        # An empty record (a tombstone) would pass for a blank line and be skipped: make it a rejected one.
+        return [[(kafka_line(m.partition, m.offset), m.value if m.value and not m.value.isspace() else b"null") for m in batch]]
+
+    @override
+    def next_awake(self) -> datetime | None:
+        return datetime.now(UTC) + IDLE_POLL if self._idle else None
+
+    @override
+    def snapshot(self) -> int | None:
+        return self._messages.snapshot()
+
+    @override
+    def close(self) -> None:
+        self._messages.close()
+
+
+class KafkaLinesSource(FixedPartitionedSource[list[Line], int | None]):
+    """Bytewax's ``KafkaSource`` for ``topic``, each poll as one chunk of ``(line, bytes)``.
+
+    ``tail=False`` ends each partition where it ended when reached (``--exit-at-end``).
+    """
+
+    def __init__(self, bootstrap: str, topic: str, tail: bool = True) -> None:
+        self._kafka = KafkaSource([bootstrap], [topic], tail=tail, starting_offset=OFFSET_BEGINNING)
+
+    @override
+    def list_parts(self) -> list[str]:
+        return self._kafka.list_parts()
+
+    @override
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _KafkaLinesPartition:
+        return _KafkaLinesPartition(self._kafka.build_part(step_id, for_part, resume_state))
+
+
+def alert_message(alert: Alert) -> tuple[bytes, bytes]:
+    """Key: the site (second field of :meth:`Notification.sort_key`); value: the record as replay prints it."""
+    return alert[0][1].encode("utf-8"), alert[1].encode("utf-8")
+
+
+def prepare_recovery(directory: Path, partitions: int) -> bool:
+    """Create and initialise the recovery partitions on first start (``python -m bytewax.recovery DIR N``).
+
+    Returns whether it did; a directory that holds partitions is resumed from
+    as it is, whatever ``partitions`` says now.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if any(directory.glob("*.sqlite3")):
+            return False
+        init_db_dir(directory, partitions)
+    except OSError as error:
+        raise LiveConfigError(f"--recovery-dir {directory}: {error.strerror or error}") from None
+    return True
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    """Everything ``logystera detect`` is told, parsed."""
+
+    bootstrap: str
+    topic: str = "signals"
+    alerts_topic: str = "alerts"
+    recovery_dir: Path | None = None
+    workers: int = 1
+    lateness: int = DEFAULT_ALLOWED_LATENESS_MS
+    link_base: str = DEFAULT_LINK_BASE
+    epoch_interval: float = DEFAULT_EPOCH_S
+    delivery_timeout: float = DEFAULT_TIMEOUT_S
+    exit_at_end: bool = False
+
+
+@dataclass
+class LiveTotals:
+    """What the flow saw since this process started (records read again after a restart count again)."""
+
+    valid: int = 0
+    invalid: int = 0
+    late: int = 0
+    stopped_by_signal: bool = False
+
+    @property
+    def line(self) -> str:
+        """The last stderr line of a run."""
+        how = "stopped" if self.stopped_by_signal else "reached the end of the topic"
+        return f"detect {how}: {self.valid} signals, {self.invalid} invalid, {self.late} late"
+
+
+def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[MetricDefinition], store: Store | None,
+               err: TextIO = sys.stderr) -> LiveTotals:
+    """Run the live flow until SIGINT/SIGTERM (or the end of the topic with ``exit_at_end``).
+
+    Raises :class:`LiveConfigError` when it cannot start as configured,
+    :class:`sinks.kafka.KafkaUnreachable` when the broker does not answer,
+    and the :class:`KafkaReadError`, :class:`sinks.kafka.KafkaDeliveryError`
+    or :class:`sinks.clickhouse.StoreError` that stopped it.
+    """
+    missing = missing_topics(settings.bootstrap, [settings.topic, settings.alerts_topic])
+    if missing:
+        raise LiveConfigError(f"topic {missing[0]!r} does not exist on {settings.bootstrap} (create it with the partitions it needs)")
+    totals = LiveTotals()
+    table = RoutingTable(rules)
+    pairs = [(metric, compile_metric(metric)) for metric in metrics] if store is not None else []
+    compiled_metrics = [compiled for _, compiled in pairs]
+    recovery = None
+    snapshots = None
+    if settings.recovery_dir is not None:
+        prepare_recovery(settings.recovery_dir, settings.workers)
+        recovery = RecoveryConfig(settings.recovery_dir, timedelta(0))
+        snapshots = SnapshotCodec(table, settings.lateness, pairs, warn=lambda message: print(message, file=err, flush=True))
+
+    def report_rejects(items: list[Reject]) -> None:
+        totals.invalid += len(items)
+        for line, reason in items:
+            partition, offset = kafka_position(line)
+            print(f"{settings.topic} partition {partition} offset {offset}: {reason}", file=err, flush=True)
+
+    def count(items: list[tuple[str, Any]]) -> None:
+        for kind, value in items:
+            if kind == "valid":
+                totals.valid += value
+            else:
+                totals.late += 1
+
+    alerts = KafkaTopicSink(settings.bootstrap, settings.alerts_topic, alert_message, timeout=settings.delivery_timeout)
+    flow = build_detect_flow(
+        KafkaLinesSource(settings.bootstrap, settings.topic, tail=not settings.exit_at_end),
+        alerts,
+        CallbackSink(report_rejects),
+        CallbackSink(count),
+        table,
+        settings.lateness,
+        settings.link_base,
+        store_sink=EpochStoreSink(StoreSink(store)) if store is not None else None,
+        store_source=f"kafka:{settings.topic}",
+        metrics=compiled_metrics,
+        snapshots=snapshots,
+    )
+    print(f"detect: {settings.topic} → {settings.alerts_topic} on {settings.bootstrap}, "
+          f"recovery {settings.recovery_dir or 'off (reading from the beginning)'}", file=err, flush=True)
+    try:
+        with _stop_on_sigterm():
+            cluster_main(flow, [], 0, epoch_interval=timedelta(seconds=settings.epoch_interval), recovery_config=recovery,
+                         worker_count_per_proc=settings.workers)
+    except KeyboardInterrupt:
+        totals.stopped_by_signal = True
+    except Exception as error:
+        # Bytewax wraps a step's exception; the sink or store that gave up is what the user needs to read.
+        cause = _cause(error)
+        if cause is not None:
+            raise cause from None
+        raise
+    return totals
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM stops the flow as SIGINT does: Bytewax checks for signals between steps and stops every worker."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _cause(error: BaseException) -> KafkaReadError | KafkaDeliveryError | StoreError | None:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, KafkaReadError | KafkaDeliveryError | StoreError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
