@@ -17,6 +17,7 @@ import csv
 import io
 import itertools
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -35,6 +36,7 @@ from schemas.factory import signal_line
 from schemas.rule_loader import load_rules
 from schemas.store import rejection_reason
 from schemas.timestamps import parse_ts
+from tests.sinks.receivers import Reply, WebhookReceiver, refused_url
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "queries.md"
@@ -486,6 +488,154 @@ def _deliveries(result: Result, run: Replayed, query: str) -> None:
         ["oncall", "3", "7", "2", "0", "2", "2", "1", "60", "1000"],
         ["ops-slack", "1", "1", "1", "0", "0", "0", "0", "80", "80"],
     ]
+
+
+# The delivery queries run over a copy of the store that a real `logystera deliver` of the replay's notifications
+# filled: channel oncall (a webhook on loopback that answers 503 once, then 404 once, then 204; 4 per second)
+# and channel chat (a webhook that is down; resolved notifications are not sent to it).
+
+DELIVERY_CHANNELS = """channels:
+  - name: oncall
+    type: webhook
+    url_env: QUERIES_HOOK_URL
+    rate_limit: {per: 1s, max: 4}
+    send_resolved: true
+  - name: chat
+    type: webhook
+    url_env: QUERIES_DOWN_URL
+"""
+
+
+@dataclass
+class Delivered:
+    dsn: str
+    rows: list[dict[str, str]]  # deliveries_final as `logystera sql` prints it
+    answered: Counter[int]  # the statuses the oncall receiver answered with
+
+    def notifications(self) -> dict[tuple[str, str, int], list[dict[str, str]]]:
+        """(channel, alert_id, seq) → its rows by attempt."""
+        found: dict[tuple[str, str, int], list[dict[str, str]]] = defaultdict(list)
+        for row in self.rows:
+            found[(row["channel"], row["alert_id"], int(row["seq"]))].append(row)
+        return {key: sorted(rows, key=lambda row: int(row["attempt"])) for key, rows in found.items()}
+
+
+_DELIVERED: dict[Path, Delivered] = {}
+
+
+def delivered(run: Replayed) -> Delivered:
+    """The replayed store, copied and filled by `logystera deliver` (once per module)."""
+    if run.directory in _DELIVERED:
+        return _DELIVERED[run.directory]
+    copy = run.scratch / "store-delivered"
+    shutil.copytree(run.directory, copy, symlinks=True)  # like `cp -a`
+    alerts = run.scratch / "alerts-to-deliver.jsonl"
+    alerts.write_text("".join(json.dumps({**r, "deliver": ["oncall", "chat"]}) + "\n" for r in run.alerts), encoding="utf-8")
+    rules = run.scratch / "delivery-rules"
+    rules.mkdir()
+    (rules / "channels.yaml").write_text(DELIVERY_CHANNELS, encoding="utf-8")
+    with WebhookReceiver() as hook:
+        hook.answer(Reply(503), Reply(404, b"gone"))
+        env = {name: value for name, value in os.environ.items() if name != "LOGYSTERA_STORE"}
+        env |= {"QUERIES_HOOK_URL": hook.url, "QUERIES_DOWN_URL": refused_url()}
+        assert LOGYSTERA is not None
+        result = subprocess.run(
+            [LOGYSTERA, "deliver", str(alerts), "--rules", str(rules), "--store", f"chdb://{copy}",
+             "--max-attempts", "3", "--backoff", "20ms", "--backoff-cap", "50ms"],
+            capture_output=True, text=True, timeout=TIMEOUT, check=False, env=env,
+        )
+        assert result.returncode == 0, result.stderr
+        assert not hook.problems
+        answered = Counter(request.status for request in hook.received)
+    dsn = f"chdb://{copy}"
+    _DELIVERED[run.directory] = Delivered(dsn, run_sql(dsn, "SELECT * FROM deliveries_final").rows, answered)
+    return _DELIVERED[run.directory]
+
+
+def ms(text: str) -> int:
+    return ch_ms(text.removesuffix("Z"))
+
+
+def quantile_exact(level: float, values: list[int]) -> int:
+    """ClickHouse's quantileExact: the value at position floor(level × n) of the sorted values."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(level * len(ordered)))]
+
+
+def busiest_delivery(run: Replayed) -> str:
+    counts = Counter(row["alert_id"] for row in delivered(run).rows)
+    return max(counts, key=lambda alert_id: (counts[alert_id], alert_id))
+
+
+@check("Delivery attempts of an alert", fill=lambda run: {"alert_id": busiest_delivery(run)})
+def _delivery_attempts(result: Result, run: Replayed, query: str) -> None:
+    assert result.rows == []  # the replayed store itself: nothing delivered
+    got = run_sql(delivered(run).dsn, query)
+    names = ["seq", "channel", "attempt", "attempted_at", "outcome", "status_code", "latency_ms", "error"]
+    assert got.columns == names
+    alert_id = busiest_delivery(run)
+    rows = [row for row in delivered(run).rows if row["alert_id"] == alert_id]
+    expected = sorted(rows, key=lambda row: (int(row["seq"]), row["channel"], int(row["attempt"])))
+    assert got.rows == [{name: row[name] for name in names} for row in expected]
+    assert len(got.rows) >= 4 and {row["channel"] for row in got.rows} == {"oncall", "chat"}
+
+
+@check("Notifications that did not get through")
+def _not_through(result: Result, run: Replayed, query: str) -> None:
+    assert result.rows == []
+    filled = delivered(run)
+    got = run_sql(filled.dsn, query)
+    assert got.columns == ["channel", "alert_id", "seq", "site", "rule_id", "status", "state", "calls", "last_attempt_at",
+                           "last_status", "last_error"]
+    records = {(r["alert_id"], r["seq"]): r for r in run.alerts}
+    expected = []
+    for (channel, alert_id, seq), rows in filled.notifications().items():
+        last = rows[-1]
+        if last["outcome"] in ("gave_up", "failed"):
+            state = last["outcome"]
+        elif last["outcome"] == "delivered" or last["error"].startswith("collapsed into seq "):
+            continue
+        else:
+            state = "pending"
+        record = records[(alert_id, seq)]
+        expected.append([channel, alert_id, str(seq), record["site"], record["rule"]["id"], record["status"], state,
+                         str(sum(row["outcome"] != "rate_limited" for row in rows)), max(row["attempted_at"] for row in rows),
+                         last["status_code"], last["error"]])
+    expected.sort(key=lambda row: (row[8], row[0], row[1], int(row[2])))
+    assert [list(row.values()) for row in got.rows] == expected
+    # What the receivers did: chat was down for every firing notification, oncall refused one for good (the 404).
+    firing = [r for r in run.alerts if r["status"] == "firing"]
+    chat = [row for row in got.rows if row["channel"] == "chat"]
+    assert len(chat) == len(firing) and {(row["state"], row["calls"], row["last_error"]) for row in chat} == {
+        ("gave_up", "3", "connection refused (after 3 attempts)")}
+    oncall = [row for row in got.rows if row["channel"] == "oncall"]
+    assert [(row["state"], row["last_status"], row["last_error"]) for row in oncall] == [
+        ("gave_up", "404", "HTTP 404: gone (not retryable)")]
+
+
+@check("Delivery delay per channel")
+def _delivery_delay(result: Result, run: Replayed, query: str) -> None:
+    assert result.rows == []
+    filled = delivered(run)
+    got = run_sql(filled.dsn, query)
+    assert got.columns == ["channel", "delivered", "held_first", "retried", "p50_wait_ms", "p95_wait_ms", "max_wait_ms"]
+    waits: dict[str, list[int]] = defaultdict(list)
+    held: Counter[str] = Counter()
+    retried: Counter[str] = Counter()
+    for (channel, _, _), rows in filled.notifications().items():
+        done = [row for row in rows if row["outcome"] == "delivered"]
+        if not done:
+            continue
+        waits[channel].append(ms(done[-1]["attempted_at"]) + int(done[-1]["latency_ms"]) - min(ms(row["attempted_at"]) for row in rows))
+        held[channel] += rows[0]["outcome"] == "rate_limited"
+        retried[channel] += sum(row["outcome"] != "rate_limited" for row in rows) > 1
+    expected = [[channel, str(len(values)), str(held[channel]), str(retried[channel]), str(quantile_exact(0.5, values)),
+                 str(quantile_exact(0.95, values)), str(max(values))] for channel, values in sorted(waits.items())]
+    assert [list(row.values()) for row in got.rows] == expected
+    # chat never delivered; oncall delivered exactly as many as its receiver accepted, some after a hold, one after the 503
+    (oncall,) = got.rows
+    assert oncall["channel"] == "oncall" and int(oncall["delivered"]) == filled.answered[204]
+    assert int(oncall["held_first"]) > 0 and int(oncall["retried"]) >= 1 and filled.answered[503] == 1
 
 
 # -- the tests -------------------------------------------------------------------------------------

@@ -1,0 +1,371 @@
+"""The delivery service: notification records in, one independent runner per channel, every attempt in the log.
+
+::
+
+    submit(records) ──► dedupe, look up earlier runs ──► per channel in `deliver`:
+                                                          ├─ finished before (attempt log)  → skipped, counted
+                                                          ├─ resolved, send_resolved false → skipped, counted
+                                                          ├─ unknown channel                → one `failed` row
+                                                          └─ ChannelRunner.offer ─► ChannelSchedule (policy)
+                                                                                   ─► sender.send (asyncio task)
+                                                                                   ─► Attempt rows ─► AttemptLog
+
+Each channel has its own runner task, schedule, token bucket and calls in
+flight, so a channel that hangs or refuses only delays its own notifications;
+the service runs in its own process, apart from detection and its store
+writes. A record is *done* once its final row on every channel it names is
+stored: that is when the caller's ``on_done`` runs (Kafka offsets are
+committed from it), so nothing is acknowledged before it is recorded.
+
+Delivery guarantee: at least once per (notification, channel), at most once
+more after a crash — the call whose row was not yet stored is made again,
+with the same ``webhook-id`` (``alert_id:seq``). Under backpressure (more than
+``max_pending`` records not done) :meth:`DeliveryService.submit` waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random as _random
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sinks.attempt_log import AttemptLog, Earlier
+from sinks.channel import ChannelSender
+from sinks.delivery import COLLAPSED_INTO, FAILED, Attempt, ChannelSchedule, DeliveryPolicy, Item, Send
+
+Done = Callable[[], None]
+UNKNOWN_CHANNEL = "channel is not configured in channels.yaml"
+
+
+@dataclass
+class DeliveryStats:
+    """Counters for the summary line and the Prometheus endpoint.
+
+    ``attempts`` counts rows by (channel, outcome); ``notifications`` counts
+    (notification, channel) pairs by how they ended: ``delivered``,
+    ``gave_up``, ``failed``, ``collapsed`` (carried by a later one), or were
+    not attempted: ``not_sent_resolved`` (``send_resolved: false``) and
+    ``done_before`` (an earlier run finished them).
+    """
+
+    attempts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    notifications: Counter[tuple[str, str]] = field(default_factory=Counter)
+    records: int = 0
+    invalid: int = 0
+    duplicates: int = 0
+
+    def recorded(self, attempt: Attempt) -> None:
+        """Count one row, and how its notification ended if it is the last one."""
+        self.attempts[(attempt.channel, attempt.outcome)] += 1
+        if attempt.final:
+            ended = "collapsed" if attempt.error.startswith(COLLAPSED_INTO) else attempt.outcome
+            self.notifications[(attempt.channel, ended)] += 1
+
+
+class _Record:
+    """One submitted record and how many channels still owe it a stored final row."""
+
+    __slots__ = ("on_done", "remaining", "service")
+
+    def __init__(self, service: DeliveryService, on_done: Done | None) -> None:
+        self.service = service
+        self.on_done = on_done
+        self.remaining = 1  # the hand-out's own share: released once every channel has its part
+
+    def channel_done(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.service._record_done(self.on_done)
+
+
+class ChannelRunner:
+    """Runs one channel's :class:`ChannelSchedule` in real time: starts its calls, records its rows."""
+
+    def __init__(
+        self, sender: ChannelSender, schedule: ChannelSchedule, log: AttemptLog, stats: DeliveryStats,
+        clock: Callable[[], float],
+    ) -> None:
+        self.sender = sender
+        self.schedule = schedule
+        self.log = log
+        self.stats = stats
+        self.clock = clock
+        self.calls: set[asyncio.Task[None]] = set()
+        self.closing = False
+        self._failure: BaseException | None = None
+        self._changed = asyncio.Event()
+        self._on_final: dict[tuple[str, int], Done] = {}
+
+    @property
+    def name(self) -> str:
+        """The channel's name."""
+        return self.schedule.channel
+
+    def offer(self, item: Item, on_final: Done) -> None:
+        """Deliver ``item``; ``on_final`` runs once its last row is stored."""
+        self._on_final[(item.alert_id, item.seq)] = on_final
+        self.schedule.offer(item, self.clock())
+        self._changed.set()
+
+    async def run(self) -> None:
+        """Start what the schedule says, when it says, until cancelled."""
+        while True:
+            self.apply()
+            now = self.clock()
+            wake = self.schedule.next_wake(now)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), None if wake is None else max(0.0, wake - now))
+            self._changed.clear()
+            if self._failure is not None:  # a defect in a call's bookkeeping: stop the run rather than hang
+                raise self._failure
+            self.schedule.wake(self.clock())
+
+    def apply(self) -> None:
+        """Hand new rows to the log and start new calls (none once closing)."""
+        sends, records = self.schedule.take()
+        if records:
+            for attempt in records:
+                self.stats.recorded(attempt)
+            self.log.add(records, [self._on_final.pop((a.alert_id, a.seq)) for a in records if a.final])
+        if self.closing:
+            return
+        for send in sends:
+            task = asyncio.create_task(self._call(send), name=f"deliver {self.name} {send.item.alert_id}:{send.item.seq}")
+            self.calls.add(task)
+            task.add_done_callback(self._call_done)
+
+    def _call_done(self, task: asyncio.Task[None]) -> None:
+        self.calls.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._failure = task.exception()
+            self._changed.set()
+
+    async def _call(self, send: Send) -> None:
+        started = time.monotonic()
+        try:
+            result = await self.sender.send(send.item.notification, send.collapsed)
+        except Exception as error:  # a sender must answer with a SendResult; one that raises has a defect
+            print(f"logystera: deliver: channel {self.name}: the sender raised {type(error).__name__} (recorded as failed)",
+                  file=sys.stderr)
+            self.schedule.broken(send, f"sender error: {type(error).__name__}", _ms_since(started), self.clock())
+        else:
+            self.schedule.finished(send, result, _ms_since(started), self.clock())
+        self._changed.set()
+
+
+def _ms_since(started: float) -> int:
+    return max(0, round((time.monotonic() - started) * 1000))
+
+
+class DeliveryService:
+    """Fan-out of notification records to channel runners; see the module docstring."""
+
+    def __init__(
+        self,
+        senders: Iterable[ChannelSender],
+        log: AttemptLog,
+        policy: DeliveryPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+        random: Callable[[], float] = _random.random,
+        max_pending: int = 10_000,
+    ) -> None:
+        self.log = log
+        self.policy = policy or DeliveryPolicy()
+        self.clock = clock
+        self.stats = DeliveryStats()
+        self.max_pending = max_pending
+        now = clock()
+        self.runners: dict[str, ChannelRunner] = {}
+        for sender in senders:
+            limit = sender.config.rate_limit
+            schedule = ChannelSchedule(sender.config.name, limit.max, limit.per / 1000, self.policy, now, random)
+            self.runners[sender.config.name] = ChannelRunner(sender, schedule, log, self.stats, clock)
+        self._seen: set[tuple[str, int]] = set()
+        self._pending = 0
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the channel runners and the log's flusher (inside the running event loop)."""
+        self._tasks = [asyncio.create_task(runner.run(), name=f"channel {name}") for name, runner in self.runners.items()]
+        self._tasks.append(asyncio.create_task(self.log.run(), name="attempt log"))
+
+    async def guarded(self, work: Awaitable[Any]) -> None:
+        """Await ``work``, but raise at once if a runner or the log failed (a store that gave up, say)."""
+        job = asyncio.ensure_future(work)
+        try:
+            await asyncio.wait([job, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in self._tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            await job
+        finally:
+            if not job.done():
+                job.cancel()
+                await asyncio.gather(job, return_exceptions=True)
+
+    async def drain(self) -> None:
+        """Wait until every submitted record is done (delivered, gave up, ... and stored)."""
+        while self._pending:
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def stop(self, grace: float) -> None:
+        """Stop starting calls, give calls in flight ``grace`` seconds, store every row, close the senders.
+
+        Notifications still waiting or between retries stay unfinished in the
+        log: the next run picks them up. Stopping twice does nothing more.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        for runner in self.runners.values():
+            runner.closing = True
+        for task in self._tasks:
+            task.cancel()
+        calls = [call for runner in self.runners.values() for call in runner.calls]
+        if calls:
+            _, late = await asyncio.wait(calls, timeout=grace)
+            for call in late:
+                call.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for runner in self.runners.values():
+            runner.apply()
+        try:
+            if not self.log.failed:  # a store that already gave up would only be retried for as long again
+                await self.log.flush()
+        finally:
+            for runner in self.runners.values():
+                await runner.sender.aclose()
+
+    # -- input -------------------------------------------------------------------------------------
+
+    async def submit(self, records: Sequence[tuple[Mapping[str, Any], Done | None]]) -> None:
+        """Deliver validated notification records; each ``on_done`` runs when its record is done."""
+        while self._pending >= self.max_pending:
+            self._changed.clear()
+            await self._changed.wait()
+        fresh: list[tuple[Mapping[str, Any], Done | None]] = []
+        for notification, on_done in records:
+            self.stats.records += 1
+            key = (notification["alert_id"], notification["seq"])
+            if key in self._seen:  # the same notification again (an at-least-once upstream): nothing new to do
+                self.stats.duplicates += 1
+                if on_done is not None:
+                    on_done()
+                continue
+            self._seen.add(key)
+            fresh.append((notification, on_done))
+        if not fresh:
+            return
+        earlier = await self.log.earlier(notification["alert_id"] for notification, _ in fresh)
+        now = self.clock()
+        for notification, on_done in fresh:
+            self._pending += 1
+            record = _Record(self, on_done)
+            for channel in dict.fromkeys(notification["deliver"]):
+                self._hand_out(notification, channel, earlier.get((channel, notification["alert_id"], notification["seq"])),
+                               record, now)
+            record.channel_done()  # the hand-out is over: done as soon as every channel is
+
+    def _hand_out(self, notification: Mapping[str, Any], channel: str, earlier: Earlier | None, record: _Record,
+                  now: float) -> None:
+        if earlier is not None and earlier.finished:
+            self.stats.notifications[(channel, "done_before")] += 1
+            return
+        runner = self.runners.get(channel)
+        if runner is not None and notification["status"] == "resolved" and not runner.sender.config.send_resolved:
+            self.stats.notifications[(channel, "not_sent_resolved")] += 1
+            return
+        record.remaining += 1
+        item = Item(notification)
+        if earlier is not None:
+            item.attempt, item.calls, item.collapsed = earlier.attempt, earlier.calls, earlier.collapsed
+        if runner is not None:
+            runner.offer(item, record.channel_done)
+            return
+        # A record from another rule pack may name a channel this one does not have: visible in the log, not lost.
+        attempt = Attempt(item.alert_id, item.seq, channel, item.attempt + 1, round(now * 1000), FAILED, None, 0,
+                          UNKNOWN_CHANNEL, final=True)
+        self.stats.recorded(attempt)
+        self.log.add([attempt], [record.channel_done])
+
+    def _record_done(self, on_done: Done | None) -> None:
+        self._pending -= 1
+        self._changed.set()
+        if on_done is not None:
+            on_done()
+
+    # -- observation -------------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Records submitted and not yet done."""
+        return self._pending
+
+    def _channels(self) -> list[str]:
+        named = {channel for channel, _ in self.stats.attempts} | {channel for channel, _ in self.stats.notifications}
+        return sorted(named | set(self.runners))
+
+    def _tally(self, channels: Iterable[str]) -> str:
+        wanted = set(channels)
+        ended = Counter({result: n for (channel, result), n in self.stats.notifications.items() if channel in wanted})
+        attempts = sum(n for (channel, _), n in self.stats.attempts.items() if channel in wanted)
+        return ", ".join(f"{ended[result]} {label}" for result, label in _RESULTS) + f"; {attempts} attempts"
+
+    def summary(self) -> list[str]:
+        """One line per channel, then the totals (what ``logystera deliver`` prints at the end)."""
+        channels = self._channels()
+        lines = [f"channel {channel}: {self._tally([channel])}" for channel in channels]
+        stats = self.stats
+        lines.append(f"delivery: {stats.records} records, {stats.invalid} invalid, {stats.duplicates} duplicate, "
+                     f"{self._pending} not done: {self._tally(channels)}")
+        return lines
+
+    def metrics_text(self) -> str:
+        """The counters and gauges in Prometheus text format."""
+        out: list[str] = []
+
+        def family(name: str, kind: str, text: str, samples: Iterable[tuple[dict[str, str], int]]) -> None:
+            out.extend([f"# HELP {name} {text}", f"# TYPE {name} {kind}"])
+            for labels, value in samples:
+                shown = ",".join(f'{key}="{_label(value)}"' for key, value in labels.items())
+                out.append(f"{name}{{{shown}}} {value}" if shown else f"{name} {value}")
+
+        stats = self.stats
+        family("logystera_delivery_attempts_total", "counter", "Delivery attempts recorded, by channel and outcome.",
+               [({"channel": c, "outcome": o}, n) for (c, o), n in sorted(stats.attempts.items())])
+        family("logystera_delivery_notifications_total", "counter",
+               "Notifications per channel by how they ended (gave_up and failed never reached the receiver).",
+               [({"channel": c, "result": r}, n) for (c, r), n in sorted(stats.notifications.items())])
+        family("logystera_delivery_records_total", "counter", "Records read, by kind.",
+               [({"kind": "valid"}, stats.records), ({"kind": "invalid"}, stats.invalid),
+                ({"kind": "duplicate"}, stats.duplicates)])
+        family("logystera_delivery_held", "gauge", "Notifications held by a channel's rate limit now.",
+               [({"channel": name}, runner.schedule.held) for name, runner in sorted(self.runners.items())])
+        family("logystera_delivery_in_flight", "gauge", "Calls in flight per channel.",
+               [({"channel": name}, runner.schedule.in_flight) for name, runner in sorted(self.runners.items())])
+        family("logystera_delivery_pending_records", "gauge", "Records read and not yet done on every channel.",
+               [({}, self._pending)])
+        return "\n".join(out) + "\n"
+
+
+_RESULTS = (
+    ("delivered", "delivered"), ("collapsed", "collapsed"), ("gave_up", "gave up"), ("failed", "failed"),
+    ("not_sent_resolved", "resolved not sent"), ("done_before", "done before"),
+)
+"""How a (notification, channel) ended, in summary order."""
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
