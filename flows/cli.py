@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from gateway.command import add_arguments as add_gateway_arguments
 from schemas.durations import parse_duration
 from sinks.clickhouse import StoreError
 
@@ -119,6 +120,40 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_detect(args: argparse.Namespace) -> int:
+    """Run the detection flow on Kafka until SIGINT/SIGTERM (docs/live.md)."""
+    from flows.live import DetectSettings, KafkaReadError, LiveConfigError, run_detect
+    from sinks.kafka import KafkaDeliveryError, KafkaUnreachable
+
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    durations = {}
+    for option in ("allowed_lateness", "epoch_interval", "delivery_timeout"):
+        try:
+            durations[option] = parse_duration(getattr(args, option))
+        except ValueError as error:
+            raise UsageError(f"--{option.replace('_', '-')}: {error}") from None
+    if durations["epoch_interval"] < 1000 or durations["delivery_timeout"] < 1000:
+        raise UsageError("--epoch-interval and --delivery-timeout must be at least 1s")
+    ruleset = _load_ruleset(args.rules)
+    store = None if args.store in (None, "none") else _open_store(args.store)
+    settings = DetectSettings(
+        bootstrap=args.bootstrap, topic=args.topic, alerts_topic=args.alerts_topic,
+        recovery_dir=Path(args.recovery_dir) if args.recovery_dir else None, workers=args.workers,
+        lateness=durations["allowed_lateness"], link_base=args.link_base, epoch_interval=durations["epoch_interval"] / 1000,
+        delivery_timeout=durations["delivery_timeout"] / 1000, exit_at_end=args.exit_at_end,
+    )
+    try:
+        totals = run_detect(settings, ruleset.enabled_rules, ruleset.metrics, store)
+    except LiveConfigError as error:
+        raise UsageError(str(error)) from None
+    except (KafkaUnreachable, KafkaReadError, KafkaDeliveryError) as error:
+        print(f"logystera: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(totals.line, file=sys.stderr)
+    return 0
+
+
 def default_store() -> str:
     """The store ``db``, ``sql`` and ``demo`` use unless told otherwise: ``$LOGYSTERA_STORE`` or the embedded one."""
     return os.environ.get("LOGYSTERA_STORE") or DEFAULT_STORE
@@ -194,11 +229,51 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    """Run the ingest gateway until SIGINT or SIGTERM (docs/gateway.md)."""
+    from gateway.command import ConfigProblems, run_gateway
+
+    try:
+        return run_gateway(args)
+    except ConfigProblems as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Replay the bundled scenario and show the alerts as they fire."""
     from flows.demo import run_demo
 
     return run_demo(Path(args.data_dir), workers=args.workers, store=args.store)
+
+
+def cmd_deliver(args: argparse.Namespace) -> int:
+    """Deliver notification records (a file, or Kafka with --bootstrap) to their channels, recording every attempt."""
+    from flows.deliver import DeliverError, open_deliver, run_deliver
+
+    if (args.alerts is None) == (args.bootstrap is None):
+        raise UsageError("give either a file of notification records or --bootstrap HOST:PORT")
+    if args.alerts not in (None, "-") and not Path(args.alerts).is_file():
+        raise UsageError(f"{args.alerts}: no such file")
+    for name in ("max_attempts", "concurrency"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    ruleset = _load_ruleset(args.rules)
+    try:
+        return run_deliver(open_deliver(args, ruleset.channels, os.environ))
+    except DeliverError as error:
+        print(f"logystera: error: {error}", file=sys.stderr)
+        return error.exit_code
+
+
+def _add_detection_options(parser: argparse.ArgumentParser) -> None:
+    """The options replay and detect share: the rules, the workers, the store and the two deployment knobs."""
+    parser.add_argument("--rules", default="rules", metavar="DIR")
+    parser.add_argument("--workers", type=int, default=1, metavar="N")
+    parser.add_argument("--store", metavar="DSN", help="ClickHouse DSN, or none (the default)")
+    parser.add_argument("--allowed-lateness", default="60s", metavar="DURATION")
+    parser.add_argument("--link-base", default="http://localhost:8080", metavar="URL")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,13 +293,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = commands.add_parser("replay", help="run the detection flow over a JSON Lines file")
     replay.add_argument("signals", metavar="SIGNALS", help="JSON Lines file of signals, or - for stdin")
-    replay.add_argument("--rules", default="rules", metavar="DIR")
     replay.add_argument("--out", metavar="FILE", help="notification records (default: stdout)")
-    replay.add_argument("--workers", type=int, default=1, metavar="N")
-    replay.add_argument("--store", metavar="DSN", help="ClickHouse DSN, or none (the default)")
-    replay.add_argument("--allowed-lateness", default="60s", metavar="DURATION")
-    replay.add_argument("--link-base", default="http://localhost:8080", metavar="URL")
+    _add_detection_options(replay)
     replay.set_defaults(handler=cmd_replay)
+
+    detect = commands.add_parser("detect", help="run the detection flow on Kafka: signals in, notifications out, crash-safe")
+    detect.add_argument("--bootstrap", required=True, metavar="HOST:PORT", help="Kafka bootstrap servers")
+    detect.add_argument("--topic", default="signals", help="where signals and ticks are read")
+    detect.add_argument("--alerts-topic", default="alerts", help="where notification records are written, keyed by site")
+    _add_detection_options(detect)
+    detect.add_argument("--recovery-dir", metavar="DIR", help="Bytewax recovery state: a restart resumes where it stopped")
+    detect.add_argument("--epoch-interval", default="10s", metavar="DURATION", help="how often state is snapshotted")
+    detect.add_argument("--delivery-timeout", default="30s", metavar="DURATION",
+                        help="wait this long for the broker to acknowledge notifications, then stop")
+    detect.add_argument("--exit-at-end", action="store_true", help="stop at the end of the topic instead of waiting for more")
+    detect.set_defaults(handler=cmd_detect)
 
     schema = commands.add_parser("schema", help="print a JSON Schema")
     schema.add_argument("what", choices=["signals", "rules", "alerts"])
@@ -235,6 +318,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=1, metavar="N")
     demo.add_argument("--store", default=default_store(), metavar="DSN", help="where to store everything (none: nowhere)")
     demo.set_defaults(handler=cmd_demo)
+
+    gateway = commands.add_parser("gateway", help="run the ingest gateway: signed batches in, signals and ticks to Kafka")
+    add_gateway_arguments(gateway)
+    gateway.set_defaults(handler=cmd_gateway)
+
+    deliver = commands.add_parser("deliver", help="deliver notification records to the channels, every attempt recorded")
+    deliver.add_argument("alerts", nargs="?", metavar="FILE", help="JSON Lines of notification records (- = stdin)")
+    deliver.add_argument("--bootstrap", metavar="HOST:PORT", help="read the Kafka topic instead (live mode)")
+    deliver.add_argument("--topic", default="alerts")
+    deliver.add_argument("--group", default="logystera-deliver", metavar="NAME", help="whose committed offsets to use")
+    deliver.add_argument("--rules", default="rules", metavar="DIR", help="the channels are defined here")
+    deliver.add_argument("--store", default=default_store(), metavar="DSN", help="where every attempt is recorded")
+    deliver.add_argument("--max-attempts", type=int, default=10, metavar="N", help="calls per notification and channel")
+    deliver.add_argument("--backoff", default="1s", metavar="DURATION", help="longest wait before the first retry")
+    deliver.add_argument("--backoff-cap", default="60s", metavar="DURATION", help="longest wait before any retry")
+    deliver.add_argument("--timeout", default="10s", metavar="DURATION", help="per attempt")
+    deliver.add_argument("--concurrency", type=int, default=4, metavar="N", help="calls in flight per channel")
+    deliver.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on /metrics")
+    deliver.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST")
+    deliver.set_defaults(handler=cmd_deliver)
 
     db = commands.add_parser("db", help="manage the ClickHouse store")
     db_commands = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)

@@ -1,0 +1,112 @@
+"""From a verified request body to the signals to write and the ones refused, each with its reason.
+
+The batch envelope (``site``, ``batch_id``, ``sent_at``, ``signals``) must be
+right or the whole request is refused; inside it each signal stands alone: a
+bad one is listed in the answer and the rest are written. Each signal is
+re-encoded as compact JSON (key order, the ``ts`` string and explicit nulls
+kept, as evidence keeps them; docs/decisions.md 6) and checked by
+:func:`schemas.records.parse_lines`, the one implementation of the signal
+contract that replay uses too; the compact bytes are what goes to Kafka.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.auth import BATCH_ID_RE
+from gateway.errors import Rejected
+from gateway.registry import Site
+from schemas.records import compact_json, parse_lines
+from schemas.rule_loader import _validation_problems
+from schemas.timestamps import TS_PATTERN
+
+
+class BatchEnvelope(BaseModel):
+    """The request body around the signals (docs/protocol.md §1); signals are checked one by one afterwards."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    site: str
+    batch_id: Annotated[str, Field(pattern=f"^{BATCH_ID_RE.pattern}$")]
+    sent_at: Annotated[str, Field(pattern=TS_PATTERN)]
+    signals: Annotated[list[Any], Field(min_length=1)]
+
+
+@dataclass(frozen=True)
+class ParsedBatch:
+    """The signals to write, as ``(id, compact JSON bytes)`` in batch order, and ``(index, reason label, message)`` per refusal."""
+
+    accepted: list[tuple[str, bytes]]
+    rejected: list[tuple[int, str, str]]
+
+    def answer(self) -> dict[str, Any]:
+        """The ``200`` body once every accepted signal is written (docs/protocol.md §2)."""
+        return {
+            "accepted": len(self.accepted),
+            "rejected": [{"index": index, "reason": message} for index, _, message in self.rejected],
+            "duplicate": False,
+        }
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_batch(body: bytes, site: Site, batch_id: str, max_signals: int) -> list[Any]:
+    """The signals of a body whose signature holds for ``site`` and ``batch_id`` (the ``webhook-id``), not checked yet."""
+    try:
+        document = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
+    except UnicodeDecodeError:
+        raise Rejected("invalid_json", "body: not UTF-8") from None
+    except RecursionError:
+        raise Rejected("invalid_json", "body: not valid JSON: nested too deeply") from None
+    except ValueError as error:
+        raise Rejected("invalid_json", f"body: not valid JSON: {error}") from None
+    signals = document.get("signals") if isinstance(document, dict) else None
+    if isinstance(signals, list) and len(signals) > max_signals:
+        raise Rejected("too_many_signals", f"signals: {len(signals)} signals, more than the {max_signals} a batch may hold")
+    try:
+        envelope = BatchEnvelope.model_validate(document)
+    except ValidationError as error:
+        name, message = next(_validation_problems(error))
+        raise Rejected("invalid_batch", f"{name}: {message}") from None
+    if envelope.site != site.id:
+        # The signature was checked for the site the body starts with; a later "site" member may not override it.
+        raise Rejected("invalid_batch", "site: given more than once")
+    if envelope.batch_id != batch_id:
+        raise Rejected("batch_id_mismatch", "batch_id: must equal the webhook-id header")
+    return envelope.signals
+
+
+def check_signals(signals: list[Any], site: Site) -> ParsedBatch:
+    """Refuse ticks, other sites' and switched-off types' signals, then check the rest against the contract."""
+    rejected: list[tuple[int, str, str]] = []
+    candidates: list[tuple[int, bytes]] = []
+    for index, signal in enumerate(signals):
+        if isinstance(signal, dict):
+            kind, owner = signal.get("type"), signal.get("site")
+            if kind == "tick":
+                rejected.append((index, "tick", "type: ticks are written by the gateway, never sent by a site"))
+                continue
+            if owner != site.id:
+                rejected.append((index, "site_mismatch", f"site: must be the batch's site {site.id!r}"))
+                continue
+            if kind in site.disabled_types:
+                rejected.append((index, "type_disabled", f"type: {kind!r} is switched off for this site"))
+                continue
+        candidates.append((index, compact_json(signal).encode("utf-8")))
+    records, invalid = parse_lines(candidates)[:2]  # the records and the (index, reason) of each invalid one
+    rejected.extend((index, "invalid", reason) for index, reason in invalid)
+    accepted: list[tuple[str, bytes]] = []
+    first_of: dict[str, int] = {}
+    for record in records:
+        earlier = first_of.setdefault(record.id, record.line)
+        if earlier != record.line:
+            rejected.append((record.line, "duplicate_id", f"id: the same as signals[{earlier}]"))
+            continue
+        accepted.append((record.id, record.raw))
+    rejected.sort()
+    return ParsedBatch(accepted, rejected)
