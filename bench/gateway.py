@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dispatcher import new_id, sign_batch  # noqa: E402
-from dispatcher._wire import encode_batch  # noqa: E402
+from dispatcher.wire import encode_batch  # noqa: E402
 from schemas.factory import identity_hash, make_signal, signal_line  # noqa: E402
 from schemas.timestamps import format_ts  # noqa: E402
 from tests.kafka_broker import start_broker  # noqa: E402

@@ -1,6 +1,6 @@
 """Logystera's site-side dispatcher: validate signals, buffer them locally, send signed batches to the gateway.
 
-The public surface (everything else is private and may change)::
+The public surface (modules starting with ``_`` are private and may change)::
 
     Dispatcher(site, secret, url, *, buffer_path, ...)   emit / start / flush / stop / close / stats
     Signals(site, identity_key)                          builders: auth, mail, cron, php_error, config_change,
@@ -8,6 +8,11 @@ The public surface (everything else is private and may change)::
     hash_identity(value, site_key)                       HMAC-SHA256 hex, keyed per site
     network_prefix(ip)                                   IPv4 → /24, IPv6 → /48
     sign_batch(secret, batch_id, timestamp, body)        the webhook-signature header value
+
+Two public modules are shared with the server side, so that the protocol is written once:
+:mod:`dispatcher.wire` (body, Standard Webhooks signing, ``Retry-After``, response classes; the
+gateway verifies with it, the webhook channel signs with it) and :mod:`dispatcher.resilience`
+(full-jitter backoff, circuit breaker; the delivery service retries with it).
 
 Errors: :class:`InvalidSignal` (a ``ValueError``) for a signal that breaks
 the contract; plain ``ValueError`` for a wrong constructor argument. Network
@@ -21,7 +26,7 @@ from __future__ import annotations
 from dispatcher._dispatcher import VERSION, Dispatcher, DispatcherStats
 from dispatcher._privacy import hash_identity, network_prefix
 from dispatcher._signals import InvalidSignal, Signals, fingerprint, new_id, normalise_message
-from dispatcher._wire import MAX_BATCH_BYTES, MAX_BATCH_SIGNALS, secret_bytes, sign
+from dispatcher.wire import MAX_BATCH_BYTES, MAX_BATCH_SIGNALS, secret_bytes, sign
 
 
 def sign_batch(secret: str, batch_id: str, timestamp: int, body: bytes) -> str:

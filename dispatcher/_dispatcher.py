@@ -27,9 +27,9 @@ from typing import Any
 import httpx
 
 from dispatcher._buffer import Batch, SenderLock, SignalBuffer
-from dispatcher._resilience import Backoff, BreakerState, CircuitBreaker
 from dispatcher._signals import InvalidSignal, Signals, encode_signal, new_id
-from dispatcher._wire import (
+from dispatcher.resilience import Backoff, BreakerState, CircuitBreaker
+from dispatcher.wire import (
     ENDPOINT,
     MAX_BATCH_BYTES,
     MAX_BATCH_SIGNALS,

@@ -24,7 +24,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dispatcher._wire import ENDPOINT, MAX_BATCH_BYTES, MAX_BATCH_SIGNALS
+from dispatcher.wire import ENDPOINT, MAX_BATCH_BYTES, MAX_BATCH_SIGNALS
 from gateway.auth import signature_headers, signature_matches, site_of
 from gateway.batch import check_signals, parse_batch
 from gateway.errors import Rejected

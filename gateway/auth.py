@@ -1,6 +1,6 @@
 """Who sent a request: Standard Webhooks headers and signature, checked over the raw body before it is parsed.
 
-The signature is the dispatcher's own (:func:`dispatcher._wire.sign`): one
+The signature is the dispatcher's own (:func:`dispatcher.wire.sign`): one
 implementation of the HMAC for both ends. The key depends on the site, and
 the site is in the body, so the body must *start* with its ``site`` member
 (``{"site":"shop-eu",...``, docs/protocol.md §1): the gateway reads the site
@@ -14,7 +14,7 @@ import hmac
 import re
 from collections.abc import Mapping
 
-from dispatcher._wire import sign
+from dispatcher.wire import sign
 from gateway.errors import Rejected
 from schemas.signals import SITE_PATTERN
 

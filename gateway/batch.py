@@ -21,7 +21,7 @@ from gateway.auth import BATCH_ID_RE
 from gateway.errors import Rejected
 from gateway.registry import Site
 from schemas.records import compact_json, parse_lines
-from schemas.rule_loader import _validation_problems
+from schemas.rule_loader import validation_problems
 from schemas.timestamps import TS_PATTERN
 
 
@@ -71,7 +71,7 @@ def parse_batch(body: bytes, site: Site, batch_id: str, max_signals: int) -> lis
     try:
         envelope = BatchEnvelope.model_validate(document)
     except ValidationError as error:
-        name, message = next(_validation_problems(error))
+        name, message = next(validation_problems(error))
         raise Rejected("invalid_batch", f"{name}: {message}") from None
     if envelope.site != site.id:
         # The signature was checked for the site the body starts with; a later "site" member may not override it.

@@ -26,8 +26,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dispatcher._wire import secret_bytes
-from schemas.rule_loader import _RuleYamlLoader, _validation_problems
+from dispatcher.wire import secret_bytes
+from schemas.rule_loader import StrictYamlLoader, validation_problems
 from schemas.signals import SIGNAL_TYPES, SITE_PATTERN
 
 SignalType = Literal[SIGNAL_TYPES]  # type: ignore[valid-type]
@@ -96,7 +96,7 @@ def load_registry(path: str | Path, environ: Mapping[str, str] | None = None) ->
     env = os.environ if environ is None else environ
     shown = str(path)
     try:
-        document = yaml.load(path.read_text(encoding="utf-8"), Loader=_RuleYamlLoader)  # noqa: S506 - a SafeLoader subclass
+        document = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictYamlLoader)  # noqa: S506 - a SafeLoader subclass
     except OSError as error:
         raise RegistryError([f"{shown}: {error.strerror or error}"]) from None
     except UnicodeDecodeError:
@@ -110,7 +110,7 @@ def load_registry(path: str | Path, environ: Mapping[str, str] | None = None) ->
     except ValidationError as error:
         if not isinstance(document, dict):
             raise RegistryError([f"{shown}: (file): must be a mapping with a 'sites' list"]) from None
-        raise RegistryError([f"{shown}: (file): {name}: {message}" for name, message in _validation_problems(error)]) from None
+        raise RegistryError([f"{shown}: (file): {name}: {message}" for name, message in validation_problems(error)]) from None
     problems: list[str] = []
     sites: dict[str, Site] = {}
     for position, raw in enumerate(parsed.sites, start=1):
@@ -122,7 +122,7 @@ def load_registry(path: str | Path, environ: Mapping[str, str] | None = None) ->
         try:
             entry = SiteEntry.model_validate(raw)
         except ValidationError as error:
-            problems.extend(f"{shown}: {label}: {name}: {message}" for name, message in _validation_problems(error))
+            problems.extend(f"{shown}: {label}: {name}: {message}" for name, message in validation_problems(error))
             continue
         if entry.id in sites:
             problems.append(f"{shown}: {label}: id: registered twice")

@@ -24,11 +24,11 @@ from schemas.rules import KIND_PARAMS, MAX_METRIC_SERIES, Channel, MetricDefinit
 _CHANNEL_ADAPTER: TypeAdapter[Any] = TypeAdapter(Channel)
 
 
-class _RuleYamlLoader(yaml.SafeLoader):
+class StrictYamlLoader(yaml.SafeLoader):
     """The safe loader, refusing duplicate keys: a second ``kind:`` silently winning would hide a mistake."""
 
 
-def _construct_mapping(loader: _RuleYamlLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+def _construct_mapping(loader: StrictYamlLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":
@@ -44,7 +44,7 @@ def _construct_mapping(loader: _RuleYamlLoader, node: yaml.MappingNode) -> dict[
     return loader.construct_mapping(node, deep=True)
 
 
-_RuleYamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+StrictYamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 class RuleLoadError(Exception):
@@ -121,7 +121,8 @@ def _tag_problem(item: dict[str, Any]) -> tuple[str, str]:
     return field_name, f"must be {expected}"
 
 
-def _validation_problems(error: ValidationError) -> Iterator[tuple[str, str]]:
+def validation_problems(error: ValidationError) -> Iterator[tuple[str, str]]:
+    """``(field path, message)`` per pydantic error, without repeats: how every YAML loader names a mistake."""
     seen: set[tuple[str, str]] = set()
     for item in error.errors(include_url=False):
         loc = item["loc"]
@@ -207,7 +208,7 @@ class _Loader:
             self.problems.append(f"{shown}: (file): read: {error.strerror or error}")
             return
         try:
-            documents = list(yaml.load_all(text, Loader=_RuleYamlLoader))
+            documents = list(yaml.load_all(text, Loader=StrictYamlLoader))
         except yaml.YAMLError as error:
             where = ""
             mark = getattr(error, "problem_mark", None)
@@ -257,7 +258,7 @@ class _Loader:
                 return model.validate_python(raw), _Failed(failed)
             return model.model_validate(raw), _Failed(failed)
         except ValidationError as error:
-            for name, message in _validation_problems(error):
+            for name, message in validation_problems(error):
                 failed.add(name)
                 self.report(file, label, name, message)
             return None, _Failed(failed)

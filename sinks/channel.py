@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
-from dispatcher._wire import parse_retry_after
+from dispatcher.wire import parse_retry_after
 
 if TYPE_CHECKING:
     from schemas.rules import Channel, SlackChannel, TeamsChannel, WebhookChannel

@@ -42,8 +42,8 @@ from dispatcher import (
     new_id,
     sign_batch,
 )
-from dispatcher._resilience import Backoff, BreakerState, CircuitBreaker
-from dispatcher._wire import Kind, classify, parse_retry_after, secret_bytes
+from dispatcher.resilience import Backoff, BreakerState, CircuitBreaker
+from dispatcher.wire import Kind, classify, parse_retry_after, secret_bytes
 from schemas.records import Record, parse_record
 from schemas.timestamps import TS_PATTERN
 

@@ -33,14 +33,14 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from dispatcher import Dispatcher
 from tests.kafka_broker import Broker, unique_topic
+from tests.polling import wait_for
 
 T = TypeVar("T")
 
@@ -49,18 +49,6 @@ _SETPRIV = shutil.which("setpriv")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 _LISTENING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+) ")
-
-
-def wait_for(condition: Callable[[], T | None], what: str, timeout: float = 30.0, every: float = 0.05) -> T:
-    """Poll ``condition`` until it returns something truthy, and return that; ``AssertionError`` naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = condition()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout}s")
-        time.sleep(every)
 
 
 class LogysteraProcess:

@@ -22,9 +22,9 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from flows.corpus import generate_corpus
 from flows.replay import ReplayResult, replay
 from schemas.rule_loader import load_rules
 from sinks.kafka import KafkaDeliveryError, KafkaTopicSink
+from tests import polling
 from tests.kafka_broker import Broker, Record, unique_topic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,15 +90,7 @@ def replayed(tmp_path: Path, lines: list[str], name: str) -> ReplayResult:
     return replay(str(path), load_rules(RULES_DIR).enabled_rules)
 
 
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = condition()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout}s")
-        time.sleep(0.05)
+wait_for = partial(polling.wait_for, timeout=DEADLINE_S)
 
 
 class Detect:

@@ -22,7 +22,7 @@ import httpx
 import uvicorn
 
 from dispatcher import new_id, sign_batch
-from dispatcher._wire import encode_batch, secret_bytes
+from dispatcher.wire import encode_batch, secret_bytes
 from gateway.app import Gateway, GatewayConfig, create_app
 from gateway.kafka import KafkaWriter
 from gateway.registry import Registry, Site

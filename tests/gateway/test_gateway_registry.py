@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher._wire import secret_bytes
+from dispatcher.wire import secret_bytes
 from flows.cli import main
 from gateway.registry import RegistryError, load_registry
 
