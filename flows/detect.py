@@ -34,6 +34,7 @@ from operators.metrics import CompiledMetric, MetricPoint
 from operators.notification import DEFAULT_LINK_BASE, Notification
 from operators.routing import RoutingTable
 from operators.site import SiteDetector
+from operators.snapshot import SnapshotCodec
 from schemas.records import Record, parse_lines, salvage_site_and_ts
 from schemas.store import alert_rows, metric_row, rejected_row, signal_columns
 from sinks.clickhouse import StoreItem
@@ -109,12 +110,16 @@ class ParseAndRoute:
 class DetectLogic(StatefulBatchLogic[list[Record], tuple[str, Any], Any]):
     """Bytewax state for one site: its :class:`SiteDetector`, fed in arrival order."""
 
-    def __init__(self, table: RoutingTable, lateness: int, link_base: str, metrics: list[CompiledMetric]) -> None:
+    def __init__(
+        self, table: RoutingTable, lateness: int, link_base: str, metrics: list[CompiledMetric],
+        snapshots: SnapshotCodec | None = None, resume: bytes | None = None,
+    ) -> None:
         self.table = table
         self.lateness = lateness
         self.link_base = link_base
         self.metrics = metrics
-        self.detector: SiteDetector | None = None
+        self.snapshots = snapshots
+        self.detector: SiteDetector | None = None if resume is None or snapshots is None else snapshots.load(resume)
 
     @override
     def on_batch(self, values: list[list[Record]]) -> tuple[list[tuple[str, Any]], bool]:
@@ -138,16 +143,19 @@ class DetectLogic(StatefulBatchLogic[list[Record], tuple[str, Any], Any]):
 
     @override
     def on_eof(self) -> tuple[list[tuple[str, Any]], bool]:
-        # The input has ended: every open metric bucket is final.
-        if self.detector is None or not self.metrics:
+        # The input has ended: every open metric bucket is final. Not under recovery (snapshots): there the
+        # end of the input is a pause, and the buckets stay open in the snapshot for the next run to finish.
+        if self.detector is None or not self.metrics or self.snapshots is not None:
             return [], StatefulBatchLogic.RETAIN
         points = self.detector.flush_metrics()
         return [("store", ("metrics", [metric_row(point) for point in points]))], StatefulBatchLogic.RETAIN
 
     @override
-    def snapshot(self) -> Any:
-        # Recovery (restoring detectors from snapshots) arrives with the live path; replay needs none.
-        return None
+    def snapshot(self) -> bytes | None:
+        # Bytewax asks at every epoch's end, recovery or not: only a flow with recovery pays for the bytes.
+        if self.snapshots is None or self.detector is None:
+            return None
+        return self.snapshots.dump(self.detector)
 
 
 def _tagged(step_id: str, stream: Any, tag: str) -> Any:
@@ -170,6 +178,7 @@ def build_detect_flow(
     store_sink: Sink[StoreItem] | None = None,
     store_source: str = "replay",
     metrics: list[CompiledMetric] | None = None,
+    snapshots: SnapshotCodec | None = None,
 ) -> Dataflow:
     """Wire source → parse/route → detect → sinks.
 
@@ -178,16 +187,22 @@ def build_detect_flow(
     ``store_sink``, every valid signal, notification (with its evidence),
     final metric bucket and rejected line also goes to the store, as
     ``(table, rows)`` items; ``store_source`` names the input in ``rejected``.
+    With ``snapshots`` (a flow run with Bytewax recovery), each site's
+    detector is snapshotted at the end of every epoch that touched it and
+    restored from that on resume; the codec must be made for this flow's
+    ``table``, ``lateness`` and (stored) ``metrics``.
     """
     flow = Dataflow("logystera_detect")
     chunks = op.input("signals", flow, source)
     storing = store_sink is not None
     site_metrics = (metrics or []) if storing else []
     metric_types = {signal_type for metric in site_metrics for signal_type in metric.types}
+    if snapshots is not None and (snapshots.table is not table or snapshots.lateness != lateness or snapshots.metrics != site_metrics):
+        raise ValueError("snapshots: the codec was made for other rules, lateness or metrics than this flow's")
     parsed = op.flat_map("parse_route", chunks, ParseAndRoute(table, store_source if storing else None, metric_types))
     keyed = _tagged("work", parsed, "work")
     op.output("rejects", _tagged("reject", parsed, "reject"), rejects_sink)
-    results = op.stateful_batch("detect", keyed, lambda _resume: DetectLogic(table, lateness, link_base, site_metrics))
+    results = op.stateful_batch("detect", keyed, lambda resume: DetectLogic(table, lateness, link_base, site_metrics, snapshots, resume))
     outcomes = op.key_rm("outcomes", results)
     alerts = _tagged("alert", outcomes, "alert")
     op.output("alerts", alerts, alerts_sink)
