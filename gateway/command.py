@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 from pathlib import Path
 
 from schemas.durations import parse_duration
@@ -115,5 +116,9 @@ def run_gateway(args: argparse.Namespace) -> int:
         uvicorn.Config(create_app(gateway), host=args.host, port=args.port, log_config=None, log_level=level,
                        access_log=False, server_header=False, lifespan="on")
     )
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to whatever handler was there
+    # before it; a no-op handler makes that graceful stop an ordinary exit 0, as `logystera detect` does.
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, lambda *_: None)
     server.run()
     return 0

@@ -133,7 +133,7 @@ def test_a_scripted_incident_reaches_alerts_exactly_as_replay_of_the_signals_top
 
         # The sites stop (delivering what they hold), then the gateway: from here on `signals` stays as it is.
         assert shop_a.stop(10) and shop_b.stop(10)
-        live.gateway.stop()
+        assert live.gateway.stop() == 0, live.gateway.output()  # a graceful stop is an ordinary exit
         lines = live.signal_lines()
         expected = replayed(lines, tmp_path)
         wait_for(lambda: set(live.alerts()) == set(expected), "detect's notifications equal to replay's")
