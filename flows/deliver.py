@@ -277,10 +277,12 @@ class OffsetTracker:
 async def _deliver_kafka(service: DeliveryService, options: DeliverOptions, stop: asyncio.Event, err: TextIO) -> None:
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+    from sinks.kafka import reported_once
+
     assert options.bootstrap is not None
     config = {
         "bootstrap.servers": options.bootstrap, "group.id": options.group, "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
+        "auto.offset.reset": "earliest", **reported_once(lambda text: print(f"kafka: {text}", file=err, flush=True)),
     }
     consumer = Consumer(config)
     try:

@@ -55,7 +55,7 @@ from operators.routing import RoutingTable
 from operators.snapshot import SnapshotCodec
 from schemas.rules import MetricDefinition, Rule
 from sinks.clickhouse import EpochStoreSink, Store, StoreError, StoreSink
-from sinks.kafka import DEFAULT_TIMEOUT_S, KafkaDeliveryError, KafkaTopicSink, missing_topics
+from sinks.kafka import DEFAULT_TIMEOUT_S, KafkaDeliveryError, KafkaTopicSink, missing_topics, reported_once
 
 LINE_STRIDE = 10**12
 """A Kafka record's line number is ``partition × LINE_STRIDE + offset`` (``3000000000042``: partition 3, offset 42)."""
@@ -126,7 +126,9 @@ class KafkaLinesSource(FixedPartitionedSource[list[Line], int | None]):
     """
 
     def __init__(self, bootstrap: str, topic: str, tail: bool = True) -> None:
-        self._kafka = KafkaSource([bootstrap], [topic], tail=tail, starting_offset=OFFSET_BEGINNING)
+        self._kafka = KafkaSource(
+            [bootstrap], [topic], tail=tail, starting_offset=OFFSET_BEGINNING, add_config=reported_once(),
+        )
 
     @override
     def list_parts(self) -> list[str]:

@@ -34,6 +34,8 @@ DEFAULTS: dict[str, Any] = {
     "linger.ms": 5,
     # Java clients' default partitioner: a site maps to the same partition whichever client writes it.
     "partitioner": "murmur2_random",
+    # A misspelt --topic must get 503s, not become a new empty topic on a broker that auto-creates topics.
+    "allow.auto.create.topics": False,
 }
 
 
@@ -116,7 +118,7 @@ class KafkaWriter:
         for name in options:
             if name in GUARANTEES or name == "bootstrap.servers":
                 raise ValueError(f"{name}: set by the gateway, cannot be changed")
-        config = {**DEFAULTS, **options, **GUARANTEES, "bootstrap.servers": bootstrap, "error_cb": self._on_error, "logger": log}
+        config = {**DEFAULTS, **options, **GUARANTEES, "bootstrap.servers": bootstrap, "error_cb": self._on_error, "log_level": 2}
         try:
             self._producer = Producer(config)
         except (KafkaException, ValueError, TypeError) as error:

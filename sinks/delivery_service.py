@@ -319,7 +319,10 @@ class DeliveryService:
 
     def _tally(self, channels: Iterable[str]) -> str:
         wanted = set(channels)
-        ended = Counter({result: n for (channel, result), n in self.stats.notifications.items() if channel in wanted})
+        ended: Counter[str] = Counter()
+        for (channel, result), n in self.stats.notifications.items():
+            if channel in wanted:
+                ended[result] += n
         attempts = sum(n for (channel, _), n in self.stats.attempts.items() if channel in wanted)
         return ", ".join(f"{ended[result]} {label}" for result, label in _RESULTS) + f"; {attempts} attempts"
 

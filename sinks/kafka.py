@@ -19,6 +19,7 @@ topic fails at start, not at the first record.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
@@ -35,8 +36,26 @@ PRODUCER_CONFIG: dict[str, Any] = {
     "acks": "all",
     # Java clients' default partitioner, as the gateway uses: a site's key maps to the same partition everywhere.
     "partitioner": "murmur2_random",
+    # A misspelt topic must fail, not become a new empty topic on a broker that auto-creates them.
+    "allow.auto.create.topics": False,
 }
 DEFAULT_TIMEOUT_S = 30.0
+
+
+def reported_once(report: Callable[[str], None] = lambda text: print(f"kafka: {text}", file=sys.stderr)) -> dict[str, Any]:
+    """Client settings that report each kind of librdkafka error once, until it changes.
+
+    librdkafka logs every failed connection attempt, hundreds of lines a second
+    while a broker is away; the errors still reach ``report``, one line per kind.
+    """
+    last: list[int | None] = [None]
+
+    def on_error(error: KafkaError) -> None:
+        if error.code() != last[0]:
+            report(error.str())
+        last[0] = error.code()
+
+    return {"log_level": 2, "error_cb": on_error}
 
 
 class KafkaDeliveryError(Exception):
@@ -55,7 +74,7 @@ def missing_topics(bootstrap: str, topics: Iterable[str], timeout: float = 10.0)
     turn a misspelt name into a new, empty topic.
     """
     try:
-        metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=timeout)
+        metadata = AdminClient({"bootstrap.servers": bootstrap, **reported_once(lambda _text: None)}).list_topics(timeout=timeout)
     except KafkaException as error:
         raise KafkaUnreachable(f"Kafka at {bootstrap} did not answer within {timeout:g}s ({error.args[0].str()})") from None
     return [topic for topic in topics if topic not in metadata.topics]
@@ -122,6 +141,7 @@ class KafkaTopicSink(DynamicSink[X], Generic[X]):
             **PRODUCER_CONFIG,
             "bootstrap.servers": bootstrap,
             "message.timeout.ms": max(1, int(timeout * 1000)),
+            **reported_once(),
         }
 
     @override

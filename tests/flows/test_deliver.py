@@ -123,6 +123,23 @@ def test_a_file_is_delivered_with_invalid_lines_reported_and_a_summary(tmp_path:
     assert attempts(store) == {(alert(n), 1, 1): ("delivered", 204, "") for n in (1, 2)}
 
 
+def test_the_totals_add_up_every_channel(tmp_path: Path, hook: WebhookReceiver) -> None:
+    # oncall is defined; ops-mail and ops-slack are not, so their calls are `failed` rows.
+    records = [{**notification(1), "deliver": ["oncall", "ops-mail", "ops-slack"]}, {**notification(2), "deliver": ["oncall", "ops-mail"]}]
+    alerts = tmp_path / "alerts.jsonl"
+    alerts.write_text("".join(line(record) + "\n" for record in records), encoding="utf-8")
+    store = tmp_path / "store"
+    result = logystera("deliver", str(alerts), "--rules", str(rules(tmp_path)), "--store", f"chdb://{store}", hook=hook)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[-4:] == [
+        "channel oncall: 2 delivered, 0 collapsed, 0 gave up, 0 failed, 0 resolved not sent, 0 done before; 2 attempts",
+        "channel ops-mail: 0 delivered, 0 collapsed, 0 gave up, 2 failed, 0 resolved not sent, 0 done before; 2 attempts",
+        "channel ops-slack: 0 delivered, 0 collapsed, 0 gave up, 1 failed, 0 resolved not sent, 0 done before; 1 attempts",
+        "delivery: 2 records, 0 invalid, 0 duplicate, 0 not done: "
+        "2 delivered, 0 collapsed, 0 gave up, 3 failed, 0 resolved not sent, 0 done before; 5 attempts",
+    ]
+
+
 ONE_SOURCE = "logystera: error: give either a file of notification records or --bootstrap HOST:PORT"
 
 

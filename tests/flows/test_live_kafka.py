@@ -193,6 +193,15 @@ def test_detect_names_a_missing_topic_without_creating_it(broker: Broker) -> Non
     assert broker.partition_count(missing) == 0
 
 
+def test_an_unreachable_broker_is_one_line_not_a_flood_of_client_logs() -> None:
+    # librdkafka logs every failed connection attempt (~200 lines before the 10 s verdict); we say it once.
+    assert LOGYSTERA is not None
+    result = subprocess.run([LOGYSTERA, "detect", "--bootstrap", "127.0.0.1:1"], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("logystera: error: Kafka at 127.0.0.1:1 did not answer within 10s"), lines
+
+
 # -- kill -9 and restart ----------------------------------------------------------------------------------
 
 

@@ -29,6 +29,20 @@ def test_healthz_is_503_while_the_topic_does_not_exist(make_gateway: Callable[..
     assert shared_broker.partition_count(missing) == 0  # asking did not create it
 
 
+def test_a_batch_for_a_topic_that_does_not_exist_is_503_and_creates_no_topic(
+    make_gateway: Callable[..., RunningGateway], shared_broker: Broker,
+) -> None:
+    # Brokers that auto-create topics (Tansu here, Apache Kafka by default) would turn a misspelt --topic into a new one.
+    missing = unique_topic("misspelt")
+    gateway = make_gateway(shared_broker.bootstrap, missing, produce_timeout_s=1.0)
+    sender = Sender(gateway.url, gateway.gateway.clock)
+    try:
+        assert sender.post("shop-eu", [mail(1)]).status_code == 503
+    finally:
+        sender.client.close()
+    assert shared_broker.partition_count(missing) == 0
+
+
 def test_metrics_count_what_happened_in_the_prometheus_text_format(gateway: RunningGateway, sender: Sender) -> None:
     assert sender.post("shop-eu", [mail(1), mail(2), {"v": 1, "site": "shop-eu"}], batch_id="metrics-batch").status_code == 200
     assert sender.post("shop-eu", [mail(1)], batch_id="metrics-batch").json()["duplicate"] is True
