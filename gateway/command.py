@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import socket
 from pathlib import Path
 
 from schemas.durations import parse_duration
@@ -91,6 +93,13 @@ def run_gateway(args: argparse.Namespace) -> int:
         writer = KafkaWriter(args.bootstrap, args.topic, kafka_options)
     except ValueError as error:
         raise ConfigProblems([f"logystera: error: --kafka-option: {error}"]) from None
+    # Bind before anything starts, so that a port in use is a one-line usage error (uvicorn would log it and exit 3).
+    try:
+        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        listener = socket.create_server((args.host, args.port), family=family)
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise ConfigProblems([f"logystera: error: --host/--port {args.host}:{args.port}: {reason}"]) from None
 
     level = getattr(logging, args.log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -120,5 +129,7 @@ def run_gateway(args: argparse.Namespace) -> int:
     # before it; a no-op handler makes that graceful stop an ordinary exit 0, as `logystera detect` does.
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, lambda *_: None)
-    server.run()
+    host, port = listener.getsockname()[:2]
+    log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
+    server.run(sockets=[listener])
     return 0

@@ -48,7 +48,7 @@ LOGYSTERA = shutil.which("logystera", path=str(Path(sys.executable).parent)) or 
 _SETPRIV = shutil.which("setpriv")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
-_LISTENING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+) ")
+_LISTENING = re.compile(r"logystera.gateway: listening on http://127\.0\.0\.1:(\d+)$")
 
 
 class LogysteraProcess:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,13 @@ def test_bad_options_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Capture
     code = main(["gateway", "--registry", str(path), "--bootstrap", "127.0.0.1:1", *options])
     assert code == 2
     assert capsys.readouterr().err.splitlines() == [expected]
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOGY_TEST_SECRET", "s3cr3t")
+    path = write(tmp_path, "sites:\n  - id: shop\n    secret_env: LOGY_TEST_SECRET\n")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        code = main(["gateway", "--registry", str(path), "--bootstrap", "127.0.0.1:1", "--port", str(port)])
+    assert code == 2
+    assert capsys.readouterr().err.splitlines() == [f"logystera: error: --host/--port 127.0.0.1:{port}: Address already in use"]
