@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -356,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
+    # clickhouse-connect logs each failed HTTP call; the store retries them and reports the outcome in one line.
+    logging.getLogger("clickhouse_connect").setLevel(logging.CRITICAL)
     try:
         return int(args.handler(args))
     except UsageError as error:
