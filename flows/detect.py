@@ -66,19 +66,11 @@ class ParseAndRoute:
 
     def __call__(self, chunk: list[Line]) -> Iterable[tuple[str, Any]]:
         """Tagged outputs: ``reject`` per bad line, one ``valid`` count, ``work`` per site, ``store`` rows."""
-        records, rejects = parse_lines(chunk)
+        by_site: dict[str, list[Record]] = {}
+        records, rejects = parse_lines(chunk, self.routed, by_site)
         out: list[tuple[str, Any]] = [("reject", reject) for reject in rejects]
         out.append(("valid", len(records)))
-        groups: dict[str, list[Record]] = {}
-        routed = self.routed
-        for record in records:
-            if record.type in routed:
-                site_records = groups.get(record.site)
-                if site_records is None:
-                    groups[record.site] = [record]
-                else:
-                    site_records.append(record)
-        out.extend(("work", item) for item in groups.items())
+        out.extend(("work", item) for item in by_site.items())
         if self.store_source is not None:
             out.append(("store", ("signals", signal_columns(records))))
             if rejects:
@@ -123,17 +115,16 @@ class DetectLogic(StatefulBatchLogic[list[Record], tuple[str, Any], Any]):
 
     @override
     def on_batch(self, values: list[list[Record]]) -> tuple[list[tuple[str, Any]], bool]:
+        # Called once per site and chunk: builds only what the batch needs (no metric points without metrics).
         out: list[Notification] = []
-        points: list[MetricPoint] = []
-        emitted: list[tuple[str, Any]] = []
+        points: list[MetricPoint] | None = [] if self.metrics else None
         detector = self.detector
+        if detector is None:
+            detector = self.detector = SiteDetector(self.table, values[0][0].site, self.lateness, self.metrics)
+        late: list[int] = []
         for records in values:
-            if detector is None:
-                detector = self.detector = SiteDetector(self.table, records[0].site, self.lateness, self.metrics)
-            process = detector.process
-            for record in records:
-                if not process(record, out, points):
-                    emitted.append(("late", record.line))
+            late += detector.process_all(records, out, points)
+        emitted: list[tuple[str, Any]] = [("late", line) for line in late]
         if out:
             link_base = self.link_base
             emitted.extend(("alert", (n.sort_key(), n.to_json(link_base))) for n in out)

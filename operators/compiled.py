@@ -20,8 +20,8 @@ class CompiledRule:
     id: str
     kind: str
     types: frozenset[str]
-    matches: Predicate | None
-    concerns: Predicate | None
+    gate: Predicate | None  # what a signal must satisfy to reach a fingerprint: ``of`` for ratio, ``where`` otherwise
+    ratio_matches: Predicate | None  # ratio only: its ``where``, which makes a signal of ``of`` a matching one
     group_fields: tuple[str, ...]
     window: int
     lookback: int
@@ -53,13 +53,15 @@ def compile_rule(rule: Rule) -> CompiledRule:
 
     overflow = {name: "__other__" for name in rule.group_by}
     header = {"id": rule.id, "title": rule.title, "kind": rule.kind, "description": rule.description}
+    where = compile_conditions(rule.where)
+    ratio = rule.kind == "ratio"
     return CompiledRule(
         rule=rule,
         id=rule.id,
         kind=rule.kind,
         types=frozenset(rule.signal_types),
-        matches=compile_conditions(rule.where),
-        concerns=compile_conditions(params.of) if rule.kind == "ratio" else None,
+        gate=compile_conditions(params.of) if ratio else where,
+        ratio_matches=where if ratio else None,
         group_fields=tuple(rule.group_by),
         window=window,
         lookback=lookback,

@@ -8,10 +8,13 @@ that is absent or null fails every test except ``ne``, ``not_in`` and
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any
 
 Predicate = Callable[[Any], bool]
+_ORDERING: dict[str, Callable[[Any, Any], bool]] = {"gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le}
+_NUMBERS = (int, float)
 
 
 def _test(op: str, arg: Any) -> Callable[[Any], bool]:
@@ -23,14 +26,9 @@ def _test(op: str, arg: Any) -> Callable[[Any], bool]:
         return lambda value: value is not None and not isinstance(value, list) and value in arg
     if op == "not_in":
         return lambda value: value is None or isinstance(value, list) or value not in arg
-    if op == "gt":
-        return lambda value: _number(value) and value > arg
-    if op == "gte":
-        return lambda value: _number(value) and value >= arg
-    if op == "lt":
-        return lambda value: _number(value) and value < arg
-    if op == "lte":
-        return lambda value: _number(value) and value <= arg
+    compare = _ORDERING.get(op)
+    if compare is not None:
+        return lambda value: _number(value) and compare(value, arg)
     if op == "prefix":
         return lambda value: isinstance(value, str) and value.startswith(arg)
     if op == "exists":
@@ -44,20 +42,46 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _single(name: str, op: str, arg: Any) -> Predicate | None:
+    """One call per payload for the usual one-field tests, where the generic form takes two.
+
+    A scalar argument of ``eq`` / ``in`` (the loader accepts no other) never
+    equals a null or a list, so a plain comparison gives what :func:`_test` gives.
+    """
+    if op == "eq" and _scalar(arg):
+        return lambda data: getattr(data, name, None) == arg
+    if op == "in" and all(map(_scalar, arg)):
+        return lambda data: getattr(data, name, None) in arg
+    compare = _ORDERING.get(op)
+    if compare is not None:
+        return lambda data: isinstance(value := getattr(data, name, None), _NUMBERS) and not isinstance(value, bool) and compare(value, arg)
+    return None
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool)
+
+
+def _operation(test: Any) -> tuple[str, Any]:
+    """``(operator, argument)`` of one field's test; a bare scalar is ``eq``, a list argument a tuple."""
+    if isinstance(test, dict):
+        ((op, arg),) = test.items()
+    else:
+        op, arg = "eq", test
+    return op, tuple(arg) if op in ("in", "not_in") else arg
+
+
 def compile_conditions(conditions: dict[str, Any] | None) -> Predicate | None:
     """A predicate over a payload model, or None when there is nothing to test."""
     if not conditions:
         return None
-    tests: list[tuple[str, Callable[[Any], bool]]] = []
-    for name, test in conditions.items():
-        if isinstance(test, dict):
-            ((op, arg),) = test.items()
-        else:
-            op, arg = "eq", test
-        if op in ("in", "not_in"):
-            arg = tuple(arg)
-        tests.append((name, _test(op, arg)))
-
+    operations = [(name, *_operation(test)) for name, test in conditions.items()]
+    if len(operations) == 1:
+        ((name, op, arg),) = operations
+        single = _single(name, op, arg)
+        if single is not None:
+            return single
+    tests = [(name, _test(op, arg)) for name, op, arg in operations]
     if len(tests) == 1:
         ((name, check),) = tests
         return lambda data: check(getattr(data, name, None))

@@ -6,9 +6,11 @@ Per record it does what the contract says — apply (clock, then the record's
 own fingerprint), then evaluate every fingerprint at the new clock — but it
 evaluates only the fingerprints whose outcome can change at that clock: the
 record's own fingerprint and those whose deadline (next window expiry,
-``for``, ``suppress`` or ``resolve_after`` timer) has come. Everything in
-between is accounted for exactly, including ``suppressed_count``, which
-counts every evaluation instant while an alert fires with its condition true.
+``for``, ``suppress`` or ``resolve_after`` timer; for an inactive one, the
+first expiry that could make its condition true, or its last signal's,
+after which it is forgotten) has come. Everything in between is accounted
+for exactly, including ``suppressed_count``, which counts every evaluation
+instant while an alert fires with its condition true.
 """
 
 from __future__ import annotations
@@ -57,26 +59,39 @@ class RuleRunner:
         elif ts > clock:
             self.clock = clock = ts
         self.instant += 1
-        touched = None if record.type == "tick" else self._apply(record, clock, out)
+        touched = None
+        if record.type != "tick":
+            # Apply: a signal the rule's gate rejects is, for this rule, only an instant (like a tick).
+            rule = self.rule
+            data = record.data
+            gate = rule.gate
+            if gate is None or gate(data):
+                group = self._group_of(data) if rule.group_fields else "{}"
+                touched = self.fps.get(group) or self._new_fingerprint(group, clock)
+                self.arrivals += 1
+                if isinstance(touched, MatchFingerprint):
+                    self._apply_match(touched, record, clock, out)
+                else:
+                    ratio_matches = rule.ratio_matches
+                    touched.add(record, ratio_matches is None or ratio_matches(data), clock, self.arrivals, rule)
         heap = self.heap
-        if touched is not None or (heap and heap[0][0] <= clock):
+        if heap and heap[0][0] <= clock:
             self._evaluate(clock, touched, out)
+        elif touched is not None:  # nothing is due: only the record's own fingerprint can change (the common case)
+            self._evaluate_one(touched, clock, out)
         return True
 
-    def absorb_ticks(self, ticks: int, latest: int) -> None:
-        """Count ``ticks`` tick instants that reached no deadline, the latest at ``latest``.
+    def catch_up(self, ticks: int, latest: int) -> None:
+        """Count the tick instants absorbed by the site since ``synced``: ``ticks`` so far, the latest at ``latest``.
 
         A tick that is not late and reaches no deadline only moves the clock and
         counts as an evaluation instant; :class:`operators.site.SiteDetector`
         applies such ticks in bulk when the runner is next needed.
         """
-        self.instant += ticks
+        self.instant += ticks - self.synced
+        self.synced = ticks
         if self.clock is None or latest > self.clock:
             self.clock = latest
-
-    def due(self) -> int | None:
-        """The clock at which this runner's earliest deadline falls (None: no deadline)."""
-        return self.heap[0][0] if self.heap else None
 
     def evaluate_due(self, out: list[Notification]) -> None:
         """Evaluate the fingerprints whose deadline the clock has reached (after absorbing ticks)."""
@@ -85,44 +100,23 @@ class RuleRunner:
 
     # -- apply -----------------------------------------------------------------------------
     def _group_of(self, data: Any) -> str:
+        """The group JSON of a payload (for a rule with ``group_by``)."""
         fields = self.rule.group_fields
-        if not fields:
-            return "{}"
-        values = tuple(getattr(data, name, None) for name in fields)
-        if any(isinstance(value, list) for value in values):  # `flags`: not hashable, not cached
-            return compact_json(dict(sorted(zip(fields, values, strict=True))))
+        values = (getattr(data, fields[0], None),) if len(fields) == 1 else tuple(getattr(data, name, None) for name in fields)
         cache = self.rule.group_cache  # group_json is a pure function of the values: share it per rule
-        group = cache.get(values)
+        try:
+            group = cache.get(values)
+        except TypeError:  # a list (`flags`): not hashable, not cached
+            return compact_json(dict(sorted(zip(fields, values, strict=True))))
         if group is None:
             if len(cache) >= GROUP_CACHE_LIMIT:
                 cache.clear()
             group = cache[values] = compact_json(dict(sorted(zip(fields, values, strict=True))))
         return group
 
-    def _apply(self, record: Record, c: int, out: list[Notification]) -> AnyFingerprint | None:
-        rule = self.rule
-        data = record.data
-        if rule.kind == "ratio":
-            if rule.concerns is not None and not rule.concerns(data):
-                return None
-            matching = rule.matches is None or rule.matches(data)
-        else:
-            if rule.matches is not None and not rule.matches(data):
-                return None
-            matching = True
-        fp = self._fingerprint(self._group_of(data), c)
-        self.arrivals += 1
-        if isinstance(fp, MatchFingerprint):
-            self._apply_match(fp, record, c, out)
-        else:
-            fp.add(record, matching, c, self.arrivals, rule)
-        return fp
-
-    def _fingerprint(self, group: str, c: int) -> AnyFingerprint:
+    def _new_fingerprint(self, group: str, c: int) -> AnyFingerprint:
+        """A fingerprint for a group that has none: a new one, or the overflow group's once ``max_groups`` are live."""
         fps = self.fps
-        fp = fps.get(group)
-        if fp is not None:
-            return fp
         rule = self.rule
         if group != rule.overflow_json and self._live_groups(c) >= rule.max_groups:
             group = rule.overflow_json
@@ -192,17 +186,21 @@ class RuleRunner:
 
     # -- evaluate ----------------------------------------------------------------------------
     def _evaluate(self, c: int, touched: AnyFingerprint | None, out: list[Notification]) -> None:
+        """Evaluate ``touched`` and every fingerprint whose deadline ``c`` has reached, in group order."""
         heap, fps = self.heap, self.fps
-        if not heap or heap[0][0] > c:
-            # Nothing is due: only the record's own fingerprint can change (the common case).
-            if touched is not None:
-                self._evaluate_one(touched, c, out)
-            return
         due: list[AnyFingerprint] = []
         while heap and heap[0][0] <= c:
             when, group = heappop(heap)
             fp = fps.get(group)
-            if fp is not None and fp.scheduled == when:
+            if fp is None or fp.scheduled != when:
+                continue  # forgotten, or superseded by an earlier entry
+            deadline = fp.deadline
+            if deadline is not None and deadline > c:
+                # Evaluated since this entry was pushed, and then nothing could change before ``deadline``
+                # (a deadline that moves later is not pushed at once: the earlier entry comes first).
+                fp.scheduled = deadline
+                heappush(heap, (deadline, group))
+            else:
                 fp.scheduled = None
                 due.append(fp)
         if touched is not None and all(fp is not touched for fp in due):
@@ -213,7 +211,12 @@ class RuleRunner:
             self._evaluate_one(fp, c, out)
 
     def _evaluate_one(self, fp: AnyFingerprint, c: int, out: list[Notification]) -> None:
-        """Evaluate one fingerprint at ``c``, then forget it or schedule its next deadline."""
+        """Evaluate one fingerprint at ``c``, then forget it or schedule its next deadline.
+
+        This runs for nearly every signal; the stateful kinds' usual outcome —
+        inactive before and after — is written out here, the transitions are
+        in :meth:`_transition`.
+        """
         rule = self.rule
         deadline: int | None
         if isinstance(fp, MatchFingerprint):
@@ -222,24 +225,31 @@ class RuleRunner:
             deadline = fp.next_change(c, rule)
             live = fp.live(c, rule)
         else:
-            self._evaluate_stateful(fp, c, out)
-            live = fp.state != INACTIVE or fp.holds_data(c, rule)
-            deadline = self._deadline(fp, c) if live else None
+            state = fp.state
+            if state == FIRING and fp.c_true:
+                # Instants skipped since the last evaluation: firing, condition true, nothing emitted.
+                fp.suppressed += self.instant - fp.mark - 1
+            fp.mark = self.instant
+            holds = fp.c_true = fp.settle(c, rule, self.first)
+            if holds or state != INACTIVE:
+                self._transition(fp, holds, c, out)
+            if fp.state == INACTIVE:
+                deadline = fp.inactive_deadline(c, rule, self.first)
+                live = deadline is not None
+            else:
+                live = True
+                deadline = self._deadline(fp, c)
         if not live:
             del self.fps[fp.group]
-        elif deadline is not None and (fp.scheduled is None or deadline < fp.scheduled):
+            return
+        fp.deadline = deadline
+        if deadline is not None and (fp.scheduled is None or deadline < fp.scheduled):
             fp.scheduled = deadline
             heappush(self.heap, (deadline, fp.group))
 
-    def _evaluate_stateful(self, fp: Fingerprint, c: int, out: list[Notification]) -> None:
+    def _transition(self, fp: Fingerprint, holds: bool, c: int, out: list[Notification]) -> None:
+        """The lifecycle step of rules.md for a fingerprint whose condition at ``c`` is ``holds``."""
         rule = self.rule
-        if fp.state == FIRING and fp.c_true:
-            # Instants skipped since the last evaluation: firing, condition true, nothing emitted.
-            fp.suppressed += self.instant - fp.mark - 1
-        fp.mark = self.instant
-        fp.expire(c, rule)
-        holds = fp.condition(c, rule, self.first)
-        fp.c_true = holds
         if fp.state == INACTIVE:
             if holds:
                 fp.state = PENDING
@@ -290,17 +300,25 @@ class RuleRunner:
         fp.suppressed = 0
 
     def _deadline(self, fp: Fingerprint, c: int) -> int | None:
+        """When a pending or firing ``fp`` must next be evaluated with no new signal.
+
+        The earliest of the window's next change and the lifecycle's running
+        timer (``for``, ``suppress``, ``resolve_after``).
+        """
         rule = self.rule
-        candidates = [fp.next_change(c, rule, self.first)]
-        if fp.state == PENDING and fp.pending_since is not None:
-            candidates.append(fp.pending_since + rule.for_ms)
-        elif fp.state == FIRING:
-            if fp.c_true and rule.suppress > 0:
-                candidates.append(fp.last_notified + rule.suppress)
-            elif fp.false_since is not None:
-                candidates.append(fp.false_since + rule.resolve_after)
-        present = [value for value in candidates if value is not None]
-        return min(present) if present else None
+        state = fp.state
+        change = fp.next_change(c, rule, self.first)
+        if state == PENDING and fp.pending_since is not None:
+            timer = fp.pending_since + rule.for_ms
+        elif state != FIRING:
+            return change
+        elif fp.c_true and rule.suppress > 0:
+            timer = fp.last_notified + rule.suppress
+        elif fp.false_since is not None:
+            timer = fp.false_since + rule.resolve_after
+        else:
+            return change
+        return timer if change is None or timer < change else change
 
     def _emit(
         self, out: list[Notification], group: str, ident: str, seq: int, status: str, started_at: int,

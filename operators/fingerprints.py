@@ -34,7 +34,7 @@ class Fingerprint:
     """Lifecycle state shared by the stateful kinds (threshold, ratio, distinct, absence, shift)."""
 
     __slots__ = (
-        "alert_id", "c_true", "false_since", "group", "last_notified", "mark", "pending_since",
+        "alert_id", "c_true", "deadline", "false_since", "group", "last_notified", "mark", "pending_since",
         "ring", "scheduled", "seq", "started_at", "state", "suppressed",
     )
 
@@ -50,7 +50,8 @@ class Fingerprint:
         self.suppressed = 0
         self.mark = 0
         self.c_true = False
-        self.scheduled: int | None = None
+        self.scheduled: int | None = None  # the time of this fingerprint's live entry in its runner's heap
+        self.deadline: int | None = None  # when its last evaluation said it must next be evaluated
         self.ring = EvidenceRing(rule.evidence)
 
     def end_episode(self) -> None:
@@ -67,11 +68,11 @@ class Fingerprint:
         """Apply one signal that concerns this fingerprint."""
         raise NotImplementedError
 
-    def expire(self, c: int, rule: CompiledRule) -> None:
-        """Drop what has left the lookback at clock ``c``."""
+    def settle(self, c: int, rule: CompiledRule, first: int) -> bool:
+        """Drop what has left the lookback at clock ``c``; the kind's condition there (rules.md table).
 
-    def condition(self, c: int, rule: CompiledRule, first: int) -> bool:
-        """The kind's condition at clock ``c`` (rules.md table)."""
+        One call for both, because every evaluation needs both, in that order.
+        """
         raise NotImplementedError
 
     def value(self, c: int, rule: CompiledRule) -> dict[str, Any]:
@@ -90,6 +91,18 @@ class Fingerprint:
         """Earliest clock after ``c`` at which the condition could change with no new signal."""
         raise NotImplementedError
 
+    def inactive_deadline(self, c: int, rule: CompiledRule, first: int) -> int | None:
+        """For an inactive fingerprint just settled at ``c``: when it must next be evaluated with no new signal.
+
+        That is when its (false) condition could turn true, or when it stops
+        holding data and is forgotten; None when it holds no data already (it
+        is forgotten now). Only that matters while inactive: a change from
+        false to false emits nothing and moves no state, so a kind whose
+        condition can only fall as signals expire waits for the last one to
+        expire instead of being evaluated at every expiry.
+        """
+        return self.next_change(c, rule, first) if self.holds_data(c, rule) else None
+
 
 class ThresholdFingerprint(Fingerprint):
     """``n ≥ count`` matching signals in ``(c − W, c]``."""
@@ -107,11 +120,8 @@ class ThresholdFingerprint(Fingerprint):
             self.ring.add(record.ts, record.id, arrival, record.raw)
 
     @override
-    def expire(self, c: int, rule: CompiledRule) -> None:
+    def settle(self, c: int, rule: CompiledRule, first: int) -> bool:
         self.counts.expire(c - rule.window)
-
-    @override
-    def condition(self, c: int, rule: CompiledRule, first: int) -> bool:
         return self.counts.total >= rule.params.count
 
     @override
@@ -129,6 +139,13 @@ class ThresholdFingerprint(Fingerprint):
     @override
     def next_change(self, c: int, rule: CompiledRule, first: int) -> int | None:
         return self.counts.next_expiry(rule.window)
+
+    @override
+    def inactive_deadline(self, c: int, rule: CompiledRule, first: int) -> int | None:
+        # Expiry only lowers the count (and the distinct values): the condition cannot turn true.
+        # Settled, every entry is inside the window: it holds data as long as it has any.
+        newest = self.counts.newest()
+        return None if newest is None else newest + rule.window
 
 
 class RatioFingerprint(Fingerprint):
@@ -150,12 +167,10 @@ class RatioFingerprint(Fingerprint):
                 self.ring.add(record.ts, record.id, arrival, record.raw)
 
     @override
-    def expire(self, c: int, rule: CompiledRule) -> None:
-        self.total.expire(c - rule.window)
-        self.matching.expire(c - rule.window)
-
-    @override
-    def condition(self, c: int, rule: CompiledRule, first: int) -> bool:
+    def settle(self, c: int, rule: CompiledRule, first: int) -> bool:
+        horizon = c - rule.window
+        self.total.expire(horizon)
+        self.matching.expire(horizon)
         params = rule.params
         t = self.total.total
         return t >= params.min_total and self.matching.total / t >= params.at_least
@@ -177,6 +192,15 @@ class RatioFingerprint(Fingerprint):
     def next_change(self, c: int, rule: CompiledRule, first: int) -> int | None:
         # Every matching entry is also a total entry, so the oldest total entry expires first.
         return self.total.next_expiry(rule.window)
+
+    @override
+    def inactive_deadline(self, c: int, rule: CompiledRule, first: int) -> int | None:
+        if self.total.total >= rule.params.min_total:
+            return self.next_change(c, rule, first)  # expiring non-matching signals can raise the ratio
+        # Below min_total the total only falls as signals expire: the condition cannot turn true.
+        # Settled, every entry is inside the window: it holds data as long as it has any.
+        newest = self.total.newest()
+        return None if newest is None else newest + rule.window
 
 
 class DistinctFingerprint(ThresholdFingerprint):
@@ -202,12 +226,10 @@ class DistinctFingerprint(ThresholdFingerprint):
                 self.values.add(record.ts, tuple(value) if isinstance(value, list) else value)
 
     @override
-    def expire(self, c: int, rule: CompiledRule) -> None:
-        super().expire(c, rule)
-        self.values.expire(c - rule.window)
-
-    @override
-    def condition(self, c: int, rule: CompiledRule, first: int) -> bool:
+    def settle(self, c: int, rule: CompiledRule, first: int) -> bool:
+        horizon = c - rule.window
+        self.counts.expire(horizon)
+        self.values.expire(horizon)
         return len(self.values.counts) >= rule.params.count
 
     @override
@@ -235,7 +257,7 @@ class AbsenceFingerprint(Fingerprint):
             self.last_raw = record.raw
 
     @override
-    def condition(self, c: int, rule: CompiledRule, first: int) -> bool:
+    def settle(self, c: int, rule: CompiledRule, first: int) -> bool:
         return c - self.last >= rule.params.after
 
     @override
@@ -254,6 +276,10 @@ class AbsenceFingerprint(Fingerprint):
     def next_change(self, c: int, rule: CompiledRule, first: int) -> int | None:
         due = self.last + rule.params.after
         return due if due > c else None
+
+    @override
+    def inactive_deadline(self, c: int, rule: CompiledRule, first: int) -> int | None:
+        return self.next_change(c, rule, first)  # always holds data
 
 
 class ShiftFingerprint(Fingerprint):
@@ -276,14 +302,11 @@ class ShiftFingerprint(Fingerprint):
             self.baseline.add(ts)
 
     @override
-    def expire(self, c: int, rule: CompiledRule) -> None:
+    def settle(self, c: int, rule: CompiledRule, first: int) -> bool:
         for ts, count in self.current.expire(c - rule.window):
             if ts > c - rule.lookback:
                 self.baseline.add(ts, count)
         self.baseline.expire(c - rule.lookback)
-
-    @override
-    def condition(self, c: int, rule: CompiledRule, first: int) -> bool:
         params = rule.params
         n, b = self.current.total, self.baseline.total
         if c - first < rule.lookback or n < params.min_count:
@@ -331,7 +354,7 @@ STATEFUL_KINDS: dict[str, type[Fingerprint]] = {
 class MatchFingerprint:
     """Event alerts: suppression memory and, with ``bundle``, the open burst."""
 
-    __slots__ = ("bundle_size", "group", "last_notified", "opener", "ring", "scheduled", "suppressed", "t0")
+    __slots__ = ("bundle_size", "deadline", "group", "last_notified", "opener", "ring", "scheduled", "suppressed", "t0")
 
     def __init__(self, group: str, rule: CompiledRule) -> None:
         self.group = group
@@ -341,7 +364,8 @@ class MatchFingerprint:
         self.opener = ""
         self.bundle_size = 0
         self.ring = EvidenceRing(rule.evidence)
-        self.scheduled: int | None = None
+        self.scheduled: int | None = None  # as for Fingerprint
+        self.deadline: int | None = None
 
     def silenced(self, c: int, rule: CompiledRule) -> bool:
         """Whether a notification at ``c`` falls inside the suppression window."""

@@ -54,43 +54,59 @@ class SiteDetector:
 
     def process(self, record: Record, out: list[Notification], points: list[MetricPoint] | None = None) -> bool:
         """Apply one record; append notifications (and final metric buckets); False if late for any rule."""
-        ts = record.ts
-        clock = self.clock
-        if self.metrics is not None and points is not None:
-            points.extend(self.metrics.process(record))
-        if record.type == "tick":
-            if self.started and clock is not None and ts > clock - self.lateness:
-                # Late for no runner: count it here; runners whose deadline it reaches catch up now.
-                self.ticks += 1
-                if ts > self.tick_max:
-                    self.tick_max = ts
-                if ts > clock:
-                    self.clock = ts
-                dues = self.dues
-                if dues and dues[0][0] <= self.tick_max:
-                    self._run_due(out)
-                return True
-            targets = self.runners
-        else:
-            targets = self.by_type.get(record.type, ())
-        if clock is None or ts > clock:
-            self.clock = ts
-        on_time = True
-        ticks = self.ticks
-        for runner in targets:
-            if runner.synced != ticks:
-                self._sync(runner)
-            if not runner.process(record, out):
-                on_time = False
-            heap = runner.heap  # _register, inlined: this loop runs for every routed signal
-            if heap:
-                if heap[0][0] != runner.registered:
-                    self._register(runner)
+        return not self.process_all((record,), out, points)
+
+    def process_all(self, records: Iterable[Record], out: list[Notification], points: list[MetricPoint] | None = None) -> list[int]:
+        """Apply records in order, as :meth:`process` would one by one; the lines of those late for any rule.
+
+        The dataflow hands a site its records a chunk at a time: one call per
+        chunk keeps the per-record cost of a tick to the few lines below.
+        """
+        late: list[int] = []
+        metrics = self.metrics if points is not None else None
+        lateness, dues, by_type = self.lateness, self.dues, self.by_type
+        for record in records:
+            ts = record.ts
+            clock = self.clock
+            if metrics is not None:
+                points.extend(metrics.process(record))  # type: ignore[union-attr]  # metrics is None without points
+            if record.type == "tick":
+                if self.started and clock is not None and ts > clock - lateness:
+                    # Late for no runner: count it here; runners whose deadline it reaches catch up now.
+                    self.ticks += 1
+                    if ts > self.tick_max:
+                        self.tick_max = ts
+                    if ts > clock:
+                        self.clock = ts
+                    if dues and dues[0][0] <= self.tick_max:
+                        self._run_due(out)
+                    continue
+                targets = self.runners
             else:
-                runner.registered = None
-        if not self.started:
-            self.started = all(runner.clock is not None for runner in self.runners)
-        return on_time
+                targets = by_type.get(record.type, ())
+            if clock is None or ts > clock:
+                self.clock = ts
+            on_time = True
+            ticks = self.ticks
+            for runner in targets:
+                if runner.synced != ticks:  # runner.catch_up, inlined: this loop runs for every routed signal
+                    runner.instant += ticks - runner.synced
+                    runner.synced = ticks
+                    if runner.clock is None or self.tick_max > runner.clock:
+                        runner.clock = self.tick_max
+                if not runner.process(record, out):
+                    on_time = False
+                heap = runner.heap  # _register, inlined: this loop runs for every routed signal
+                if heap:
+                    if heap[0][0] != runner.registered:
+                        self._register(runner)
+                else:
+                    runner.registered = None
+            if not self.started:
+                self.started = all(runner.clock is not None for runner in self.runners)
+            if not on_time:
+                late.append(record.line)
+        return late
 
     def flush_metrics(self) -> list[MetricPoint]:
         """Every open metric bucket (the input has ended)."""
@@ -98,25 +114,20 @@ class SiteDetector:
 
     def _run_due(self, out: list[Notification]) -> None:
         """Catch up and evaluate the runners whose earliest deadline the absorbed ticks have reached."""
-        dues = self.dues
-        while dues and dues[0][0] <= self.tick_max:
+        dues, runners, ticks, tick_max = self.dues, self.runners, self.ticks, self.tick_max
+        while dues and dues[0][0] <= tick_max:
             due, index = heappop(dues)
-            runner = self.runners[index]
+            runner = runners[index]
             if runner.registered != due:
                 continue  # superseded registration
             runner.registered = None
-            self._sync(runner)
+            runner.catch_up(ticks, tick_max)
             runner.evaluate_due(out)
             self._register(runner)
 
-    def _sync(self, runner: RuleRunner) -> None:
-        pending = self.ticks - runner.synced
-        if pending:
-            runner.absorb_ticks(pending, self.tick_max)
-            runner.synced = self.ticks
-
     def _register(self, runner: RuleRunner) -> None:
-        due = runner.due()
+        heap = runner.heap
+        due = heap[0][0] if heap else None  # the runner's earliest deadline
         if due is None:
             runner.registered = None
         elif due != runner.registered:

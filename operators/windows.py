@@ -12,6 +12,7 @@ the window.
 from __future__ import annotations
 
 from bisect import insort
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -48,21 +49,27 @@ class TimeCounts:
             times.insert(index + 1, ts)
             self._counts.insert(index + 1, n)
 
-    def expire(self, horizon: int) -> list[tuple[int, int]]:
+    def expire(self, horizon: int) -> Sequence[tuple[int, int]]:
         """Drop entries with ``ts ≤ horizon``; return them, oldest first."""
         times, head = self._times, self._head
-        end = head
-        while end < len(times) and times[end] <= horizon:
+        size = len(times)
+        if head == size or times[head] > horizon:
+            return ()  # the usual case, checked first: nothing left the window
+        end = head + 1
+        while end < size and times[end] <= horizon:
             end += 1
-        if end == head:
-            return []
-        dropped = list(zip(times[head:end], self._counts[head:end], strict=True))
-        self.total -= sum(count for _, count in dropped)
-        self._head = end
-        if end == len(times):
-            self._times, self._counts, self._head = [], [], 0
-        elif end > 32 and end * 2 > len(times):
-            self._times, self._counts, self._head = times[end:], self._counts[end:], 0
+        counts = self._counts
+        dropped = list(zip(times[head:end], counts[head:end], strict=True))
+        self.total -= sum(counts[head:end])
+        if end == size:
+            times.clear()
+            counts.clear()
+            self._head = 0
+        elif end > 32 and end * 2 > size:
+            del times[:end], counts[:end]
+            self._head = 0
+        else:
+            self._head = end
         return dropped
 
     def oldest(self) -> int | None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
+from operator import itemgetter
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from schemas.signals import MAX_SIGNAL_BYTES, SIGNAL_ADAPTER, SITE_PATTERN
-from schemas.timestamps import TimestampError, parse_ts, parse_ts_checked
+from schemas.timestamps import MILLIS, SECOND_STARTS, TimestampError, parse_ts, parse_ts_checked
 
 
 class Record:
@@ -95,6 +96,11 @@ _validate_json = SIGNAL_ADAPTER.validator.validate_json
 """The adapter's core validator: ``SIGNAL_ADAPTER.validate_json`` minus a Python wrapper call (hot path)."""
 
 
+_ENVELOPE_FIELDS = itemgetter("site", "type", "ts", "id", "data", "seq")
+"""Read from the model's ``__dict__`` (where pydantic keeps field values) in one call: a model's attribute reads go
+through its ``__getattr__`` hook and class lookups, measured ~2x slower per record."""
+
+
 def parse_record(raw: bytes, line: int) -> Record | str:
     """Validate one JSON signal line; return the record or the reason it is rejected."""
     records, rejects = parse_lines([(line, raw)])
@@ -114,15 +120,22 @@ def _oversized(raw: bytes) -> str | None:
     return None
 
 
-def parse_lines(lines: Iterable[tuple[int, bytes]]) -> tuple[list[Record], list[tuple[int, str]]]:
+def parse_lines(
+    lines: Iterable[tuple[int, bytes]], routed: Container[str] = (), by_site: dict[str, list[Record]] | None = None,
+) -> tuple[list[Record], list[tuple[int, str]]]:
     """Validate numbered lines: the records, and ``(line, reason)`` for each rejected one.
 
-    Blank lines are skipped. This is the per-signal hot path, so the loop is
-    written out in one function with its names bound locally.
+    Blank lines are skipped. With ``by_site``, the records of the ``routed``
+    types are also appended to it per site, in line order: the grouping the
+    detection step needs, done here rather than in a second pass over the
+    records. This is the per-signal hot path, so the loop is written out in
+    one function with its names bound locally.
     """
     records: list[Record] = []
     rejects: list[tuple[int, str]] = []
-    validate, to_ms, make = _validate_json, parse_ts, Record
+    groups = {} if by_site is None else by_site
+    validate, make, site_records, envelope_fields = _validate_json, Record, groups.get, _ENVELOPE_FIELDS
+    to_ms, second_start, millis = parse_ts, SECOND_STARTS.get, MILLIS
     for line, received in lines:
         raw = received.strip()
         if not raw:
@@ -133,15 +146,23 @@ def parse_lines(lines: Iterable[tuple[int, bytes]]) -> tuple[list[Record], list[
                 rejects.append((line, reason))
                 continue
         try:
-            signal = validate(raw)
-            ts = to_ms(signal.ts)
+            site, type_, ts_text, id_, data, seq = envelope_fields(validate(raw).__dict__)
+            second = second_start(ts_text[:19])  # parse_ts's usual path, inlined
+            ts = second + millis[ts_text[20:23]] if second is not None and len(ts_text) == 24 else to_ms(ts_text)
         except ValidationError as error:
             rejects.append((line, describe_validation_error(error)))
             continue
         except TimestampError as error:
             rejects.append((line, f"ts: {error}"))
             continue
-        records.append(make(line, signal.site, signal.type, ts, signal.id, signal.data, raw, signal.seq))
+        record = make(line, site, type_, ts, id_, data, raw, seq)
+        records.append(record)
+        if type_ in routed:
+            group = site_records(site)
+            if group is None:
+                groups[site] = [record]
+            else:
+                group.append(record)
     return records, rejects
 
 

@@ -17,8 +17,14 @@ TS_PATTERN = (
 )
 _TS_RE = re.compile(TS_PATTERN)
 _DAY_CACHE: dict[str, int] = {}
-_SECOND_CACHE: dict[str, int] = {}
+SECOND_STARTS: dict[str, int] = {}
+"""Epoch ms of the ``YYYY-MM-DDTHH:MM:SS`` prefixes :func:`parse_ts` met lately (bounded).
+
+Public with :data:`MILLIS` so that the per-line parsing loop (:func:`schemas.records.parse_lines`)
+can take the usual path, a known second and ``.mmmZ``, without a function call."""
 _SECOND_CACHE_LIMIT = 65_536
+MILLIS = {f"{ms:03d}": ms for ms in range(1000)}
+"""The three fraction digits of ``.mmmZ`` as an int: a lookup costs less than ``int()`` per record."""
 _DAY_CACHE_LIMIT = 4096
 MS_PER_DAY = 86_400_000
 
@@ -50,14 +56,14 @@ def parse_ts(text: str) -> int:
     arrive roughly in time order and many share a second (every site's tick,
     bursts), so the start of each second is cached.
     """
-    second = _SECOND_CACHE.get(text[:19])
+    second = SECOND_STARTS.get(text[:19])
     if second is None:
         second = _day_start_ms(text[0:10]) + int(text[11:13]) * 3_600_000 + int(text[14:16]) * 60_000 + int(text[17:19]) * 1000
-        if len(_SECOND_CACHE) >= _SECOND_CACHE_LIMIT:
-            _SECOND_CACHE.clear()
-        _SECOND_CACHE[text[:19]] = second
+        if len(SECOND_STARTS) >= _SECOND_CACHE_LIMIT:
+            SECOND_STARTS.clear()
+        SECOND_STARTS[text[:19]] = second
     if len(text) == 24:  # the usual ".mmmZ"
-        return second + int(text[20:23])
+        return second + MILLIS[text[20:23]]
     if text[19] == ".":
         return second + int(text[20:-1][:3].ljust(3, "0"))
     return second
