@@ -170,7 +170,8 @@ class RatioFingerprint(Fingerprint):
     def settle(self, c: int, rule: CompiledRule, first: int) -> bool:
         horizon = c - rule.window
         self.total.expire(horizon)
-        self.matching.expire(horizon)
+        if self.matching.total:  # often empty: matching signals are the rare ones
+            self.matching.expire(horizon)
         params = rule.params
         t = self.total.total
         return t >= params.min_total and self.matching.total / t >= params.at_least

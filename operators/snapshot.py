@@ -40,7 +40,7 @@ from operators.routing import RoutingTable
 from operators.site import SiteDetector
 from schemas.rules import MetricDefinition, Rule
 
-FORMAT = 1
+FORMAT = 2  # 2: fingerprints carry ``deadline`` (the deadline of their last evaluation)
 """Bumped whenever the layout below changes; a snapshot of another format starts its site fresh."""
 
 PRESENTATION_FIELDS = frozenset({"title", "description", "severity", "subsystem", "deliver"})
