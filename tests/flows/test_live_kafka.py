@@ -21,7 +21,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
@@ -36,6 +35,7 @@ from flows.replay import ReplayResult, replay
 from schemas.rule_loader import load_rules
 from sinks.kafka import KafkaDeliveryError, KafkaTopicSink
 from tests import polling
+from tests.e2e.support import LogysteraProcess
 from tests.kafka_broker import Broker, Record, unique_topic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,23 +93,11 @@ def replayed(tmp_path: Path, lines: list[str], name: str) -> ReplayResult:
 wait_for = partial(polling.wait_for, timeout=DEADLINE_S)
 
 
-class Detect:
+class Detect(LogysteraProcess):
     """A running ``logystera detect`` process whose stderr lines are collected as they come."""
 
     def __init__(self, broker: Broker, *args: str) -> None:
-        assert LOGYSTERA is not None, "the logystera console script is not installed"
-        self.process = subprocess.Popen(
-            [LOGYSTERA, "detect", "--bootstrap", broker.bootstrap, "--rules", str(RULES_DIR), *args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line.rstrip("\n"))
+        super().__init__(["detect", "--bootstrap", broker.bootstrap, "--rules", str(RULES_DIR), *args])
 
     def rejects(self) -> dict[tuple[int, int], str]:
         """(partition, offset) → reason, for every rejected record it reported."""
@@ -120,13 +108,8 @@ class Detect:
                 found[(int(match["partition"]), int(match["offset"]))] = match["reason"]
         return found
 
-    def stop(self, signum: int) -> int:
-        self.process.send_signal(signum)
-        returncode = self.process.wait(DEADLINE_S)
-        self._reader.join(DEADLINE_S)
-        return returncode
-
     def finish(self) -> int:
+        """Wait for it to end by itself (``--exit-at-end``, a usage error); the exit status."""
         returncode = self.process.wait(DEADLINE_S)
         self._reader.join(DEADLINE_S)
         return returncode
