@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from schemas.excerpt import clip, excerpt
 from schemas.fields import FieldSpec, payload_fields
 
 OPERATORS = ("eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "prefix", "exists", "contains")
@@ -40,8 +41,8 @@ def field_specs(name: str, signal_types: Sequence[str]) -> list[FieldSpec] | str
 def _never(value: Any, specs: list[FieldSpec]) -> str:
     """Why ``value`` can never be the field's value (a list field is compared with ``contains``)."""
     if all(spec.kind == "list" for spec in specs):
-        return f"{value!r} can never match: the field is a list (test its items with contains)"
-    return f"{value!r} can never match: the field is {specs[0].describe()}"
+        return f"{excerpt(value)} can never match: the field is a list (test its items with contains)"
+    return f"{excerpt(value)} can never match: the field is {specs[0].describe()}"
 
 
 def _check_test(op: str, arg: Any, specs: list[FieldSpec]) -> str | None:
@@ -68,7 +69,7 @@ def _check_test(op: str, arg: Any, specs: list[FieldSpec]) -> str | None:
         if not any(spec.kind in ("str", "enum") for spec in specs):
             return f"prefix needs a string field; the field is {specs[0].describe()}"
         if not any(spec.kind == "str" or any(value.startswith(arg) for value in spec.values) for spec in specs if spec.kind != "list"):
-            return f"{arg!r} can never match: the field is {specs[0].describe()}"
+            return f"{excerpt(arg)} can never match: the field is {specs[0].describe()}"
     elif op == "exists":
         if not isinstance(arg, bool):
             return "exists takes true or false"
@@ -78,7 +79,7 @@ def _check_test(op: str, arg: Any, specs: list[FieldSpec]) -> str | None:
         if not any(spec.kind == "list" for spec in specs):
             return f"contains needs a list field; the field is {specs[0].describe()}"
         if not any(arg in spec.values for spec in specs if spec.kind == "list"):
-            return f"{arg!r} can never match: items are {specs[0].describe()}"
+            return f"{excerpt(arg)} can never match: items are {specs[0].describe()}"
     return None
 
 
@@ -90,7 +91,7 @@ def check_conditions(conditions: Any, signal_types: Sequence[str], path: str) ->
         return [(path, "must be a mapping of field name to test")]
     problems: list[Problem] = []
     for name, test in conditions.items():
-        where = f"{path}.{name}"
+        where = f"{path}.{clip(str(name))}"
         specs = field_specs(str(name), signal_types)
         if isinstance(specs, str):
             problems.append((where, specs))
@@ -101,7 +102,7 @@ def check_conditions(conditions: Any, signal_types: Sequence[str], path: str) ->
                 continue
             op, arg = next(iter(test.items()))
             if op not in OPERATORS:
-                problems.append((where, f"unknown operator {op!r} (one of {', '.join(OPERATORS)})"))
+                problems.append((where, f"unknown operator {excerpt(op)} (one of {', '.join(OPERATORS)})"))
                 continue
             where = f"{where}.{op}"
         elif test is None:

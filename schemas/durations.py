@@ -7,6 +7,9 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, WithJsonSchema
 
+from schemas.excerpt import excerpt
+from schemas.fields import MAX_INTEGER
+
 DURATION_PATTERN = r"^[0-9]+(ms|s|m|h|d)$"
 _DURATION_RE = re.compile(DURATION_PATTERN)
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -14,13 +17,22 @@ MAX_WINDOW_MS = 7 * 86_400_000
 
 
 def parse_duration(value: Any) -> int:
-    """``"15m"`` → ``900000``; anything else is a ValueError naming the expected form."""
+    """``"15m"`` → ``900000``; anything else is a ValueError naming the expected form.
+
+    A duration is an integer of milliseconds, so it lies within 2^53 − 1 like
+    every integer (about 285,000 years); the digits are counted before they
+    are converted, so a thousand-digit duration costs nothing.
+    """
     if isinstance(value, str):
         match = _DURATION_RE.match(value)
         if match:
             unit = match.group(1)
-            return int(value[: -len(unit)]) * _UNIT_MS[unit]
-    raise ValueError(f"{value!r} is not a duration like 90s, 15m, 1h or 1d")
+            digits = value[: -len(unit)]
+            ms = int(digits) * _UNIT_MS[unit] if len(digits.lstrip("0")) <= len(str(MAX_INTEGER)) else MAX_INTEGER + 1
+            if ms > MAX_INTEGER:
+                raise ValueError(f"{excerpt(value)} is longer than 2^53 − 1 milliseconds")
+            return ms
+    raise ValueError(f"{excerpt(value)} is not a duration like 90s, 15m, 1h or 1d")
 
 
 def format_duration(ms: int) -> str:

@@ -9,7 +9,7 @@ sees all of them at once, each as ``FILE: rule <id>: <field>: <message>``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,16 +19,90 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from schemas.conditions import check_conditions, field_specs
 from schemas.durations import parse_duration
+from schemas.excerpt import clip, excerpt
+from schemas.fields import MAX_INTEGER
 from schemas.rules import KIND_PARAMS, MAX_METRIC_SERIES, Channel, MetricDefinition, Rule, kind_block_problems
 
 _CHANNEL_ADAPTER: TypeAdapter[Any] = TypeAdapter(Channel)
 
 
+MAX_YAML_DEPTH = 64
+"""Nesting levels a YAML document may have (a rule needs about seven)."""
+MAX_ALIAS_NODES = 10_000
+"""Nodes that alias uses may add to one YAML stream, each alias counted at the size of what it refers to."""
+_MAX_INT_DIGITS = 64
+"""Significant characters beyond which an integer literal is out of range in any base (2^53 needs 53 binary digits)."""
+MAX_FILE_BYTES = 1 << 20
+"""A rule file holds at most 1 MiB: a few hundred rules, and a bound on the time PyYAML takes to read it."""
+MAX_FILES = 1000
+"""Rule files a rules directory may hold."""
+MAX_DEFINITIONS = 10_000
+"""Rules, metrics and channels a rules directory may define, together."""
+
+
 class StrictYamlLoader(yaml.SafeLoader):
-    """The safe loader, refusing duplicate keys: a second ``kind:`` silently winning would hide a mistake."""
+    """The safe loader, refusing duplicate keys and input that would cost unbounded time or memory.
+
+    A second ``kind:`` silently winning would hide a mistake. Aliases share
+    nodes, so a few hundred bytes can describe a value of billions of nodes
+    (an "alias bomb") that validation or an error message would then walk;
+    each alias use is therefore counted at the expanded size of what it refers
+    to, and refused past :data:`MAX_ALIAS_NODES` (an alias inside its own
+    anchor, a cycle, is refused too). Nesting deeper than :data:`MAX_YAML_DEPTH`
+    (aliases counted at their expanded depth) is refused before Python's
+    recursion limit is near, and integers outside ±(2^53 − 1) (the signal
+    contract's range) before a thousands-digit literal is converted. Each refusal is a ``yaml.YAMLError``
+    with the position, like any syntax error.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._alias_nodes = 0
+        self._shapes: dict[int, tuple[int, int]] = {}  # id(node) → (expanded size, expanded height), this document
+
+    def compose_document(self) -> yaml.Node | None:
+        """Anchors are per document; so are the shapes (node ids of a finished document may be reused)."""
+        self._shapes.clear()
+        return super().compose_document()
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        """PyYAML's composition, counting each node's expanded size and height before anything is constructed."""
+        event = self.peek_event()
+        mark: Any = event.start_mark
+        if isinstance(event, yaml.AliasEvent):
+            node = self.anchors.get(event.anchor)
+            if node is None:
+                raise yaml.composer.ComposerError(None, None, f"found undefined alias {excerpt(event.anchor)}", mark)
+            if id(node) not in self._shapes:
+                raise yaml.composer.ComposerError(None, None, f"alias {excerpt(event.anchor)} is inside its own anchor", mark)
+            size, height = self._shapes[id(node)]
+            self._alias_nodes += size
+            if self._alias_nodes > MAX_ALIAS_NODES:
+                raise yaml.composer.ComposerError(None, None, f"aliases expand to more than {MAX_ALIAS_NODES} nodes", mark)
+            if self._depth + height > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
+            self.get_event()
+            return node
+        if self._depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        children: list[yaml.Node] = node.value if isinstance(node, yaml.SequenceNode) else []
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        shapes = [self._shapes[id(child)] for child in children]
+        self._shapes[id(node)] = (1 + sum(size for size, _ in shapes), 1 + max((height for _, height in shapes), default=0))
+        return node
 
 
-def _construct_mapping(loader: StrictYamlLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+def _construct_mapping(loader: StrictYamlLoader, node: yaml.Node) -> dict[Any, Any]:
+    if not isinstance(node, yaml.MappingNode):  # `!!map [a]`
+        found = getattr(node, "id", "another node")
+        raise yaml.constructor.ConstructorError(None, None, f"expected a mapping node, but found {found}", node.start_mark)
     seen: set[Any] = set()
     for key_node, _ in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":
@@ -40,11 +114,47 @@ def _construct_mapping(loader: StrictYamlLoader, node: yaml.MappingNode) -> dict
         except TypeError:
             continue  # unhashable: construct_mapping reports it
         if duplicate:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {excerpt(key)}", key_node.start_mark)
     return loader.construct_mapping(node, deep=True)
 
 
+def _construct_int(loader: StrictYamlLoader, node: yaml.ScalarNode) -> int:
+    text = str(node.value).replace("_", "")
+    significant = text.lstrip("+-")
+    significant = significant[2:] if significant[:2] in ("0x", "0b", "0o") else significant
+    value = None if len(significant.lstrip("0")) > _MAX_INT_DIGITS else loader.construct_yaml_int(node)
+    if value is None or abs(value) > MAX_INTEGER:
+        raise yaml.constructor.ConstructorError(None, None, f"integer {clip(text)} is outside ±(2^53 − 1)", node.start_mark)
+    return value
+
+
+def _checked(construct: Callable[[StrictYamlLoader, yaml.ScalarNode], Any]) -> Callable[[StrictYamlLoader, yaml.ScalarNode], Any]:
+    """A scalar constructor whose failures are YAML errors: PyYAML's raise ValueError/KeyError on `!!int abc`, `!!bool maybe`..."""
+
+    def construct_checked(loader: StrictYamlLoader, node: yaml.ScalarNode) -> Any:
+        try:
+            return construct(loader, node)
+        except (ValueError, KeyError, AttributeError):
+            name = str(node.tag).rpartition(":")[2]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{excerpt(node.value)} is not a valid !!{name}", node.start_mark,
+            ) from None
+
+    return construct_checked
+
+
 StrictYamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+StrictYamlLoader.add_constructor("tag:yaml.org,2002:int", _checked(_construct_int))
+for _tag, _construct in (
+    ("float", yaml.constructor.SafeConstructor.construct_yaml_float),
+    ("bool", yaml.constructor.SafeConstructor.construct_yaml_bool),
+    ("timestamp", yaml.constructor.SafeConstructor.construct_yaml_timestamp),
+):
+    StrictYamlLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _checked(_construct))
+
+
+class _TooMany(Exception):
+    """The rules directory passed :data:`MAX_DEFINITIONS`: loading stops (the problem line is already recorded)."""
 
 
 class RuleLoadError(Exception):
@@ -103,7 +213,7 @@ def _message(error: dict[str, Any]) -> str:
 
 def _field_path(loc: tuple[Any, ...]) -> str:
     # Union branches appear in pydantic locations (e.g. `str`, `list[...]`, `webhook`); drop them.
-    parts = [str(part) for part in loc if not str(part).startswith(("list[", "function-", "literal["))]
+    parts = [clip(str(part)) for part in loc if not str(part).startswith(("list[", "function-", "literal["))]
     parts = [p for p in parts if p not in ("str", "int", "float", "bool", "SumValue", "webhook", "slack", "teams", "email")]
     return ".".join(parts).replace("for_", "for") or "(document)"
 
@@ -155,7 +265,7 @@ def _bundles(value: Any) -> bool:
 def _label(kind: str, raw: Any, position: int) -> str:
     key = "id" if kind == "rule" else "name"
     if isinstance(raw, dict) and isinstance(raw.get(key), str) and raw.get(key):
-        return f"{kind} {raw[key]}"
+        return f"{kind} {clip(raw[key])}"
     return f"{kind} #{position}"
 
 
@@ -194,18 +304,35 @@ class _Loader:
         self.rule_files: dict[str, str] = {}
         self.names: dict[str, set[str]] = {"metric": set(), "channel": set()}
         self.deliveries: list[_Delivery] = []
+        self.definitions = 0
+
+    def count(self, file: str) -> None:
+        """One more rule, metric or channel; past :data:`MAX_DEFINITIONS` the load stops with one line."""
+        self.definitions += 1
+        if self.definitions > MAX_DEFINITIONS:
+            self.problems.append(
+                f"{file}: (file): definitions: more than {MAX_DEFINITIONS} rules, metrics and channels; "
+                f"that is the limit for a rules directory",
+            )
+            raise _TooMany
 
     def report(self, file: str, label: str, field_name: str, message: str) -> None:
         self.problems.append(f"{file}: {label}: {field_name}: {message}")
 
     def load_file(self, path: Path, shown: str) -> None:
         try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as error:
-            self.problems.append(f"{shown}: (file): encoding: not UTF-8 ({error.reason} at byte {error.start})")
-            return
+            with path.open("rb") as stream:
+                data = stream.read(MAX_FILE_BYTES + 1)
         except OSError as error:
             self.problems.append(f"{shown}: (file): read: {error.strerror or error}")
+            return
+        if len(data) > MAX_FILE_BYTES:
+            self.problems.append(f"{shown}: (file): size: larger than 1 MiB ({MAX_FILE_BYTES} bytes), the limit for a rule file")
+            return
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            self.problems.append(f"{shown}: (file): encoding: not UTF-8 ({error.reason} at byte {error.start})")
             return
         try:
             documents = list(yaml.load_all(text, Loader=StrictYamlLoader))
@@ -215,7 +342,7 @@ class _Loader:
             if mark is not None:
                 where = f" at line {mark.line + 1}, column {mark.column + 1}"
             problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-            self.problems.append(f"{shown}: (file): yaml: {problem}{where}")
+            self.problems.append(f"{shown}: (file): yaml: {clip(problem, 200)}{where}")
             return
         position = 0
         for document in documents:
@@ -228,7 +355,7 @@ class _Loader:
             elif isinstance(document, dict) and "id" not in document and document.keys() & {"rules", "metrics", "channels"}:
                 unknown = sorted(map(str, set(document) - {"rules", "metrics", "channels"}))
                 for name in unknown:
-                    self.problems.append(f"{shown}: (file): {name}: unknown top-level key")
+                    self.problems.append(f"{shown}: (file): {clip(name)}: unknown top-level key")
                 for kind, loader in (("rules", self.load_rule), ("metrics", self.load_metric), ("channels", self.load_channel)):
                     entries = document.get(kind)
                     if entries is None:
@@ -269,6 +396,7 @@ class _Loader:
         The context checks read the raw mapping, so they run even when the
         model rejected some other field: every problem is reported at once.
         """
+        self.count(file)
         label = _label("rule", raw, position)
         rule, failed = self._validate(Rule, raw, file, label)
         if not isinstance(raw, dict):
@@ -316,9 +444,10 @@ class _Loader:
             for index, name in enumerate(group_by):
                 specs = field_specs(name, types)
                 if isinstance(specs, str):
-                    self.report(file, label, f"group_by.{index}", f"{name}: {specs}")
+                    self.report(file, label, f"group_by.{index}", f"{clip(name)}: {specs}")
 
     def load_metric(self, raw: Any, file: str, position: int) -> None:
+        self.count(file)
         label = _label("metric", raw, position)
         metric, failed = self._validate(MetricDefinition, raw, file, label)
         if not isinstance(raw, dict):
@@ -334,14 +463,15 @@ class _Loader:
                 for name, values in labels.items():
                     specs = field_specs(name, types)
                     if isinstance(specs, str):
-                        self.report(file, label, f"labels.{name}", specs)
+                        self.report(file, label, f"labels.{clip(name)}", specs)
                         continue
                     for value in values:
                         if not any(spec.can_equal(value) for spec in specs):
-                            self.report(file, label, f"labels.{name}", f"{value!r} can never occur: the field is {specs[0].describe()}")
+                            reason = f"{excerpt(value)} can never occur: the field is {specs[0].describe()}"
+                            self.report(file, label, f"labels.{clip(name)}", reason)
                     # Values compare as conditions do: 200 and 200.0 are one value, true and 1 are two.
                     if len({(type(value) is bool, value) for value in values}) != len(values):
-                        self.report(file, label, f"labels.{name}", "declares a value twice")
+                        self.report(file, label, f"labels.{clip(name)}", "declares a value twice")
             value = raw.get("value")
             if isinstance(value, dict) and not failed("value"):
                 specs = field_specs(value["sum"], types)
@@ -367,6 +497,7 @@ class _Loader:
             self.ruleset.metrics.append(metric)
 
     def load_channel(self, raw: Any, file: str, position: int) -> None:
+        self.count(file)
         label = _label("channel", raw, position)
         channel, failed = self._validate(_CHANNEL_ADAPTER, raw, file, label)
         if not isinstance(raw, dict):
@@ -385,14 +516,20 @@ class _Loader:
         for delivery in self.deliveries:
             unknown = [name for name in delivery.names if name not in self.names["channel"]]
             for name in unknown:
-                self.report(delivery.file, delivery.label, "deliver", f"unknown channel {name!r}")
+                self.report(delivery.file, delivery.label, "deliver", f"unknown channel {excerpt(name)}")
             if delivery.rule is not None and not unknown:
                 self.ruleset.rules.append(delivery.rule)
 
 
 def rule_files(directory: Path) -> list[Path]:
-    """Every ``*.yaml``/``*.yml`` file anywhere under ``directory``, in a stable order."""
-    found = [path for pattern in ("*.yaml", "*.yml") for path in directory.rglob(pattern) if path.is_file()]
+    """Every ``*.yaml``/``*.yml`` file anywhere under ``directory``, in a stable order; at most one past :data:`MAX_FILES`."""
+    found: list[Path] = []
+    for pattern in ("*.yaml", "*.yml"):
+        for path in directory.rglob(pattern):
+            if path.is_file():
+                found.append(path)
+                if len(found) > MAX_FILES:
+                    return found
     return sorted(found)
 
 
@@ -402,10 +539,15 @@ def load_rules(directory: str | Path) -> RuleSet:
     if not root.exists():
         raise RuleLoadError([f"{root}: (file): path: no such file or directory"])
     files = [root] if root.is_file() else rule_files(root)
+    if len(files) > MAX_FILES:
+        raise RuleLoadError([f"{root}: (directory): files: more than {MAX_FILES} rule files (*.yaml, *.yml); that is the limit"])
     loader = _Loader()
-    for path in files:
-        loader.load_file(path, str(path))
-    loader.check_references()
+    try:
+        for path in files:
+            loader.load_file(path, str(path))
+        loader.check_references()
+    except _TooMany:
+        pass  # the problem is recorded; checking references against a partial load would only add noise
     if loader.problems:
         raise RuleLoadError(loader.problems)
     return loader.ruleset

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from schemas.durations import Duration, Window
+from schemas.excerpt import excerpt
 from schemas.signals import SIGNAL_TYPES
 
 RULE_CONFIG = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
@@ -34,7 +35,7 @@ def _check_signal(value: Any) -> Any:
         if item == "tick":
             raise ValueError(f"tick is not allowed (ticks only advance the clock); use one of {choices}")
         if not isinstance(item, str) or item not in SIGNAL_TYPES:
-            raise ValueError(f"{item!r} is not a signal type; use one of {choices}")
+            raise ValueError(f"{excerpt(item)} is not a signal type; use one of {choices}")
     return value
 
 

@@ -87,6 +87,20 @@ EXPECTED: dict[str, list[str]] = {
         "DIR/rule.yaml: rule maintenance-window: title: must be a string, got false "
         "(YAML reads unquoted yes/no/on/off as booleans: quote the value)",
     ],
+    # Hostile files: bounded work, one line each (tests/schemas/test_rule_file_bounds.py runs them through the CLI).
+    "yaml-alias-bomb": ["DIR/rule.yaml: (file): yaml: aliases expand to more than 10000 nodes at line 14, column 11"],
+    "yaml-alias-cycle": ["DIR/rule.yaml: (file): yaml: alias 'where' is inside its own anchor at line 7, column 25"],
+    "yaml-deep-list": ["DIR/rule.yaml: (file): yaml: nested deeper than 64 levels at line 2, column 71"],
+    "yaml-deep-mapping": ["DIR/rule.yaml: (file): yaml: nested deeper than 64 levels at line 7, column 257"],
+    "yaml-bad-explicit-tag": ["DIR/rule.yaml: (file): yaml: 'five' is not a valid !!int at line 7, column 20"],
+    "int-huge": [f"DIR/rule.yaml: (file): yaml: integer {'9' * 59}… is outside ±(2^53 − 1) at line 7, column 17"],
+    "int-out-of-range": ["DIR/rule.yaml: (file): yaml: integer 9007199254740992 is outside ±(2^53 − 1) at line 7, column 27"],
+    "duration-out-of-range": [MAIL + "suppress: '999999999999999999999d' is longer than 2^53 − 1 milliseconds"],
+    "long-value-quoted": [
+        MAIL + f"where.outcome: {(repr('rejected-' * 7))[:59]}… can never match: the field is one of bounced, deferred, failed, sent",
+    ],
+    "long-field-name": [MAIL + f"{'x' * 59}…: unknown field"],
+    "long-id": [f"DIR/rule.yaml: rule {'Mail-' * 11}Mail…: id: must match ^[a-z0-9][a-z0-9-]{{0,63}}$"],
     # All problems are collected: three independent mistakes, three lines.
     "three-mistakes": [
         MAIL + f"severity: must be {SEVERITIES}",
@@ -290,7 +304,7 @@ def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     def refuse(self: Path, *args: object, **kwargs: object) -> str:
         raise PermissionError(13, "Permission denied", str(self))
 
-    monkeypatch.setattr(Path, "read_text", refuse)
+    monkeypatch.setattr(Path, "open", refuse)  # chmod would not stop a test run as root
     assert problems_of(tmp_path) == ["DIR/locked.yaml: (file): read: Permission denied"]
 
 
