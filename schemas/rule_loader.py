@@ -30,6 +30,8 @@ MAX_YAML_DEPTH = 64
 """Nesting levels a YAML document may have (a rule needs about seven)."""
 MAX_ALIAS_NODES = 10_000
 """Nodes that alias uses may add to one YAML stream, each alias counted at the size of what it refers to."""
+MAX_YAML_NODES = 100_000
+"""Nodes one YAML stream may hold (a rule is about 40; a 1 MiB file of tiny scalars would be ~500,000, slow to compose)."""
 _MAX_INT_DIGITS = 64
 """Significant characters beyond which an integer literal is out of range in any base (2^53 needs 53 binary digits)."""
 MAX_FILE_BYTES = 1 << 20
@@ -59,6 +61,7 @@ class StrictYamlLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
         self._alias_nodes = 0
+        self._nodes = 0
         self._shapes: dict[int, tuple[int, int]] = {}  # id(node) → (expanded size, expanded height), this document
 
     def compose_document(self) -> yaml.Node | None:
@@ -86,6 +89,9 @@ class StrictYamlLoader(yaml.SafeLoader):
             return node
         if self._depth >= MAX_YAML_DEPTH:
             raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
+        self._nodes += 1
+        if self._nodes > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(None, None, f"more than {MAX_YAML_NODES} nodes", mark)
         self._depth += 1
         try:
             node = super().compose_node(parent, index)

@@ -26,6 +26,7 @@ from schemas.rule_loader import (
     MAX_FILE_BYTES,
     MAX_FILES,
     MAX_YAML_DEPTH,
+    MAX_YAML_NODES,
     RuleLoadError,
     StrictYamlLoader,
     load_rules,
@@ -130,6 +131,13 @@ def test_nesting_may_reach_exactly_the_depth_limit() -> None:
     inner = MAX_YAML_DEPTH - 1  # the root mapping is the first level
     assert load("a: " + "[" * inner + "]" * inner) is not None
     assert refusal("a: " + "[" * (inner + 1) + "]" * (inner + 1)) == f"nested deeper than 64 levels at line 1, column {4 + inner}"
+
+
+def test_a_stream_may_hold_exactly_the_node_limit() -> None:
+    items = MAX_YAML_NODES - 1  # the sequence itself is the first node
+    assert len(load("[" + ",".join(["1"] * items) + "]")) == items
+    refused = refusal("[" + ",".join(["1"] * (items + 1)) + "]")
+    assert refused.startswith(f"more than {MAX_YAML_NODES} nodes at line 1, column ")
 
 
 def test_an_alias_counts_at_its_expanded_depth() -> None:
