@@ -6,6 +6,9 @@ with the status below and counted in
 inside an accepted batch is listed in the ``200`` body's ``rejected`` list and
 counted in ``logystera_gateway_signals_rejected_total{reason=...}``. Messages
 name the header or field at fault and never echo a secret or a signature.
+``too_many_connections`` and ``header_timeout`` are decided by the HTTP
+protocol before any request exists (``gateway.limits``): the same answer
+and counter, but no ``batches_total`` outcome.
 """
 
 from __future__ import annotations
