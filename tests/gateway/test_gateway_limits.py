@@ -116,7 +116,7 @@ def test_slow_clients_are_closed_at_their_deadline_and_held_bytes_stay_within_th
 ) -> None:
     """300 connections: idle, half a head, or a whole head and all but the last byte of a body; a real batch still gets its 200."""
     budget, body_size = 4 << 20, 64 << 10
-    running = make_gateway(shared_broker.bootstrap, topic, header_timeout_s=3.0, body_timeout_s=4.0, max_pending_bytes=budget)
+    running = make_gateway(shared_broker.bootstrap, topic, header_timeout_s=2.0, body_timeout_s=3.0, max_pending_bytes=budget)
     body_prefix = b'{"site":"shop-eu","batch_id":"slow-client-batch","sent_at":"2026-11-28T10:00:00.000Z","signals":[' + b" " * body_size
     idle = [_connect(running) for _ in range(50)]
     half_heads = [_connect(running, b"POST /v1/batches HTTP/1.1\r\nhost: gateway\r\nwebhook-id: slow") for _ in range(50)]
