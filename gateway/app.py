@@ -284,7 +284,6 @@ def create_app(gateway: Gateway) -> Starlette:
     return app
 
 
-
 def uvicorn_config(gateway: Gateway, **options: Any) -> Config:
     """The uvicorn configuration serving ``gateway`` with its connection limits (``options``: more ``uvicorn.Config`` settings)."""
     config = gateway.config

@@ -118,9 +118,12 @@ def guarded_protocol(limits: ConnectionLimits, refused: Callable[[str], None], o
                 return  # the head arrived (a new request cycle began) or the connection is closing anyway
             if self._head_started:
                 self._refuse(408, "header_timeout", f"request head not complete within {limits.header_timeout_s:g} s")
-            else:  # an idle connection: nobody is waiting for an answer
+                return
+            # Nothing came, so nobody waits for an answer. Silence after an answer is a kept-alive connection expiring,
+            # as uvicorn's keep-alive timer would close it; silence from the start is counted.
+            if self._awaited_after is None:
                 refused("header_timeout")
-                self.transport.close()
+            self.transport.close()
 
         def _refuse(self, status: int, reason: str, message: str, retry_after_s: int | None = None) -> None:
             # No response is under way here (a fresh connection, or one whose last answer is complete): write one and close.

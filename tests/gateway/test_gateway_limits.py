@@ -162,6 +162,20 @@ def test_connections_beyond_the_cap_are_answered_503_and_closed(make_gateway: Ca
     assert running.metric("logystera_gateway_requests_rejected_total", reason="too_many_connections") == 1
 
 
+def test_the_head_deadline_runs_again_after_each_answer_on_a_kept_alive_connection(
+    make_gateway: Callable[..., RunningGateway], shared_broker: Broker, topic: str
+) -> None:
+    running = make_gateway(shared_broker.bootstrap, topic, header_timeout_s=1.0)
+    sock = _connect(running, b"GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n")
+    sock.settimeout(10)
+    answer = b""
+    while not answer.endswith(b"}"):  # the whole JSON answer: the connection is kept alive
+        answer += sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 ")
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: gat")  # the next head, never finished
+    assert _error_of(_until_closed(sock, 10)) == (408, "header_timeout")
+
+
 def test_an_unknown_site_is_refused_from_the_first_kib_without_reading_the_rest(gateway: RunningGateway) -> None:
     sock = _connect(gateway, _head(500_000) + b'{"site":"intruder","batch_id":"slow-client-batch",' + b" " * 2000)
     status, error = _error_of(_until_closed(sock, 5))  # the other 498 KB never come
