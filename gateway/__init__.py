@@ -5,6 +5,8 @@ uvicorn. The parts, each its own module: ``registry`` (sites and secrets),
 ``auth`` (Standard Webhooks headers and signature), ``batch`` (the envelope
 and per-signal checks), ``ledger`` (taken batches and partial progress),
 ``kafka`` (the producer and delivery reports), ``ticker`` (the single-leader
-ticker), ``metrics`` and ``errors`` (every refusal reason and its status).
+ticker), ``limits`` (read deadlines, the connection cap and the budget of
+unauthenticated bytes), ``metrics`` and ``errors`` (every refusal reason and
+its status).
 docs/gateway.md is the user-facing description.
 """

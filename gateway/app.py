@@ -5,7 +5,10 @@ report from the broker saying it was written; if that does not come within
 ``produce_timeout`` the answer is ``503`` with ``Retry-After`` and the batch
 is not taken (docs/gateway.md, "Responses"). The event loop never waits on
 Kafka: records are handed to librdkafka on a worker thread and the handler
-awaits their delivery handle.
+awaits their delivery handle. What one client may hold of the gateway
+(deadlines, connections, unauthenticated bytes) is bounded as
+``gateway.limits`` describes; :func:`uvicorn_config` puts those limits on
+the server.
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from uvicorn import Config
 
 from dispatcher.wire import ENDPOINT, MAX_BATCH_BYTES, MAX_BATCH_SIGNALS
-from gateway.auth import signature_headers, signature_matches, site_of
+from gateway.auth import SITE_PREFIX_BYTES, signature_headers, signature_matches, site_of
 from gateway.batch import check_signals, parse_batch
 from gateway.errors import Rejected
 from gateway.kafka import BrokerUnavailable, DeliveryHandle, KafkaWriter
 from gateway.ledger import BatchLedger, Key
+from gateway.limits import ConnectionLimits, PendingBodies, guarded_protocol
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.registry import Registry, Site
 from gateway.ticker import Lease, Ticker
@@ -53,6 +58,15 @@ class GatewayConfig:
     max_body_bytes: int = MAX_BATCH_BYTES
     max_signals: int = MAX_BATCH_SIGNALS
     close_timeout_s: float = 10.0
+    max_future_s: int = 300
+    """How far ahead of the gateway's clock a signal's ``ts`` may be."""
+    header_timeout_s: float = 5.0
+    """A request head must be complete this long after the connection opened or its previous answer."""
+    body_timeout_s: float = 10.0
+    """A request body must be complete this long after its head."""
+    max_connections: int = 512
+    max_pending_bytes: int = 64 * MAX_BATCH_BYTES
+    """Bytes of bodies read but not authenticated yet, all requests together."""
 
 
 class Gateway:
@@ -65,6 +79,8 @@ class Gateway:
         self.clock = clock
         self.metrics = GatewayMetrics()
         self.ledger = BatchLedger(config.dedup_window_s, clock)
+        self.pending = PendingBodies(config.max_pending_bytes)
+        self.metrics.pending_bytes.set_function(lambda: self.pending.total)
         self.ticker = (
             None
             if config.ticker_lock is None
@@ -94,7 +110,7 @@ class Gateway:
         try:
             site, batch_id, body = await self._authenticate(request)
         except Rejected as rejected:
-            return self.refuse(rejected)
+            return self.refuse(rejected, close=True)  # the body may be unread: do not wait for the rest of it
         except ClientDisconnect:
             return Response(status_code=400)  # the client left before its body arrived: nobody reads this
         key = (site.id, batch_id)
@@ -109,28 +125,50 @@ class Gateway:
         if media_type != "application/json":
             raise Rejected("unsupported_media_type", "content-type: must be application/json")
         batch_id, timestamp, signature = signature_headers(request.headers, self.clock(), self.config.timestamp_tolerance_s)
-        body = await self._read_body(request)
-        site_id = site_of(body)
-        site = self.registry.get(site_id)
-        if site is None:
-            raise Rejected("unknown_site", f"site: {site_id!r} is not registered at this gateway")
+        site, body = await self._read_body(request)
         if not signature_matches(site.key, batch_id, timestamp, body, signature):
-            raise Rejected("bad_signature", f"webhook-signature: does not match the body and the secret of site {site_id!r}")
+            raise Rejected("bad_signature", f"webhook-signature: does not match the body and the secret of site {site.id!r}")
         return site, batch_id, body
 
-    async def _read_body(self, request: Request) -> bytes:
-        """The body, refused as soon as it is known to exceed the limit (by its length header or while reading)."""
+    async def _read_body(self, request: Request) -> tuple[Site, bytes]:
+        """The body and the registered site it starts with, refused as soon as something is known to be wrong.
+
+        Too large by its length header: before a byte is read. Too large
+        while reading (chunked bodies), no registered site in its first
+        :data:`SITE_PREFIX_BYTES`: as soon as those bytes are in. Not complete
+        within ``body_timeout_s``, or dropped by the budget of unauthenticated
+        bytes (``gateway.limits``): then.
+        """
         limit = self.config.max_body_bytes
         too_large = Rejected("body_too_large", f"body: more than {limit} bytes")
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise too_large
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_large
-        return bytes(body)
+        site: Site | None = None
+        with self.pending.hold() as pending:
+            try:
+                async with asyncio.timeout(self.config.body_timeout_s) as pending.timer:
+                    async for chunk in request.stream():
+                        body += chunk
+                        if len(body) > limit:
+                            raise too_large
+                        self.pending.grow(pending, len(chunk))
+                        if site is None and len(body) >= SITE_PREFIX_BYTES:
+                            site = self._site(body)
+            except TimeoutError:
+                if pending.dropped:
+                    raise Rejected("overloaded", "too many request bodies are being received at once; retry later",
+                                   retry_after=self.config.retry_after_s) from None
+                raise Rejected("body_timeout", f"body: not complete within {self.config.body_timeout_s:g} s") from None
+        return site or self._site(body), bytes(body)
+
+    def _site(self, body: bytearray) -> Site:
+        site_id = site_of(bytes(body[:SITE_PREFIX_BYTES]))
+        site = self.registry.get(site_id)
+        if site is None:
+            raise Rejected("unknown_site", f"site: {site_id!r} is not registered at this gateway")
+        return site
 
     async def _take(self, key: Key, site: Site, body: bytes) -> Response:
         # A malformed body is refused even under a batch id already taken: only a batch can be a duplicate of one.
@@ -139,7 +177,7 @@ class Gateway:
         if state is not None and state.answer is not None:
             self.metrics.batches.labels("duplicate").inc()
             return JSONResponse({**state.answer, "duplicate": True})
-        parsed = check_signals(signals, site)
+        parsed = check_signals(signals, site, int((self.clock() + self.config.max_future_s) * 1000), self.config.max_future_s)
         if state is not None and not state.settle():
             # An earlier attempt's signals are still on their way: wait for them rather than write them twice.
             assert state.pending is not None
@@ -179,15 +217,15 @@ class Gateway:
     def _unavailable(self, message: str) -> Response:
         return self.refuse(Rejected("unavailable", f"{message}; retry later", retry_after=self.config.retry_after_s))
 
-    def refuse(self, rejected: Rejected) -> Response:
-        """The JSON error answer of a refused request, counted by reason."""
+    def refuse(self, rejected: Rejected, close: bool = False) -> Response:
+        """The JSON error answer of a refused request, counted by reason; ``close`` ends the connection after it."""
         self.metrics.requests_rejected.labels(rejected.reason).inc()
         self.metrics.batches.labels("unavailable" if rejected.status == 503 else "rejected").inc()
         headers = {}
         if rejected.retry_after is not None:
             headers["retry-after"] = str(rejected.retry_after)
-        if rejected.status == 413:
-            headers["connection"] = "close"  # do not read the rest of an oversized body
+        if close:
+            headers["connection"] = "close"
         return JSONResponse({"error": rejected.reason, "message": rejected.message}, rejected.status, headers)
 
     # -- GET /healthz, GET /metrics -------------------------------------------------------------
@@ -245,3 +283,11 @@ def create_app(gateway: Gateway) -> Starlette:
     app.state.gateway = gateway
     return app
 
+
+def uvicorn_config(gateway: Gateway, **options: Any) -> Config:
+    """The uvicorn configuration serving ``gateway`` with its connection limits (``options``: more ``uvicorn.Config`` settings)."""
+    config = gateway.config
+    limits = ConnectionLimits(config.header_timeout_s, config.max_connections, config.retry_after_s)
+    protocol = guarded_protocol(limits, lambda reason: gateway.metrics.requests_rejected.labels(reason).inc(),
+                                gateway.metrics.connections.set)
+    return Config(create_app(gateway), http=protocol, log_config=None, access_log=False, server_header=False, lifespan="on", **options)

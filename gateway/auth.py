@@ -3,8 +3,10 @@
 The signature is the dispatcher's own (:func:`dispatcher.wire.sign`): one
 implementation of the HMAC for both ends. The key depends on the site, and
 the site is in the body, so the body must *start* with its ``site`` member
-(``{"site":"shop-eu",...``, docs/protocol.md §1): the gateway reads the site
-from that prefix, picks the key, and parses nothing before the signature
+(``{"site":"shop-eu",...``, docs/protocol.md §1), complete within its first
+:data:`SITE_PREFIX_BYTES`: the gateway reads the site from that prefix as
+soon as it has arrived (an unregistered site is refused before the rest of
+the body is read), picks the key, and parses nothing before the signature
 holds. Nothing here echoes a header value back.
 """
 
@@ -21,6 +23,8 @@ from schemas.signals import SITE_PATTERN
 BATCH_ID_RE = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _TIMESTAMP_RE = re.compile(r"[0-9]{1,12}")
 _SITE_PREFIX_RE = re.compile(rb'[ \t\r\n]*\{[ \t\r\n]*"site"[ \t\r\n]*:[ \t\r\n]*"(' + SITE_PATTERN[1:-1].encode() + rb')"')
+SITE_PREFIX_BYTES = 1024
+"""The ``site`` member must end within this many bytes of the body: room for the longest site id and ample whitespace."""
 MAX_SIGNATURES = 8
 """Signatures considered in one ``webhook-signature`` header (Standard Webhooks allows several, space-separated)."""
 
@@ -48,11 +52,12 @@ def signature_headers(headers: Mapping[str, str], now: float, tolerance_s: int) 
     return batch_id, int(timestamp), signature
 
 
-def site_of(body: bytes) -> str:
-    """The site named by the ``site`` member the body starts with."""
-    match = _SITE_PREFIX_RE.match(body)
+def site_of(prefix: bytes) -> str:
+    """The site named by the ``site`` member the body starts with (``prefix``: its first :data:`SITE_PREFIX_BYTES` or fewer)."""
+    match = _SITE_PREFIX_RE.match(prefix)
     if match is None:
-        raise Rejected("no_site", 'body: must be a JSON object whose first member is "site" with a valid site id (docs/protocol.md §1)')
+        raise Rejected("no_site", 'body: must be a JSON object whose first member is "site" with a valid site id, within its first '
+                                  f"{SITE_PREFIX_BYTES} bytes (docs/protocol.md §1)")
     return match.group(1).decode("ascii")
 
 

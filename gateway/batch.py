@@ -7,6 +7,15 @@ re-encoded as compact JSON (key order, the ``ts`` string and explicit nulls
 kept, as evidence keeps them; docs/decisions.md 6) and checked by
 :func:`schemas.records.parse_lines`, the one implementation of the signal
 contract that replay uses too; the compact bytes are what goes to Kafka.
+
+Two checks exist only here. A body nested deeper than :data:`MAX_DEPTH` is
+refused whole before anything walks it recursively (JSON encoders and
+validators recurse once per level, and how deep they get before Python's
+recursion limit depends on the stack they start from). And a signal dated
+further ahead of the gateway's clock than ``--max-future`` is refused: the
+gateway is the one place where a wall clock may judge a signal, and a
+far-future ``ts`` would move its site's clocks in the engine past every
+later record.
 """
 
 from __future__ import annotations
@@ -22,7 +31,10 @@ from gateway.errors import Rejected
 from gateway.registry import Site
 from schemas.records import compact_json, parse_lines
 from schemas.rule_loader import validation_problems
-from schemas.timestamps import TS_PATTERN
+from schemas.timestamps import TS_PATTERN, format_ts
+
+MAX_DEPTH = 16
+"""Containers a body may nest: a valid batch needs 5 (body, ``signals``, a signal, ``data``, ``flags``)."""
 
 
 class BatchEnvelope(BaseModel):
@@ -55,6 +67,21 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _too_deep() -> Rejected:
+    return Rejected("invalid_json", f"body: nested more than {MAX_DEPTH} levels deep")
+
+
+def _nested_deeper(document: Any, limit: int) -> bool:
+    """Whether a parsed JSON value has containers more than ``limit`` levels deep, found level by level (no recursion)."""
+    level = [document]
+    for _ in range(limit):
+        level = [child for value in level if isinstance(value, dict | list)
+                 for child in (value.values() if isinstance(value, dict) else value)]
+        if not level:
+            return False
+    return any(isinstance(value, dict | list) for value in level)
+
+
 def parse_batch(body: bytes, site: Site, batch_id: str, max_signals: int) -> list[Any]:
     """The signals of a body whose signature holds for ``site`` and ``batch_id`` (the ``webhook-id``), not checked yet."""
     try:
@@ -62,9 +89,11 @@ def parse_batch(body: bytes, site: Site, batch_id: str, max_signals: int) -> lis
     except UnicodeDecodeError:
         raise Rejected("invalid_json", "body: not UTF-8") from None
     except RecursionError:
-        raise Rejected("invalid_json", "body: not valid JSON: nested too deeply") from None
+        raise _too_deep() from None
     except ValueError as error:
         raise Rejected("invalid_json", f"body: not valid JSON: {error}") from None
+    if _nested_deeper(document, MAX_DEPTH):
+        raise _too_deep()
     signals = document.get("signals") if isinstance(document, dict) else None
     if isinstance(signals, list) and len(signals) > max_signals:
         raise Rejected("too_many_signals", f"signals: {len(signals)} signals, more than the {max_signals} a batch may hold")
@@ -81,8 +110,12 @@ def parse_batch(body: bytes, site: Site, batch_id: str, max_signals: int) -> lis
     return envelope.signals
 
 
-def check_signals(signals: list[Any], site: Site) -> ParsedBatch:
-    """Refuse ticks, other sites' and switched-off types' signals, then check the rest against the contract."""
+def check_signals(signals: list[Any], site: Site, latest_ts: int, max_future_s: int) -> ParsedBatch:
+    """Refuse ticks, other sites' and switched-off types' signals, then check the rest against the contract.
+
+    ``latest_ts`` is the last instant (epoch ms) a signal may carry: the
+    gateway's clock plus ``max_future_s`` (``--max-future``).
+    """
     rejected: list[tuple[int, str, str]] = []
     candidates: list[tuple[int, bytes]] = []
     for index, signal in enumerate(signals):
@@ -103,6 +136,10 @@ def check_signals(signals: list[Any], site: Site) -> ParsedBatch:
     accepted: list[tuple[str, bytes]] = []
     first_of: dict[str, int] = {}
     for record in records:
+        if record.ts > latest_ts:
+            rejected.append((record.line, "future_ts", f"ts: {format_ts(record.ts)} is more than {max_future_s} s ahead of the gateway's "
+                                                       "clock (check the site's clock)"))
+            continue
         earlier = first_of.setdefault(record.id, record.line)
         if earlier != record.line:
             rejected.append((record.line, "duplicate_id", f"id: the same as signals[{earlier}]"))

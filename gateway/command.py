@@ -39,6 +39,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dedup-window", default="10m", metavar="DURATION", help="remember taken batch ids this long (default: 10m)")
     parser.add_argument("--produce-timeout", default="5s", metavar="DURATION",
                         help="wait this long for the broker before answering 503 (default: 5s)")
+    parser.add_argument("--max-future", default="5m", metavar="DURATION",
+                        help="refuse a signal whose ts is further ahead of this gateway's clock (default: 5m)")
+    parser.add_argument("--header-timeout", default="5s", metavar="DURATION",
+                        help="close a connection whose request head is not complete this long after it opened or was answered "
+                             "(default: 5s)")
+    parser.add_argument("--body-timeout", default="10s", metavar="DURATION",
+                        help="answer 408 to a request whose body is not complete this long after its head (default: 10s)")
+    parser.add_argument("--max-connections", type=int, default=512, metavar="N",
+                        help="answer 503 to and close connections beyond this many open ones (default: 512)")
+    parser.add_argument("--max-pending-mib", type=int, default=64, metavar="N",
+                        help="MiB of request bodies held before their signature is checked, all requests together (default: 64)")
     parser.add_argument("--kafka-option", action="append", default=[], metavar="KEY=VALUE",
                         help="extra librdkafka producer setting (repeatable), e.g. security.protocol=SSL")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -70,7 +81,7 @@ def run_gateway(args: argparse.Namespace) -> int:
     """Validate everything, then serve until stopped; :class:`ConfigProblems` for anything a user must fix."""
     import uvicorn
 
-    from gateway.app import Gateway, GatewayConfig, create_app
+    from gateway.app import Gateway, GatewayConfig, uvicorn_config
     from gateway.kafka import BrokerUnavailable, KafkaWriter
     from gateway.registry import RegistryError, load_registry
 
@@ -80,6 +91,15 @@ def run_gateway(args: argparse.Namespace) -> int:
         problems.append("logystera: error: --tick-interval: must be a whole number of seconds, at least 1s")
     dedup_ms = _duration_ms("--dedup-window", args.dedup_window, problems)
     produce_ms = _duration_ms("--produce-timeout", args.produce_timeout, problems)
+    max_future_ms = _duration_ms("--max-future", args.max_future, problems)
+    if max_future_ms % 1000:
+        problems.append("logystera: error: --max-future: must be a whole number of seconds")
+    header_ms = _duration_ms("--header-timeout", args.header_timeout, problems)
+    body_ms = _duration_ms("--body-timeout", args.body_timeout, problems)
+    if args.max_connections < 1:
+        problems.append("logystera: error: --max-connections: must be at least 1")
+    if args.max_pending_mib < 1:
+        problems.append("logystera: error: --max-pending-mib: must be at least 1 (one batch body may be 1 MiB)")
     kafka_options = _kafka_options(args.kafka_option, problems)
     if not 0 <= args.port <= 65535:
         problems.append("logystera: error: --port: must be 0–65535")
@@ -118,13 +138,15 @@ def run_gateway(args: argparse.Namespace) -> int:
         ticker_lock=None if args.no_ticker else Path(args.ticker_lock),
         dedup_window_s=dedup_ms / 1000,
         produce_timeout_s=produce_ms / 1000,
+        max_future_s=max_future_ms // 1000,
+        header_timeout_s=header_ms / 1000,
+        body_timeout_s=body_ms / 1000,
+        max_connections=args.max_connections,
+        max_pending_bytes=args.max_pending_mib << 20,
     )
     gateway = Gateway(registry, writer, config)
     log.info("%d sites registered; %s", len(registry.ids), "no ticker" if args.no_ticker else f"ticker lease {args.ticker_lock}")
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(gateway), host=args.host, port=args.port, log_config=None, log_level=level,
-                       access_log=False, server_header=False, lifespan="on")
-    )
+    server = uvicorn.Server(uvicorn_config(gateway, host=args.host, port=args.port, log_level=level))
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to whatever handler was there
     # before it; a no-op handler makes that graceful stop an ordinary exit 0, as `logystera detect` does.
     for stop_signal in (signal.SIGINT, signal.SIGTERM):

@@ -47,6 +47,10 @@ class GatewayMetrics:
             "Tick rounds not written because the previous round was still being delivered.",
             registry=registry,
         )
+        self.connections = Gauge("logystera_gateway_connections", "HTTP connections open now.", registry=registry)
+        self.pending_bytes = Gauge(
+            "logystera_gateway_pending_bytes", "Bytes of request bodies read but not authenticated yet.", registry=registry
+        )
         self.ticker_leader = Gauge(
             "logystera_gateway_ticker_leader", "1 while this process holds the ticker lease and writes ticks.", registry=registry
         )

@@ -23,7 +23,7 @@ import uvicorn
 
 from dispatcher import new_id, sign_batch
 from dispatcher.wire import encode_batch, secret_bytes
-from gateway.app import Gateway, GatewayConfig, create_app
+from gateway.app import Gateway, GatewayConfig, uvicorn_config
 from gateway.kafka import KafkaWriter
 from gateway.registry import Registry, Site
 from schemas.factory import make_signal, signal_line
@@ -66,8 +66,7 @@ class RunningGateway:
         self._socket.bind(("127.0.0.1", 0))
         self.port = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(gateway), log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=5)
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn.Server(uvicorn_config(gateway, timeout_graceful_shutdown=5))
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._socket]}, name="test-gateway", daemon=True)
 
     def start(self) -> RunningGateway:

@@ -235,7 +235,8 @@ def test_a_body_over_1_mib_is_refused_by_its_declared_length_and_while_streaming
 def test_a_body_that_does_not_start_with_its_site(gateway: RunningGateway, sender: Sender, shared_broker: Broker, topic: str,
                                                   body: bytes) -> None:
     _refused(gateway, sender.post("shop-eu", [], body=body), 400, "no_site",
-             'body: must be a JSON object whose first member is "site" with a valid site id (docs/protocol.md §1)')
+             'body: must be a JSON object whose first member is "site" with a valid site id, within its first 1024 bytes '
+             "(docs/protocol.md §1)")
     _nothing_written(shared_broker, topic)
 
 
@@ -289,7 +290,7 @@ def test_one_good_signature_among_several_is_enough(sender: Sender) -> None:
                                                                          "double quotes: line 1 column 43 (char 42)"),
         (b'{"site":"shop-eu","x":NaN}', "invalid_json", "body: not valid JSON: NaN is not JSON"),
         (b'{"site":"shop-eu","x":"\xff"}', "invalid_json", "body: not UTF-8"),
-        (b'{"site":"shop-eu","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "invalid_json", "body: not valid JSON: nested too deeply"),
+        (b'{"site":"shop-eu","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "invalid_json", "body: nested more than 16 levels deep"),
         (b'{"site":"shop-eu","batch_id":"batch-0001","signals":[{}]}', "invalid_batch", "sent_at: required"),
         (b'{"site":"shop-eu","batch_id":"batch-0001","sent_at":"2026-11-28T10:00:00.000Z","signals":[]}', "invalid_batch",
          "signals: must have at least 1 item(s)"),

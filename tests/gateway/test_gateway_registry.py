@@ -105,6 +105,11 @@ def test_the_gateway_command_refuses_a_bad_registry_with_exit_2_and_never_prints
         (["--kafka-option", "no.such.setting=1"],
          "logystera: error: --kafka-option: Kafka producer: No such configuration property: \"no.such.setting\""),
         (["--kafka-option", "linger.ms"], "logystera: error: --kafka-option: 'linger.ms' is not KEY=VALUE"),
+        (["--max-future", "1500ms"], "logystera: error: --max-future: must be a whole number of seconds"),
+        (["--header-timeout", "0s"], "logystera: error: --header-timeout: must be more than 0"),
+        (["--body-timeout", "soon"], "logystera: error: --body-timeout: 'soon' is not a duration like 90s, 15m, 1h or 1d"),
+        (["--max-connections", "0"], "logystera: error: --max-connections: must be at least 1"),
+        (["--max-pending-mib", "0"], "logystera: error: --max-pending-mib: must be at least 1 (one batch body may be 1 MiB)"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
