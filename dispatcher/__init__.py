@@ -10,8 +10,8 @@ The public surface (modules starting with ``_`` are private and may change)::
     sign_batch(secret, batch_id, timestamp, body)        the webhook-signature header value
 
 Two public modules are shared with the server side, so that the protocol is written once:
-:mod:`dispatcher.wire` (body, Standard Webhooks signing, ``Retry-After``, response classes; the
-gateway verifies with it, the webhook channel signs with it) and :mod:`dispatcher.resilience`
+:mod:`protocol.wire` (body, Standard Webhooks signing, ``Retry-After``, response classes; the
+gateway verifies with it, the webhook channel signs with it) and :mod:`protocol.resilience`
 (full-jitter backoff, circuit breaker; the delivery service retries with it).
 
 Errors: :class:`InvalidSignal` (a ``ValueError``) for a signal that breaks
@@ -26,7 +26,7 @@ from __future__ import annotations
 from dispatcher._dispatcher import VERSION, Dispatcher, DispatcherStats
 from dispatcher._privacy import hash_identity, network_prefix
 from dispatcher._signals import InvalidSignal, Signals, fingerprint, new_id, normalise_message
-from dispatcher.wire import MAX_BATCH_BYTES, MAX_BATCH_SIGNALS, secret_bytes, sign
+from protocol.wire import MAX_BATCH_BYTES, MAX_BATCH_SIGNALS, secret_bytes, sign
 
 
 def sign_batch(secret: str, batch_id: str, timestamp: int, body: bytes) -> str:

@@ -24,7 +24,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dispatcher.wire import ENDPOINT, MAX_BATCH_BYTES, MAX_BATCH_SIGNALS
 from gateway.auth import signature_headers, signature_matches, site_of
 from gateway.batch import check_signals, parse_batch
 from gateway.errors import Rejected
@@ -33,6 +32,7 @@ from gateway.ledger import BatchLedger, Key
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.registry import Registry, Site
 from gateway.ticker import Lease, Ticker
+from protocol.wire import ENDPOINT, MAX_BATCH_BYTES, MAX_BATCH_SIGNALS
 
 log = logging.getLogger("logystera.gateway")
 

@@ -25,8 +25,10 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from tests.kafka_broker import Broker, unique_topic
-from tests.sinks.receivers import WebhookReceiver, free_port, make_notification
+from tests.support.factories import make_notification
+from tests.support.kafka_broker import Broker, unique_topic
+from tests.support.ports import free_port
+from tests.support.receivers import WebhookReceiver
 
 LOGYSTERA = shutil.which("logystera", path=str(Path(sys.executable).parent)) or shutil.which("logystera")
 SECRET = "whsec_" + base64.b64encode(b"delivery-test-secret-32-bytes!!!").decode()

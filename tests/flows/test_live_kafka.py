@@ -1,7 +1,7 @@
-"""``logystera detect`` on a real Kafka-protocol broker (Tansu, tests/kafka_broker.py).
+"""``logystera detect`` on a real Kafka-protocol broker (Tansu, tests/support/kafka_broker.py).
 
 The flow runs as the user runs it, a ``logystera detect`` process, over a
-synthetic corpus (flows/corpus.py: every signal type, ticks, late and invalid
+synthetic corpus (simulate/corpus.py: every signal type, ticks, late and invalid
 records, bursts that make the default pack fire) written to ``signals`` keyed
 by site. What it writes to ``alerts`` is compared with ``replay`` of the same
 records: exactly the same notifications, byte for byte. Then the same after
@@ -30,13 +30,13 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, Message, Producer
 
-from flows.corpus import generate_corpus
 from flows.replay import ReplayResult, replay
 from schemas.rule_loader import load_rules
+from simulate.corpus import generate_corpus
 from sinks.kafka import KafkaDeliveryError, KafkaTopicSink
-from tests import polling
-from tests.e2e.support import LogysteraProcess
-from tests.kafka_broker import Broker, Record, unique_topic
+from tests.support import polling
+from tests.support.kafka_broker import Broker, Record, unique_topic
+from tests.support.processes import LogysteraProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = ROOT / "rules"

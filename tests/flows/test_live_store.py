@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = r"""
 import json, sys, threading, time
-from flows.corpus import generate_corpus
+from simulate.corpus import generate_corpus
 from schemas.records import parse_lines
 from schemas.store import rejected_row, signal_rows
 from sinks.clickhouse import EpochStoreSink, Store, StoreSink

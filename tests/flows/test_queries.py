@@ -31,12 +31,12 @@ from typing import Any
 
 import pytest
 
-from flows.scenario import generate_day
 from schemas.factory import signal_line
 from schemas.rule_loader import load_rules
 from schemas.store import rejection_reason
 from schemas.timestamps import parse_ts
-from tests.sinks.receivers import Reply, WebhookReceiver, refused_url
+from simulate.scenario import generate_day
+from tests.support.receivers import Reply, WebhookReceiver, refused_url
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "queries.md"

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from dispatcher import sign_batch
 from gateway.errors import REQUEST_REASONS
 from tests.gateway.support import SECRETS, RunningGateway, Sender, batch_body, mail, start_gateway
-from tests.kafka_broker import Broker, unique_topic
+from tests.support.kafka_broker import Broker, unique_topic
 
 SITE = "shop-eu"
 SECRET = SECRETS[SITE]

@@ -9,7 +9,7 @@ import httpx
 from gateway.errors import REQUEST_REASONS, SIGNAL_REASONS
 from gateway.metrics import BATCH_OUTCOMES
 from tests.gateway.support import RunningGateway, Sender, mail, metric_value
-from tests.kafka_broker import Broker, unique_topic
+from tests.support.kafka_broker import Broker, unique_topic
 
 
 def test_healthz_says_the_broker_answers_and_the_topic_exists(gateway: RunningGateway, topic: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -27,14 +26,13 @@ import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
-from store_support import TTL_DAYS, HttpFront, database_name
 
-from flows.corpus import write_corpus
 from flows.replay import replay, store_failure
 from schemas.factory import make_signal, signal_line
 from schemas.records import Record, compact_json, parse_lines
 from schemas.rule_loader import load_rules
 from schemas.store import REJECTED_COLUMNS, SIGNAL_COLUMNS, TABLES, rejected_row, signal_rows
+from simulate.corpus import write_corpus
 from sinks.clickhouse import (
     DEFAULT_DATABASE,
     RetryPolicy,
@@ -46,6 +44,8 @@ from sinks.clickhouse import (
     StoreUnavailable,
     parse_dsn,
 )
+from tests.support.ports import free_port
+from tests.support.store import TTL_DAYS, HttpFront, database_name
 
 LOGYSTERA = shutil.which("logystera", path=str(Path(sys.executable).parent)) or shutil.which("logystera")
 RULES = Path(__file__).resolve().parents[2] / "rules"
@@ -137,12 +137,6 @@ def mail_lines(count: int, start_second: int = 0, site: str = "shop-a") -> list[
                                 f"mail-{site}-{start_second + i:06d}", seq=start_second + i, outcome="sent", transport="smtp"))
         for i in range(count)
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # -- corpora -------------------------------------------------------------------------------------------
