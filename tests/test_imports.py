@@ -160,3 +160,18 @@ def test_the_check_sees_every_package_and_resolves_imports() -> None:
     assert {_top(module) for module in MODULES} == set(PACKAGES)
     assert any(_ours(item.target) == "protocol.wire" for item in GRAPH["gateway.auth"])
     assert any(item.target == "bytewax.dataflow" for item in GRAPH["flows.detect"])
+
+
+def test_test_folders_share_helpers_only_through_tests_support() -> None:
+    problems = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        folder = path.relative_to(ROOT / "tests").parts[0] if path.parent != ROOT / "tests" else None
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "tests" and len(parts) > 1 and parts[1] not in ("support", folder):
+                    problems.append(f"{path.relative_to(ROOT)}:{node.lineno}: imports {name} (shared helpers belong in tests/support/)")
+    if problems:
+        pytest.fail("test folders importing each other:\n" + "\n".join(problems), pytrace=False)

@@ -31,6 +31,8 @@ from simulate.scenario import (
     write_scenario,
 )
 
+pytestmark = pytest.mark.slow
+
 RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
 
 

@@ -30,6 +30,8 @@ from tests.support.kafka_broker import Broker, unique_topic
 from tests.support.ports import free_port
 from tests.support.receivers import WebhookReceiver
 
+pytestmark = pytest.mark.process
+
 LOGYSTERA = shutil.which("logystera", path=str(Path(sys.executable).parent)) or shutil.which("logystera")
 SECRET = "whsec_" + base64.b64encode(b"delivery-test-secret-32-bytes!!!").decode()
 TIMEOUT = 60.0
@@ -268,6 +270,7 @@ def test_from_stdin_it_delivers_as_lines_arrive_and_a_stop_does_not_wait_for_the
     assert err.read_text().splitlines()[-1].startswith("delivery: 1 records, 0 invalid, 0 duplicate, 0 not done: 1 delivered")
 
 
+@pytest.mark.broker
 def test_an_unknown_topic_is_one_line_and_exit_2(tmp_path: Path, hook: WebhookReceiver, broker: Broker) -> None:
     result = logystera("deliver", "--bootstrap", broker.bootstrap, "--topic", "no-such-topic", "--rules", str(rules(tmp_path)),
                        "--store", f"chdb://{tmp_path / 'store'}", hook=hook)
@@ -309,6 +312,7 @@ def committed(broker: Broker, topic: str, group: str) -> dict[int, int]:
     return {tp.partition: tp.offset for tp in offsets}
 
 
+@pytest.mark.broker
 def test_live_mode_reads_kafka_commits_what_is_done_and_resumes_after_a_kill(
     tmp_path: Path, hook: WebhookReceiver, broker: Broker,
 ) -> None:

@@ -37,6 +37,8 @@ from schemas.timestamps import format_ts, parse_ts
 from tests.support.kafka_broker import Broker
 from tests.support.processes import LivePath, wait_for
 
+pytestmark = [pytest.mark.broker, pytest.mark.process, pytest.mark.slow]
+
 RULES = Path(__file__).parent / "rules"
 SITES = ("shop-a", "shop-b", "shop-c")
 IDENTITY_KEY = "e2e-identity-key"

@@ -98,6 +98,7 @@ def test_generator_is_deterministic_and_covers_every_type() -> None:
     assert unparsable > 0
 
 
+@pytest.mark.slow
 def test_replay_is_byte_identical_across_workers_chunks_and_runs(corpus: Path, pack: tuple[str, list[Rule]]) -> None:
     label, rules = pack
     runs: dict[tuple[int, int, int], tuple[str, str, tuple[int, int, int], str, str]] = {}

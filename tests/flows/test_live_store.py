@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = r"""
@@ -83,6 +85,7 @@ print(json.dumps(seen))
 """
 
 
+@pytest.mark.process
 def test_rows_are_written_when_max_delay_old_without_new_items_and_all_at_each_epochs_end(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "store")], cwd=ROOT, capture_output=True, text=True,
                             timeout=120, check=False)

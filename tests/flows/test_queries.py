@@ -659,6 +659,8 @@ def test_every_query_says_when_to_use_it_and_shows_a_sample() -> None:
         assert languages[0] == "sql" and languages[1:] and set(languages[1:]) == {"text"}, section.heading
 
 
+@pytest.mark.slow
+@pytest.mark.process
 @pytest.mark.parametrize(("heading", "query"), QUERIES, ids=[heading for heading, _ in QUERIES])
 def test_query(heading: str, query: str, replayed: Replayed) -> None:
     assert heading in CHECKS, f"no check for the query under {heading!r}"

@@ -21,6 +21,8 @@ from schemas.factory import make_signal
 from tests.gateway.support import SECRETS, Clock, RunningGateway, Sender, mail, signal_lines, values
 from tests.support.kafka_broker import Broker
 
+pytestmark = pytest.mark.broker
+
 # -- accepted --------------------------------------------------------------------------------------------------
 
 

@@ -11,11 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from dispatcher import Dispatcher
 from tests.gateway.support import SECRETS, RunningGateway, Sender, mail, values
 from tests.support.kafka_broker import Broker, unique_topic
 from tests.support.polling import wait_for
+
+pytestmark = pytest.mark.broker
 
 
 def _topic(broker: Broker) -> str:

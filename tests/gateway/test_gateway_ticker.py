@@ -30,6 +30,8 @@ from tests.support.kafka_broker import Broker, unique_topic
 from tests.support.polling import wait_for
 from tests.support.ports import free_port
 
+pytestmark = pytest.mark.broker
+
 SITES = list(SECRETS)
 T0 = 1_795_860_000.0  # 2026-11-28T10:00:00Z, a multiple of 10 s
 REPO = Path(__file__).resolve().parents[2]
@@ -217,6 +219,8 @@ class GatewayProcess:
         self.process.wait(10)
 
 
+@pytest.mark.slow
+@pytest.mark.process
 def test_two_gateway_processes_write_one_tick_stream_and_the_second_takes_over_when_the_first_is_killed(
     shared_broker: Broker, topic: str, tmp_path: Path
 ) -> None:

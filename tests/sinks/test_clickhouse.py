@@ -250,6 +250,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     return subprocess.run([LOGYSTERA, *args], capture_output=True, text=True, encoding="utf-8", timeout=TIMEOUT, cwd=cwd, check=False)
 
 
+@pytest.mark.process
 def test_cli_reports_a_bad_dsn_as_one_usage_line(tmp_path: Path) -> None:
     result = run_cli("db", "migrate", "--store", f"chdb://{tmp_path}/store?dbname=x")
     assert (result.returncode, result.stdout) == (2, "")
@@ -371,6 +372,7 @@ def test_migrations_apply_once(store_dsn: str) -> None:
     assert f"toIntervalDay({TTL_DAYS})" in ttl.result_rows[0][0]
 
 
+@pytest.mark.process
 def test_cli_db_migrate_twice(tmp_path: Path) -> None:
     dsn = f"chdb://{tmp_path}/store?database=ops"
     first = run_cli("db", "migrate", "--store", dsn)
@@ -493,6 +495,7 @@ def cli_replays(tmp_path_factory: pytest.TempPathFactory, corpus: Corpus) -> Cli
     return CliReplays(dsn, first, second, alerts, alerts_again, stored, stored_again)
 
 
+@pytest.mark.process
 def test_replay_with_a_store_fills_every_table(cli_replays: CliReplays, corpus: Corpus) -> None:
     totals = cli_replays.first.stderr.splitlines()[-1]
     assert totals == f"replayed {len(corpus.records)} signals, {corpus.rejected} invalid, 0 late"
@@ -522,6 +525,7 @@ def test_replay_with_a_store_fills_every_table(cli_replays: CliReplays, corpus: 
     assert all(count > 0 for count, _ in expected.values())
 
 
+@pytest.mark.process
 def test_replaying_the_same_corpus_again_changes_no_analyst_count(cli_replays: CliReplays) -> None:
     assert cli_replays.second.stderr == cli_replays.first.stderr
     assert cli_replays.alerts_again == cli_replays.alerts
@@ -649,6 +653,7 @@ def held_by_another_process(directory: Path) -> Iterator[subprocess.Popen[str]]:
         holder.wait(timeout=TIMEOUT)
 
 
+@pytest.mark.process
 def test_a_directory_locked_by_another_process_ends_the_replay_with_one_clear_line(tmp_path: Path, corpus: Corpus) -> None:
     directory = tmp_path / "store"
     with held_by_another_process(directory):
@@ -675,6 +680,7 @@ def test_a_directory_locked_by_another_process_ends_the_replay_with_one_clear_li
     assert elapsed < 20
 
 
+@pytest.mark.process
 def test_a_locked_directory_is_waited_for_until_the_other_process_lets_go(tmp_path: Path) -> None:
     directory = tmp_path / "store"
     dsn = f"chdb://{directory}"

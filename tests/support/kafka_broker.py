@@ -4,8 +4,9 @@ Tansu (https://github.com/tansu-io/tansu) speaks the Kafka wire protocol and
 keeps everything in memory. It listens on 127.0.0.1 only, on a free port picked
 per broker, so tests never touch a shared broker or another address.
 
-Import it as ``tests.support.kafka_broker`` (``tests/conftest.py`` puts the repository root
-on ``sys.path`` and registers this module as a plugin). Usage, either the
+Import it as ``tests.support.kafka_broker`` (pytest's ``pythonpath`` puts the
+repository root on ``sys.path``; ``tests/conftest.py`` registers this module as
+a plugin). Mark tests that use it ``@pytest.mark.broker``. Usage, either the
 ``broker`` fixture::
 
     def test_something(broker):

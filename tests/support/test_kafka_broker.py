@@ -32,6 +32,8 @@ from confluent_kafka.admin import NewPartitions, OffsetSpec
 from tests.support import kafka_broker
 from tests.support.kafka_broker import HOST, Broker, Record, start_broker, unique_topic
 
+pytestmark = pytest.mark.broker
+
 SITES = ["shop-eu", "blog-us", "shop-jp", "news-de", "wiki-fr"]
 PER_SITE = 40
 FLOW_TIMEOUT_S = 20.0
@@ -145,6 +147,7 @@ def test_a_taken_port_makes_tansu_exit_and_start_broker_retries_on_another(monke
             assert [b.port for b in broker.admin().list_topics(timeout=5).brokers.values()] == [broker.port]
 
 
+@pytest.mark.process
 def test_a_killed_test_process_takes_its_broker_with_it() -> None:
     """No orphan even when pytest dies without finalizers (SIGKILL): Tansu runs under setpriv --pdeathsig."""
     script = (
