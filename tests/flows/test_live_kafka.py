@@ -181,6 +181,7 @@ def test_detect_names_a_missing_topic_without_creating_it(broker: Broker) -> Non
     assert broker.partition_count(missing) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.process
 def test_an_unreachable_broker_is_one_line_not_a_flood_of_client_logs() -> None:
     # librdkafka logs every failed connection attempt (~200 lines before the 10 s verdict); we say it once.

@@ -495,6 +495,7 @@ def cli_replays(tmp_path_factory: pytest.TempPathFactory, corpus: Corpus) -> Cli
     return CliReplays(dsn, first, second, alerts, alerts_again, stored, stored_again)
 
 
+@pytest.mark.slow
 @pytest.mark.process
 def test_replay_with_a_store_fills_every_table(cli_replays: CliReplays, corpus: Corpus) -> None:
     totals = cli_replays.first.stderr.splitlines()[-1]
@@ -525,6 +526,7 @@ def test_replay_with_a_store_fills_every_table(cli_replays: CliReplays, corpus: 
     assert all(count > 0 for count, _ in expected.values())
 
 
+@pytest.mark.slow
 @pytest.mark.process
 def test_replaying_the_same_corpus_again_changes_no_analyst_count(cli_replays: CliReplays) -> None:
     assert cli_replays.second.stderr == cli_replays.first.stderr
