@@ -5,10 +5,10 @@ Run from the repository root::
     .venv/bin/python bench/deliver.py [--notifications 3000] [--concurrency 1,4,16] [--slow 5] [--pairs 8]
 
 What runs is the delivery service of ``logystera deliver``
-(:class:`sinks.delivery_service.DeliveryService`: schedule, webhook sender,
+(:class:`delivery.service.DeliveryService`: schedule, webhook sender,
 attempt log) in this process, recording every attempt in a fresh embedded
 store (chDB, temporary directory). Receivers are the test suite's real
-webhook receiver (``tests/sinks/receivers.py``: ``http.server``, each
+webhook receiver (``tests/support/receivers.py``: ``http.server``, each
 signature verified with ``standardwebhooks``), each in a child process of its
 own so it does not compete with the service for this process's GIL.
 
@@ -41,19 +41,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from delivery.attempt_log import AttemptLog  # noqa: E402
+from delivery.channels import open_sender  # noqa: E402
+from delivery.schedule import DeliveryPolicy  # noqa: E402
+from delivery.service import DeliveryService  # noqa: E402
 from schemas.rules import WebhookChannel  # noqa: E402 - after the path is set
-from sinks.attempt_log import AttemptLog  # noqa: E402
-from sinks.channel import open_sender  # noqa: E402
 from sinks.clickhouse import Store  # noqa: E402
-from sinks.delivery import DeliveryPolicy  # noqa: E402
-from sinks.delivery_service import DeliveryService  # noqa: E402
-from tests.sinks.receivers import make_notification  # noqa: E402
+from tests.support.factories import make_notification  # noqa: E402
 
 SECRET = "whsec_" + base64.b64encode(b"bench-secret-bench-secret-32byte").decode()
 RECEIVER = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from tests.sinks.receivers import Hang, WebhookReceiver
+from tests.support.receivers import Hang, WebhookReceiver
 delay = float(sys.argv[3])
 with WebhookReceiver(secret=sys.argv[2]) as hook:
     if delay:

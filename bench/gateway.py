@@ -46,10 +46,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dispatcher import new_id, sign_batch  # noqa: E402
-from dispatcher.wire import encode_batch  # noqa: E402
+from protocol.wire import encode_batch  # noqa: E402
 from schemas.factory import identity_hash, make_signal, signal_line  # noqa: E402
 from schemas.timestamps import format_ts  # noqa: E402
-from tests.kafka_broker import start_broker  # noqa: E402
+from tests.support.kafka_broker import start_broker  # noqa: E402
 
 GOAL_PER_CORE = 20_000
 TOPIC = "signals"
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         port = _free_port()
         log = open(Path(work) / "gateway.log", "wb")  # noqa: SIM115 - closed in finally
         gateway = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "gateway", "--registry", str(registry), "--bootstrap", broker.bootstrap, "--topic", TOPIC,
+            [sys.executable, "-m", "cli.main", "gateway", "--registry", str(registry), "--bootstrap", broker.bootstrap, "--topic", TOPIC,
              "--port", str(port), "--no-ticker", "--log-level", "warning"],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         )

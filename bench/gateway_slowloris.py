@@ -46,10 +46,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dispatcher import new_id, sign_batch  # noqa: E402
-from dispatcher.wire import encode_batch  # noqa: E402
+from protocol.wire import encode_batch  # noqa: E402
 from schemas.factory import make_signal, signal_line  # noqa: E402
 from schemas.timestamps import format_ts  # noqa: E402
-from tests.kafka_broker import start_broker  # noqa: E402
+from tests.support.kafka_broker import start_broker  # noqa: E402
 
 TOPIC = "signals"
 SITE, SECRET = "shop-eu", "bench-secret"
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         port, log_path = _free_port(), Path(work) / "gateway.log"
         log = open(log_path, "wb")  # noqa: SIM115 - closed in finally
         gateway = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "gateway", "--registry", str(registry), "--bootstrap", broker.bootstrap, "--topic", TOPIC,
+            [sys.executable, "-m", "cli.main", "gateway", "--registry", str(registry), "--bootstrap", broker.bootstrap, "--topic", TOPIC,
              "--port", str(port), "--no-ticker", "--log-level", "error", *args.gateway_arg],
             cwd=REPO, env={**os.environ, "BENCH_SECRET": SECRET}, stdout=log, stderr=subprocess.STDOUT,
         )

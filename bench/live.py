@@ -7,12 +7,12 @@ Run from the repository root::
 What runs: a Tansu broker (memory storage), ``logystera gateway`` (ticks
 every 10 s for every site) and ``logystera detect`` (the default rule pack,
 recovery on, 10-s epochs) as processes of their own, exactly as the CLI runs
-them (``tests/e2e/support.py`` starts them for the end-to-end tests too).
+them (``tests/support/processes.py`` starts them for the end-to-end tests too).
 
 **The sites are a driver, not 1,000 ``Dispatcher`` instances**: this process
 forms batches of ``--batch-size`` signals of one site at a time (sites in
 turn, ``ts`` = now), encodes and signs each with the dispatcher's own wire
-module (``dispatcher/wire.py``: the same body, headers and signature a
+module (``protocol/wire.py``: the same body, headers and signature a
 dispatcher sends) and posts it from ``--posters`` threads, paced so that the
 signals leave at the given rate. The signals are benign (requests, logins,
 mail sent, cron runs, slow queries: nothing in the default pack fires on
@@ -63,10 +63,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dispatcher import new_id  # noqa: E402 - after the path is set
-from dispatcher.wire import ENDPOINT, encode_batch, headers, secret_bytes, sign  # noqa: E402
+from protocol.wire import ENDPOINT, encode_batch, headers, secret_bytes, sign  # noqa: E402
 from schemas.timestamps import format_ts  # noqa: E402
-from tests.e2e.support import Detect, SiteRegistry, start_gateway, wait_for  # noqa: E402
-from tests.kafka_broker import Broker, start_broker, unique_topic  # noqa: E402
+from tests.support.kafka_broker import Broker, start_broker, unique_topic  # noqa: E402
+from tests.support.processes import Detect, SiteRegistry, start_gateway, wait_for  # noqa: E402
 
 RULES = ROOT / "rules"
 INCIDENT_RULE = "sensitive-config-changed"
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"Logystera live-path benchmark: {args.sites:,} sites, batches of {args.batch_size}, {args.posters} posting threads, "
           f"{args.partitions} partitions; gateway ticks every 10 s; detect: default rule pack, 1 worker, recovery on, 10-s epochs")
-    print("The sites are this process signing and posting with dispatcher/wire.py, not Dispatcher instances; "
+    print("The sites are this process signing and posting with protocol/wire.py, not Dispatcher instances; "
           f"an incident ({INCIDENT_RULE}) every {args.incident_every:g} s")
     print(f"load average before: {load_average()}")
     complete = True

@@ -5,7 +5,7 @@ Run from the repository root::
     .venv/bin/python bench/replay.py [--signals 500000] [--sites 1000] [--duration 9000]
 
 Every number printed is measured in the same run, on a corpus generated into
-a temporary directory by :mod:`flows.corpus`:
+a temporary directory by :mod:`simulate.corpus`:
 
 (a) the floor: lines/s of bare ``SIGNAL_ADAPTER.validate_json`` over every line;
 (b) the full replay (``flows.replay.replay``) with the default rule pack and
@@ -41,7 +41,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from flows.corpus import DEFAULT_DURATION_S, write_corpus
 from flows.sources import DEFAULT_CHUNK_LINES
 from operators.compiled import compile_rule
 from operators.engine import RuleRunner
@@ -51,6 +50,7 @@ from schemas.records import parse_record
 from schemas.rule_loader import load_rules
 from schemas.rules import Rule
 from schemas.signals import SIGNAL_ADAPTER
+from simulate.corpus import DEFAULT_DURATION_S, write_corpus
 
 BENCH_DURATION_S = 9000  # 2.5 h of event time: long enough for every rule of the default pack to fire
 TARGET_RATIO, GOAL_RATIO, TARGET_FP_BYTES = 0.3, 0.5, 2048
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--signals", type=int, default=500_000, help="site signal lines (ticks come on top)")
     parser.add_argument("--sites", type=int, default=1000)
     parser.add_argument("--duration", type=int, default=BENCH_DURATION_S,
-                        help=f"seconds of event time (flows.corpus default {DEFAULT_DURATION_S})")
+                        help=f"seconds of event time (simulate.corpus default {DEFAULT_DURATION_S})")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rules", default="rules", help="rules directory (default: the default pack in rules/)")
     parser.add_argument("--chunks", default=f"{DEFAULT_CHUNK_LINES},500,10000,50000", help="chunk sizes; the first is (b)")

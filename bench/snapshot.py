@@ -4,7 +4,7 @@ Run from the repository root::
 
     .venv/bin/python bench/snapshot.py [--signals 500000] [--sites 1000] [--duration 9000]
 
-On a corpus from :mod:`flows.corpus` (the replay benchmark's by default), one
+On a corpus from :mod:`simulate.corpus` (the replay benchmark's by default), one
 :class:`SiteDetector` per site with the default rule pack and metrics is fed
 the stream; at a few points every site is snapshotted with
 :class:`operators.snapshot.SnapshotCodec` (what Bytewax stores per touched
@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flows.corpus import generate_corpus
 from operators.metrics import compile_metric
 from operators.routing import RoutingTable
 from operators.site import SiteDetector
 from operators.snapshot import SnapshotCodec
 from schemas.records import parse_lines
 from schemas.rule_loader import load_rules
+from simulate.corpus import generate_corpus
 
 RULES_DIR = Path(__file__).resolve().parents[1] / "rules"
 LATENESS = 60_000

@@ -5,7 +5,7 @@ Run from the repository root::
     .venv/bin/python bench/store.py [--signals 200000] [--sites 1000] [--duration 3600] [--batches 10000,50000,100000,200000]
 
 Every number printed is measured in the same run, on a corpus generated into
-a temporary directory by :mod:`flows.corpus` (site signals plus a gateway tick
+a temporary directory by :mod:`simulate.corpus` (site signals plus a gateway tick
 per site every 10 s):
 
 (a) rows/s into chDB for the ``signals`` table through the sink: the corpus is
@@ -54,9 +54,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from flows.corpus import write_corpus
 from flows.sources import DEFAULT_CHUNK_LINES
 from schemas.rule_loader import load_rules
+from simulate.corpus import write_corpus
 
 TARGET_ROWS_PER_S, TARGET_RATIO = 300_000, 0.6
 STORE_TABLES = ("signals", "alerts", "evidence", "metrics", "rejected")

@@ -9,10 +9,12 @@ The public surface (modules starting with ``_`` are private and may change)::
     network_prefix(ip)                                   IPv4 → /24, IPv6 → /48
     sign_batch(secret, batch_id, timestamp, body)        the webhook-signature header value
 
-Two public modules are shared with the server side, so that the protocol is written once:
-:mod:`dispatcher.wire` (body, Standard Webhooks signing, ``Retry-After``, response classes; the
-gateway verifies with it, the webhook channel signs with it) and :mod:`dispatcher.resilience`
-(full-jitter backoff, circuit breaker; the delivery service retries with it).
+What the dispatcher shares with the server side is written once, in ``protocol/``:
+:mod:`protocol.wire` (body, Standard Webhooks signing, ``Retry-After``, response classes; the
+gateway verifies with it, the webhook channel signs with it), :mod:`protocol.resilience`
+(full-jitter backoff, circuit breaker; the delivery service retries with it) and
+:mod:`protocol.lease` (the file lease: one sender per buffer file here, one ticker in the gateway).
+This package imports only ``schemas/`` and ``protocol/`` of ours, and the server never imports it.
 
 Errors: :class:`InvalidSignal` (a ``ValueError``) for a signal that breaks
 the contract; plain ``ValueError`` for a wrong constructor argument. Network
@@ -26,7 +28,7 @@ from __future__ import annotations
 from dispatcher._dispatcher import VERSION, Dispatcher, DispatcherStats
 from dispatcher._privacy import hash_identity, network_prefix
 from dispatcher._signals import InvalidSignal, Signals, fingerprint, new_id, normalise_message
-from dispatcher.wire import MAX_BATCH_BYTES, MAX_BATCH_SIGNALS, secret_bytes, sign
+from protocol.wire import MAX_BATCH_BYTES, MAX_BATCH_SIGNALS, secret_bytes, sign
 
 
 def sign_batch(secret: str, batch_id: str, timestamp: int, body: bytes) -> str:

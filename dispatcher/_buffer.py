@@ -19,8 +19,8 @@ Invariants that keep it cheap and exact:
   report of overflow.
 
 Every write is one ``BEGIN IMMEDIATE`` transaction, so several processes
-appending to one file stay consistent; only one of them sends (see
-:class:`SenderLock`).
+appending to one file stay consistent; only one of them sends (the one
+holding :func:`sender_lease`).
 """
 
 from __future__ import annotations
@@ -34,10 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: one process per buffer file
-    fcntl = None  # type: ignore[assignment]
+from protocol.lease import FileLease
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS signals (seq INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);
@@ -194,38 +191,12 @@ class SignalBuffer:
             self._db.close()
 
 
-class SenderLock:
-    """An exclusive ``flock`` on ``<buffer>.sender.lock``: one sender per buffer file, across processes.
+
+def sender_lease(buffer_path: Path) -> FileLease:
+    """The lease on ``<buffer>.sender.lock``: one sender per buffer file, across processes.
 
     Several processes of one site (web workers) append to the same buffer; the
-    one holding this lock sends, the others only append and try again later.
+    one holding this lease sends, the others only append and try again later
+    (without ``flock``, on Windows, one process per buffer file is assumed).
     """
-
-    def __init__(self, buffer_path: Path) -> None:
-        self._path = buffer_path.with_name(buffer_path.name + ".sender.lock")
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        """Whether this instance holds the lock."""
-        return self._fd is not None
-
-    def acquire(self) -> bool:
-        """Take the lock without waiting; ``True`` if held afterwards."""
-        if self._fd is not None:
-            return True
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                return False
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        """Give the lock up (closing the descriptor releases the flock)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+    return FileLease(buffer_path.with_name(buffer_path.name + ".sender.lock"))

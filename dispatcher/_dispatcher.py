@@ -26,10 +26,10 @@ from typing import Any
 
 import httpx
 
-from dispatcher._buffer import Batch, SenderLock, SignalBuffer
+from dispatcher._buffer import Batch, SignalBuffer, sender_lease
 from dispatcher._signals import InvalidSignal, Signals, encode_signal, new_id
-from dispatcher.resilience import Backoff, BreakerState, CircuitBreaker
-from dispatcher.wire import (
+from protocol.resilience import Backoff, BreakerState, CircuitBreaker
+from protocol.wire import (
     ENDPOINT,
     MAX_BATCH_BYTES,
     MAX_BATCH_SIGNALS,
@@ -140,7 +140,7 @@ class Dispatcher:
         self._backoff = Backoff(backoff_base, backoff_cap, random)
         self._breaker = CircuitBreaker(breaker_threshold, breaker_cooldown, clock, self._breaker_moved)
         self._buffer = SignalBuffer(buffer_path, site, max_buffered)
-        self._sender_lock = SenderLock(self._buffer.path)
+        self._sender_lock = sender_lease(self._buffer.path)
         self._owns_client = not isinstance(http, httpx.Client)
         self._client = http if isinstance(http, httpx.Client) else http()
         self._overhead = batch_overhead(site, new_id())

@@ -46,7 +46,6 @@ from confluent_kafka import OFFSET_BEGINNING
 from typing_extensions import override
 
 from flows.detect import Alert, Reject, build_detect_flow
-from flows.replay import CallbackSink
 from flows.sources import Line
 from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS
 from operators.metrics import compile_metric
@@ -54,6 +53,7 @@ from operators.notification import DEFAULT_LINK_BASE
 from operators.routing import RoutingTable
 from operators.snapshot import SnapshotCodec
 from schemas.rules import MetricDefinition, Rule
+from sinks.callback import CallbackSink
 from sinks.clickhouse import EpochStoreSink, Store, StoreError, StoreSink
 from sinks.kafka import DEFAULT_TIMEOUT_S, KafkaDeliveryError, KafkaTopicSink, missing_topics, reported_once
 

@@ -7,16 +7,13 @@ prescribes so that the output is byte-identical for any number of workers.
 from __future__ import annotations
 
 import gc
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from bytewax.dataflow import Dataflow
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import cluster_main, run_main
-from typing_extensions import override
 
 from flows.detect import Alert, Reject, build_detect_flow
 from flows.sources import DEFAULT_CHUNK_LINES, JsonLinesSource
@@ -25,31 +22,8 @@ from operators.metrics import compile_metric
 from operators.notification import DEFAULT_LINK_BASE
 from operators.routing import RoutingTable
 from schemas.rules import MetricDefinition, Rule
+from sinks.callback import CallbackSink
 from sinks.clickhouse import Store, StoreSink, StoreUnavailable
-
-X = TypeVar("X")
-
-
-class _CallbackPartition(StatelessSinkPartition[X]):
-    def __init__(self, callback: Callable[[list[X]], None], lock: threading.Lock) -> None:
-        self._callback = callback
-        self._lock = lock
-
-    def write_batch(self, items: list[X]) -> None:
-        with self._lock:
-            self._callback(items)
-
-
-class CallbackSink(DynamicSink[X], Generic[X]):
-    """Hands every batch to a callback, one batch at a time across worker threads."""
-
-    def __init__(self, callback: Callable[[list[X]], None]) -> None:
-        self._callback = callback
-        self._lock = threading.Lock()
-
-    @override
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _CallbackPartition[X]:
-        return _CallbackPartition(self._callback, self._lock)
 
 
 @dataclass

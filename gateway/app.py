@@ -28,7 +28,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn import Config
 
-from dispatcher.wire import ENDPOINT, MAX_BATCH_BYTES, MAX_BATCH_SIGNALS
 from gateway.auth import SITE_PREFIX_BYTES, signature_headers, signature_matches, site_of
 from gateway.batch import check_signals, parse_batch
 from gateway.errors import Rejected
@@ -38,6 +37,7 @@ from gateway.limits import ConnectionLimits, PendingBodies, guarded_protocol
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.registry import Registry, Site
 from gateway.ticker import Lease, Ticker
+from protocol.wire import ENDPOINT, MAX_BATCH_BYTES, MAX_BATCH_SIGNALS
 
 log = logging.getLogger("logystera.gateway")
 

@@ -1,6 +1,6 @@
 """Who sent a request: Standard Webhooks headers and signature, checked over the raw body before it is parsed.
 
-The signature is the dispatcher's own (:func:`dispatcher.wire.sign`): one
+The signature is the dispatcher's own (:func:`protocol.wire.sign`): one
 implementation of the HMAC for both ends. The key depends on the site, and
 the site is in the body, so the body must *start* with its ``site`` member
 (``{"site":"shop-eu",...``, docs/protocol.md §1), complete within its first
@@ -16,8 +16,8 @@ import hmac
 import re
 from collections.abc import Mapping
 
-from dispatcher.wire import sign
 from gateway.errors import Rejected
+from protocol.wire import sign
 from schemas.signals import SITE_PATTERN
 
 BATCH_ID_RE = re.compile(r"[A-Za-z0-9_-]{8,64}")

@@ -1,6 +1,6 @@
 """``logystera gateway``: its options, and running the gateway under uvicorn until SIGINT or SIGTERM.
 
-Imported by ``flows/cli.py`` when the parser is built, so this module imports
+Imported by ``cli/main.py`` when the parser is built, so this module imports
 nothing heavy at the top; Starlette, uvicorn and Kafka load only when the
 command runs.
 """

@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dispatcher.wire import secret_bytes
+from protocol.wire import secret_bytes
 from schemas.rule_loader import StrictYamlLoader, validation_problems
 from schemas.signals import SIGNAL_TYPES, SITE_PATTERN
 

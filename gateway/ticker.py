@@ -32,9 +32,9 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from dispatcher._buffer import SenderLock, fcntl
 from gateway.kafka import DeliveryHandle, KafkaWriter
 from gateway.metrics import GatewayMetrics
+from protocol.lease import EXCLUSIVE, FileLease
 from schemas.factory import make_tick, signal_line
 
 log = logging.getLogger("logystera.gateway")
@@ -42,23 +42,17 @@ STANDBY_POLL_S = 1.0
 """How often a process without the lease tries to take it (takeover happens within this after the holder dies)."""
 
 
-class Lease(SenderLock):
+class Lease(FileLease):
     """An exclusive ``flock`` on ``path`` that also stores the last tick slot started (epoch ms, as decimal text).
 
     The dispatcher's sender lock (one sender per buffer file) is the same
-    mechanism; only the file is named by the caller here, not after a buffer.
+    mechanism (:mod:`protocol.lease`); only the file holds a slot here.
     """
 
-    def __init__(self, path: Path) -> None:  # the parent's names its file after a buffer
-        if fcntl is None:  # pragma: no cover - not POSIX: there would be no mutual exclusion at all
+    def __init__(self, path: Path) -> None:
+        if not EXCLUSIVE:  # pragma: no cover - not POSIX: there would be no mutual exclusion at all
             raise ValueError("ticker lock: needs flock (POSIX)")
-        self.path = self._path = path
-        self._fd = None
-
-    def acquire(self) -> bool:
-        """Take the lock without waiting (creating the file and its folder if needed); ``True`` if held afterwards."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        return super().acquire()
+        super().__init__(path)
 
     def last_slot(self) -> int | None:
         """The last slot recorded by any leader, ``None`` if none was (or the file holds something else)."""

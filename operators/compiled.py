@@ -7,9 +7,15 @@ from typing import Any
 
 from operators.conditions import Predicate, compile_conditions
 from schemas.durations import format_duration
+from schemas.records import compact_json
 from schemas.rules import Rule
 
 DEFAULT_ALLOWED_LATENESS_MS = 60_000
+
+
+def group_json(group: dict[str, Any]) -> str:
+    """The group as compact JSON with sorted keys, non-ASCII unescaped (``{}`` without group_by)."""
+    return compact_json(dict(sorted(group.items())))
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,8 +55,6 @@ def compile_rule(rule: Rule) -> CompiledRule:
     lookback = window
     if rule.kind == "shift":
         lookback = params.window + params.baseline
-    from operators.notification import group_json  # local: notification imports this module
-
     overflow = {name: "__other__" for name in rule.group_by}
     header = {"id": rule.id, "title": rule.title, "kind": rule.kind, "description": rule.description}
     where = compile_conditions(rule.where)

@@ -18,10 +18,10 @@ from __future__ import annotations
 from heapq import heappop, heappush
 from typing import Any
 
-from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS, CompiledRule
+from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS, CompiledRule, group_json
 from operators.fingerprints import FIRING, INACTIVE, PENDING, STATEFUL_KINDS, Fingerprint, MatchFingerprint
 from operators.notification import Notification, alert_id
-from schemas.records import Record, compact_json
+from schemas.records import Record
 
 AnyFingerprint = Fingerprint | MatchFingerprint
 GROUP_CACHE_LIMIT = 4096
@@ -107,11 +107,11 @@ class RuleRunner:
         try:
             group = cache.get(values)
         except TypeError:  # a list (`flags`): not hashable, not cached
-            return compact_json(dict(sorted(zip(fields, values, strict=True))))
+            return group_json(dict(zip(fields, values, strict=True)))
         if group is None:
             if len(cache) >= GROUP_CACHE_LIMIT:
                 cache.clear()
-            group = cache[values] = compact_json(dict(sorted(zip(fields, values, strict=True))))
+            group = cache[values] = group_json(dict(zip(fields, values, strict=True)))
         return group
 
     def _new_fingerprint(self, group: str, c: int) -> AnyFingerprint:

@@ -19,11 +19,6 @@ if TYPE_CHECKING:
 DEFAULT_LINK_BASE = "http://localhost:8080"
 
 
-def group_json(group: dict[str, Any]) -> str:
-    """The group as compact JSON with sorted keys, non-ASCII unescaped (``{}`` without group_by)."""
-    return compact_json(dict(sorted(group.items())))
-
-
 def alert_id(rule_id: str, site: str, group: str, started_at: int, opener_id: str | None = None) -> str:
     """The episode id: first 32 hex chars of SHA-256 over the episode's identity (rules.md)."""
     text = f"{rule_id}\n{site}\n{group}\n{format_ts(started_at)}"

@@ -19,13 +19,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from schemas.records import Record, compact_json
 from schemas.timestamps import parse_ts_checked
-
-if TYPE_CHECKING:
-    from operators.metrics import MetricPoint
 
 SIGNAL_COLUMNS = ("site", "type", "ts", "id", "seq", "envelope")
 ALERT_COLUMNS = (
@@ -225,7 +222,39 @@ def _labels_key(labels: tuple[tuple[str, str], ...]) -> str:
     return compact_json(dict(labels))
 
 
-def metric_row(point: MetricPoint) -> tuple[Any, ...]:
+class MetricBucket(Protocol):
+    """What a metric row is made of: ``operators.metrics.MetricPoint`` has it, and the schema does not import the engine."""
+
+    @property
+    def site(self) -> str:
+        """The site the bucket belongs to."""
+
+    @property
+    def metric(self) -> str:
+        """The metric's name."""
+
+    @property
+    def labels(self) -> tuple[tuple[str, str], ...]:
+        """Label names and values, sorted."""
+
+    @property
+    def bucket_start(self) -> int:
+        """Start of the bucket, epoch ms."""
+
+    @property
+    def resolution(self) -> int:
+        """Length of the bucket, ms."""
+
+    @property
+    def value(self) -> float:
+        """The aggregated value."""
+
+    @property
+    def signals(self) -> int:
+        """Signals that went into it."""
+
+
+def metric_row(point: MetricBucket) -> tuple[Any, ...]:
     """One final metric bucket."""
     labels = point.labels
     return (

@@ -1,1 +1,1 @@
-"""Destinations: the ClickHouse store, Kafka, and one module per delivery channel behind ``sinks.channel``."""
+"""Destinations: the ClickHouse store, Kafka, a callback sink, and one module per delivery channel behind ``sinks.channel``."""

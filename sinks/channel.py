@@ -1,4 +1,7 @@
-"""Delivery channels: the one-method contract every channel implements, and how a configured channel is opened.
+"""Delivery channels: the one-method contract every channel implements, and the pieces they share.
+
+A configured channel is opened by ``delivery.channels.open_sender``, one level up:
+the channel modules import this one, so this one does not import them.
 
 Error hierarchy::
 
@@ -22,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
-from dispatcher.wire import parse_retry_after
+from protocol.wire import parse_retry_after
 
 if TYPE_CHECKING:
     from schemas.rules import Channel, SlackChannel, TeamsChannel, WebhookChannel
@@ -79,34 +81,6 @@ class ChannelSender(Protocol):
     async def aclose(self) -> None:
         """Release connections; the sender is not used afterwards."""
         ...
-
-
-def open_sender(config: Channel, environ: Mapping[str, str], *, timeout: float = 10.0,
-                clock: Callable[[], float] = time.time) -> ChannelSender:
-    """The sender of one configured channel, its URL and secrets read from ``environ`` now.
-
-    Reading the environment at open time makes a missing variable fail when
-    the delivery service starts, not at the first alert. Raises
-    :class:`ChannelConfigError` (one line naming channel and variable).
-    ``timeout`` bounds one attempt, end to end; ``clock`` gives the attempt
-    time (webhook timestamps, e-mail dates, HTTP-date ``Retry-After``).
-    """
-    # Imported here: each channel module imports this one for the shared pieces.
-    if config.type == "webhook":
-        from sinks.webhook import WebhookSender
-
-        return WebhookSender(config, environ, timeout=timeout, clock=clock)
-    if config.type == "slack":
-        from sinks.slack import SlackSender
-
-        return SlackSender(config, environ, timeout=timeout, clock=clock)
-    if config.type == "teams":
-        from sinks.teams import TeamsSender
-
-        return TeamsSender(config, environ, timeout=timeout, clock=clock)
-    from sinks.email import EmailSender
-
-    return EmailSender(config, environ, timeout=timeout, clock=clock)
 
 
 def env_value(channel: str, variable: str, environ: Mapping[str, str], field: str) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dispatcher.wire import secret_bytes, sign
+from protocol.wire import secret_bytes, sign
 from schemas.records import compact_json
 from schemas.rules import WebhookChannel
 from sinks.channel import ChannelConfigError, HttpChannel, env_value

@@ -1,16 +1,7 @@
-"""Root of the test suite: the repository root on ``sys.path``, and the Kafka broker fixture.
+"""Root of the test suite: the shared fixtures, loaded as plugins from ``tests/support/``.
 
-pytest puts this folder (``tests/``) on ``sys.path`` to import this file. Alone
-there, it would make ``tests/flows/``, ``tests/schemas/``… shadow the packages
-``flows``, ``schemas``… as empty namespace packages; with the repository root on
-the path the real (regular) packages win, and ``tests.kafka_broker`` imports.
+The repository root is on ``sys.path`` through pytest's ``pythonpath``
+(pyproject.toml), so ``tests.support`` and the packages import from here.
 """
 
-import sys
-from pathlib import Path
-
-_ROOT = str(Path(__file__).resolve().parents[1])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-pytest_plugins = ["tests.kafka_broker"]
+pytest_plugins = ["tests.support.kafka_broker", "tests.support.store"]

@@ -42,10 +42,11 @@ from dispatcher import (
     new_id,
     sign_batch,
 )
-from dispatcher.resilience import Backoff, BreakerState, CircuitBreaker
-from dispatcher.wire import Kind, classify, parse_retry_after, secret_bytes
+from protocol.resilience import Backoff, BreakerState, CircuitBreaker
+from protocol.wire import Kind, classify, parse_retry_after, secret_bytes
 from schemas.records import Record, parse_record
 from schemas.timestamps import TS_PATTERN
+from tests.support.polling import wait_for
 
 SITE = "shop-eu"
 SECRET = "plain-secret-for-tests"
@@ -217,10 +218,7 @@ class Receiver:
         return [s for s in self.signals() if s["type"] == "integration" and s["data"]["event"] == event]
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert time.monotonic() < deadline, "timed out waiting for the receiver"
-            time.sleep(0.005)
+        wait_for(predicate, "expected state of the receiver", timeout, every=0.005)
 
 
 @pytest.fixture

@@ -34,8 +34,10 @@ import pytest
 from flows.replay import replay
 from schemas.rule_loader import load_rules
 from schemas.timestamps import format_ts, parse_ts
-from tests.e2e.support import LivePath, wait_for
-from tests.kafka_broker import Broker
+from tests.support.kafka_broker import Broker
+from tests.support.processes import LivePath, wait_for
+
+pytestmark = [pytest.mark.broker, pytest.mark.process, pytest.mark.slow]
 
 RULES = Path(__file__).parent / "rules"
 SITES = ("shop-a", "shop-b", "shop-c")

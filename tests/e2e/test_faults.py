@@ -23,8 +23,12 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.support import LivePath, wait_for
-from tests.kafka_broker import Broker
+import pytest
+
+from tests.support.kafka_broker import Broker
+from tests.support.processes import LivePath, wait_for
+
+pytestmark = [pytest.mark.broker, pytest.mark.process, pytest.mark.slow]
 
 DEFAULT_RULES = Path(__file__).resolve().parents[2] / "rules"
 IDENTITY_KEY = "e2e-identity-key"

@@ -1,6 +1,6 @@
 """Replay is deterministic: same corpus, same bytes out, for any workers, chunk size or run.
 
-A synthetic corpus from :mod:`flows.corpus` (every signal type, ticks,
+A synthetic corpus from :mod:`simulate.corpus` (every signal type, ticks,
 out-of-order and late records, invalid lines, bursts that make rules fire) is
 replayed through the real Bytewax flow with 1, 2 and 4 workers and two chunk
 sizes, each combination twice; the sorted output (byte for byte), the totals,
@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from flows.corpus import generate_corpus, write_corpus
 from flows.replay import ReplayResult, replay
 from schemas.rule_loader import load_rules
 from schemas.rules import Rule
 from schemas.signals import SIGNAL_TYPES
+from simulate.corpus import generate_corpus, write_corpus
 
 DEFAULT_PACK = Path(__file__).resolve().parents[2] / "rules"
 N_SIGNALS, N_SITES = 50_000, 200
@@ -98,6 +98,7 @@ def test_generator_is_deterministic_and_covers_every_type() -> None:
     assert unparsable > 0
 
 
+@pytest.mark.slow
 def test_replay_is_byte_identical_across_workers_chunks_and_runs(corpus: Path, pack: tuple[str, list[Rule]]) -> None:
     label, rules = pack
     runs: dict[tuple[int, int, int], tuple[str, str, tuple[int, int, int], str, str]] = {}

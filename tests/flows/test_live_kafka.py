@@ -1,7 +1,7 @@
-"""``logystera detect`` on a real Kafka-protocol broker (Tansu, tests/kafka_broker.py).
+"""``logystera detect`` on a real Kafka-protocol broker (Tansu, tests/support/kafka_broker.py).
 
 The flow runs as the user runs it, a ``logystera detect`` process, over a
-synthetic corpus (flows/corpus.py: every signal type, ticks, late and invalid
+synthetic corpus (simulate/corpus.py: every signal type, ticks, late and invalid
 records, bursts that make the default pack fire) written to ``signals`` keyed
 by site. What it writes to ``alerts`` is compared with ``replay`` of the same
 records: exactly the same notifications, byte for byte. Then the same after
@@ -30,13 +30,13 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, Message, Producer
 
-from flows.corpus import generate_corpus
 from flows.replay import ReplayResult, replay
 from schemas.rule_loader import load_rules
+from simulate.corpus import generate_corpus
 from sinks.kafka import KafkaDeliveryError, KafkaTopicSink
-from tests import polling
-from tests.e2e.support import LogysteraProcess
-from tests.kafka_broker import Broker, Record, unique_topic
+from tests.support import polling
+from tests.support.kafka_broker import Broker, Record, unique_topic
+from tests.support.processes import LogysteraProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = ROOT / "rules"
@@ -136,6 +136,9 @@ def expected_rejects(result: ReplayResult, positions: list[tuple[int, int]]) -> 
 # -- the same notifications as replay -----------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.broker
+@pytest.mark.process
 def test_live_detect_writes_exactly_the_notifications_of_replay_and_resumes_at_the_end(broker: Broker, tmp_path: Path) -> None:
     signals, alerts = unique_topic("signals"), unique_topic("alerts")
     broker.create_topics([signals, alerts], partitions=3)
@@ -165,6 +168,8 @@ def test_live_detect_writes_exactly_the_notifications_of_replay_and_resumes_at_t
     assert len(broker.read_all(alerts)) == len(expected.alerts)
 
 
+@pytest.mark.broker
+@pytest.mark.process
 def test_detect_names_a_missing_topic_without_creating_it(broker: Broker) -> None:
     alerts = unique_topic("alerts")
     broker.create_topics([alerts])
@@ -176,6 +181,8 @@ def test_detect_names_a_missing_topic_without_creating_it(broker: Broker) -> Non
     assert broker.partition_count(missing) == 0
 
 
+@pytest.mark.slow
+@pytest.mark.process
 def test_an_unreachable_broker_is_one_line_not_a_flood_of_client_logs() -> None:
     # librdkafka logs every failed connection attempt (~200 lines before the 10 s verdict); we say it once.
     assert LOGYSTERA is not None
@@ -213,6 +220,9 @@ def committed_offsets(recovery: Path, topic: str) -> dict[int, int]:
     return found
 
 
+@pytest.mark.slow
+@pytest.mark.broker
+@pytest.mark.process
 def test_kill_9_at_two_points_and_a_restart_give_the_notifications_of_an_uninterrupted_run(broker: Broker, tmp_path: Path) -> None:
     signals, alerts = unique_topic("signals"), unique_topic("alerts")
     broker.create_topics([signals, alerts], partitions=3)
@@ -276,6 +286,9 @@ def sql(store: Path, query: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
+@pytest.mark.slow
+@pytest.mark.broker
+@pytest.mark.process
 def test_sigterm_stops_cleanly_with_every_notification_delivered_and_everything_stored(broker: Broker, tmp_path: Path) -> None:
     signals, alerts = unique_topic("signals"), unique_topic("alerts")
     broker.create_topics([signals, alerts], partitions=2)
@@ -308,6 +321,7 @@ def test_sigterm_stops_cleanly_with_every_notification_delivered_and_everything_
 # -- the alerts sink ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.broker
 def test_the_alerts_sink_waits_for_acknowledgements_and_raises_when_the_broker_stops_giving_them(broker: Broker) -> None:
     topic = unique_topic("alerts")
     broker.create_topics([topic], partitions=3)

@@ -1,6 +1,6 @@
 """Detector snapshots (operators/snapshot.py): a restored detector carries on exactly like one never stopped.
 
-A synthetic corpus (flows/corpus.py: every signal type, ticks, late records,
+A synthetic corpus (simulate/corpus.py: every signal type, ticks, late records,
 bursts that make the default pack fire) is fed per site to SiteDetectors;
 at cut points every detector is snapshotted and replaced by its restored
 copy, and the notifications and final metric buckets from then on must be
@@ -21,9 +21,8 @@ import pytest
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSource, run_main
 
-from flows.corpus import generate_corpus
 from flows.detect import Alert, build_detect_flow
-from flows.replay import CallbackSink, replay
+from flows.replay import replay
 from operators.fingerprints import FIRING, Fingerprint
 from operators.metrics import CompiledMetric, MetricPoint, compile_metric
 from operators.routing import RoutingTable
@@ -32,6 +31,8 @@ from operators.snapshot import SnapshotCodec, SnapshotError
 from schemas.records import Record, parse_lines
 from schemas.rule_loader import load_rules
 from schemas.rules import MetricDefinition, Rule
+from simulate.corpus import generate_corpus
+from sinks.callback import CallbackSink
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
 LATENESS = 60_000

@@ -16,11 +16,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = r"""
 import json, sys, threading, time
-from flows.corpus import generate_corpus
+from simulate.corpus import generate_corpus
 from schemas.records import parse_lines
 from schemas.store import rejected_row, signal_rows
 from sinks.clickhouse import EpochStoreSink, Store, StoreSink
@@ -83,6 +85,7 @@ print(json.dumps(seen))
 """
 
 
+@pytest.mark.process
 def test_rows_are_written_when_max_delay_old_without_new_items_and_all_at_each_epochs_end(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "store")], cwd=ROOT, capture_output=True, text=True,
                             timeout=120, check=False)

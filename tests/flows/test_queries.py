@@ -31,12 +31,12 @@ from typing import Any
 
 import pytest
 
-from flows.scenario import generate_day
 from schemas.factory import signal_line
 from schemas.rule_loader import load_rules
 from schemas.store import rejection_reason
 from schemas.timestamps import parse_ts
-from tests.sinks.receivers import Reply, WebhookReceiver, refused_url
+from simulate.scenario import generate_day
+from tests.support.receivers import Reply, WebhookReceiver, refused_url
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "queries.md"
@@ -659,6 +659,8 @@ def test_every_query_says_when_to_use_it_and_shows_a_sample() -> None:
         assert languages[0] == "sql" and languages[1:] and set(languages[1:]) == {"text"}, section.heading
 
 
+@pytest.mark.slow
+@pytest.mark.process
 @pytest.mark.parametrize(("heading", "query"), QUERIES, ids=[heading for heading, _ in QUERIES])
 def test_query(heading: str, query: str, replayed: Replayed) -> None:
     assert heading in CHECKS, f"no check for the query under {heading!r}"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.gateway.support import RunningGateway, Sender, start_gateway
-from tests.kafka_broker import Broker, start_broker, unique_topic
+from tests.support.kafka_broker import Broker, start_broker, unique_topic
 
 
 @pytest.fixture(scope="module")

@@ -22,11 +22,12 @@ import httpx
 import uvicorn
 
 from dispatcher import new_id, sign_batch
-from dispatcher.wire import encode_batch, secret_bytes
 from gateway.app import Gateway, GatewayConfig, uvicorn_config
 from gateway.kafka import KafkaWriter
 from gateway.registry import Registry, Site
+from protocol.wire import encode_batch, secret_bytes
 from schemas.factory import make_signal, signal_line
+from tests.support.polling import wait_for
 
 SECRETS = {"shop-eu": "plain-secret-for-tests", "blog": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "quiet": "quiet-secret"}
 """One plain and one ``whsec_`` secret; ``quiet`` sends nothing (it only gets ticks)."""
@@ -71,7 +72,7 @@ class RunningGateway:
 
     def start(self) -> RunningGateway:
         self._thread.start()
-        wait_until(lambda: self.server.started or not self._thread.is_alive(), START_TIMEOUT_S, "uvicorn did not start")
+        wait_for(lambda: self.server.started or not self._thread.is_alive(), "uvicorn start", START_TIMEOUT_S)
         assert self._thread.is_alive(), "uvicorn exited during startup"
         return self
 
@@ -134,14 +135,6 @@ class Sender:
 def batch_body(site: str, signals: list[Any], batch_id: str) -> bytes:
     """A request body as the dispatcher writes it (any JSON values as signals)."""
     return encode_batch(site, batch_id, SENT_AT, [json.dumps(s, separators=(",", ":"), ensure_ascii=False) for s in signals])
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``predicate`` until true; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
 
 
 def values(records: Iterable[Any]) -> list[dict[str, Any]]:

@@ -19,7 +19,9 @@ import pytest
 from dispatcher import Dispatcher, sign_batch
 from schemas.factory import make_signal
 from tests.gateway.support import SECRETS, Clock, RunningGateway, Sender, mail, signal_lines, values
-from tests.kafka_broker import Broker
+from tests.support.kafka_broker import Broker
+
+pytestmark = pytest.mark.broker
 
 # -- accepted --------------------------------------------------------------------------------------------------
 

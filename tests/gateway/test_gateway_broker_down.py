@@ -11,10 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from dispatcher import Dispatcher
-from tests.gateway.support import SECRETS, RunningGateway, Sender, mail, values, wait_until
-from tests.kafka_broker import Broker, unique_topic
+from tests.gateway.support import SECRETS, RunningGateway, Sender, mail, values
+from tests.support.kafka_broker import Broker, unique_topic
+from tests.support.polling import wait_for
+
+pytestmark = pytest.mark.broker
 
 
 def _topic(broker: Broker) -> str:
@@ -31,7 +35,7 @@ def _until_taken(sender: Sender, batch: list[dict[str, object]], batch_id: str, 
         answers.append(sender.post("shop-eu", batch, batch_id=batch_id))
         return answers[-1].status_code == 200
 
-    wait_until(taken, timeout, f"batch {batch_id} not taken within {timeout}s")
+    wait_for(taken, f"200 for batch {batch_id}", timeout)
     assert {a.status_code for a in answers[:-1]} <= {503}
     return answers[-1]
 
@@ -117,7 +121,7 @@ def test_the_dispatcher_rides_out_a_paused_broker_without_loss(
         for item in sent:
             assert dispatcher.emit(item)
         dispatcher.start()
-        wait_until(lambda: gateway.metric("logystera_gateway_batches_total", outcome="unavailable") >= 2, 20, "no 503 seen")
+        wait_for(lambda: gateway.metric("logystera_gateway_batches_total", outcome="unavailable") >= 2, "503", 20)
         paused(False)
         assert dispatcher.flush(30)
     finally:

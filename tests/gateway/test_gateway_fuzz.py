@@ -28,7 +28,9 @@ from hypothesis import strategies as st
 from dispatcher import sign_batch
 from gateway.errors import REQUEST_REASONS
 from tests.gateway.support import SECRETS, RunningGateway, Sender, batch_body, mail, start_gateway
-from tests.kafka_broker import Broker, unique_topic
+from tests.support.kafka_broker import Broker, unique_topic
+
+pytestmark = pytest.mark.broker
 
 SITE = "shop-eu"
 SECRET = SECRETS[SITE]
@@ -320,6 +322,7 @@ def broken_framing(target: Target, data: bytes) -> None:
         assert status_line.startswith(b"HTTP/1.1 4"), status_line
 
 
+@pytest.mark.slow
 def test_malformed_requests_get_4xx_never_5xx_nothing_is_produced_and_the_gateway_keeps_working(
     target: Target, shared_broker: Broker
 ) -> None:

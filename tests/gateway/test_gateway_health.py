@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from gateway.errors import REQUEST_REASONS, SIGNAL_REASONS
 from gateway.metrics import BATCH_OUTCOMES
 from tests.gateway.support import RunningGateway, Sender, mail, metric_value
-from tests.kafka_broker import Broker, unique_topic
+from tests.support.kafka_broker import Broker, unique_topic
+
+pytestmark = pytest.mark.broker
 
 
 def test_healthz_says_the_broker_answers_and_the_topic_exists(gateway: RunningGateway, topic: str) -> None:

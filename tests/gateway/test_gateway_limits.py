@@ -13,9 +13,14 @@ import socket
 import time
 from collections.abc import Callable
 
+import pytest
+
 from schemas.timestamps import format_ts
-from tests.gateway.support import RunningGateway, Sender, mail, signal_lines, wait_until
-from tests.kafka_broker import Broker
+from tests.gateway.support import RunningGateway, Sender, mail, signal_lines
+from tests.support.kafka_broker import Broker
+from tests.support.polling import wait_for
+
+pytestmark = pytest.mark.broker
 
 # -- nesting --------------------------------------------------------------------------------------------------------
 
@@ -121,7 +126,7 @@ def test_slow_clients_are_closed_at_their_deadline_and_held_bytes_stay_within_th
     idle = [_connect(running) for _ in range(50)]
     half_heads = [_connect(running, b"POST /v1/batches HTTP/1.1\r\nhost: gateway\r\nwebhook-id: slow") for _ in range(50)]
     stalled = [_connect(running, _head(body_size) + body_prefix[: body_size - 1]) for _ in range(200)]
-    wait_until(lambda: _gauge(running, "logystera_gateway_connections") >= 300, 10, "the slow connections are not all open")
+    wait_for(lambda: _gauge(running, "logystera_gateway_connections") >= 300, "the slow connections are not all open", timeout=10)
 
     client = Sender(running.url)
     try:
@@ -142,7 +147,7 @@ def test_slow_clients_are_closed_at_their_deadline_and_held_bytes_stay_within_th
     assert running.metric("logystera_gateway_requests_rejected_total", reason="header_timeout") == 100
     assert running.metric("logystera_gateway_requests_rejected_total", reason="overloaded") == dropped
     assert running.metric("logystera_gateway_requests_rejected_total", reason="body_timeout") == 200 - dropped
-    wait_until(lambda: _gauge(running, "logystera_gateway_connections") == 0, 10, "connections left open")
+    wait_for(lambda: _gauge(running, "logystera_gateway_connections") == 0, "connections left open", timeout=10)
     assert _gauge(running, "logystera_gateway_pending_bytes") == 0
 
 
@@ -151,14 +156,14 @@ def test_connections_beyond_the_cap_are_answered_503_and_closed(make_gateway: Ca
     running = make_gateway(shared_broker.bootstrap, topic, max_connections=5, header_timeout_s=30.0)
     held = [_connect(running) for _ in range(5)]
     try:
-        wait_until(lambda: _gauge(running, "logystera_gateway_connections") == 5, 10, "the five connections are not open")
+        wait_for(lambda: _gauge(running, "logystera_gateway_connections") == 5, "the five connections are not open", timeout=10)
         answer = _until_closed(_connect(running), 10)
         assert _error_of(answer) == (503, "too_many_connections")
         assert b"\r\nretry-after: 5\r\n" in answer
     finally:
         for sock in held:
             sock.close()
-    wait_until(lambda: _gauge(running, "logystera_gateway_connections") == 0, 10, "the held connections are not closed")
+    wait_for(lambda: _gauge(running, "logystera_gateway_connections") == 0, "the held connections are not closed", timeout=10)
     assert running.metric("logystera_gateway_requests_rejected_total", reason="too_many_connections") == 1
 
 

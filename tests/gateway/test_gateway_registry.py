@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.wire import secret_bytes
-from flows.cli import main
+from cli.main import main
 from gateway.registry import RegistryError, load_registry
+from protocol.wire import secret_bytes
 
 
 def write(tmp_path: Path, text: str, name: str = "sites.yaml") -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections import defaultdict
@@ -26,8 +25,12 @@ from gateway.metrics import GatewayMetrics
 from gateway.ticker import Lease, Ticker
 from schemas.factory import make_tick, signal_line
 from schemas.timestamps import parse_ts
-from tests.gateway.support import SECRETS, RunningGateway, Sender, mail, metric_value, wait_until
-from tests.kafka_broker import Broker, unique_topic
+from tests.gateway.support import SECRETS, RunningGateway, Sender, mail, metric_value
+from tests.support.kafka_broker import Broker, unique_topic
+from tests.support.polling import wait_for
+from tests.support.ports import free_port
+
+pytestmark = pytest.mark.broker
 
 SITES = list(SECRETS)
 T0 = 1_795_860_000.0  # 2026-11-28T10:00:00Z, a multiple of 10 s
@@ -188,21 +191,15 @@ def test_rounds_are_skipped_not_queued_while_the_broker_does_not_confirm(
 # -- two real gateway processes -------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class GatewayProcess:
     """``logystera gateway`` as a child process, its output kept in a file."""
 
     def __init__(self, tmp_path: Path, name: str, bootstrap: str, topic: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp_path / f"{name}.log"
         env = {**os.environ, **{f"SECRET_{site.replace('-', '_').upper()}": secret for site, secret in SECRETS.items()}}
-        command = [sys.executable, "-m", "flows.cli", "gateway", "--registry", str(tmp_path / "sites.yaml"), "--bootstrap", bootstrap,
+        command = [sys.executable, "-m", "cli.main", "gateway", "--registry", str(tmp_path / "sites.yaml"), "--bootstrap", bootstrap,
                    "--topic", topic, "--port", str(self.port), "--tick-interval", "1s", "--ticker-lock", str(tmp_path / "ticker.lock")]
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -222,6 +219,8 @@ class GatewayProcess:
         self.process.wait(10)
 
 
+@pytest.mark.slow
+@pytest.mark.process
 def test_two_gateway_processes_write_one_tick_stream_and_the_second_takes_over_when_the_first_is_killed(
     shared_broker: Broker, topic: str, tmp_path: Path
 ) -> None:
@@ -230,17 +229,17 @@ def test_two_gateway_processes_write_one_tick_stream_and_the_second_takes_over_w
     first = GatewayProcess(tmp_path, "first", shared_broker.bootstrap, topic)
     second: GatewayProcess | None = None
     try:
-        wait_until(lambda: (first.health() or {}).get("ticker") == "leader", 30, f"first never led:\n{first.log.read_text()}")
+        wait_for(lambda: (first.health() or {}).get("ticker") == "leader", f"lead by the first gateway:\n{first.log.read_text()}", 30)
         second = GatewayProcess(tmp_path, "second", shared_broker.bootstrap, topic)
-        wait_until(lambda: (second.health() or {}).get("ticker") == "standby", 30, f"second not up:\n{second.log.read_text()}")
-        wait_until(lambda: first.ticks_written() >= 3 * len(SITES), 15, "the leader wrote no three rounds")
+        wait_for(lambda: (second.health() or {}).get("ticker") == "standby", f"standby second gateway:\n{second.log.read_text()}", 30)
+        wait_for(lambda: first.ticks_written() >= 3 * len(SITES), "three rounds from the leader", 15)
         assert second.ticks_written() == 0
         before = ticks_by_site(shared_broker, topic)
 
         first.process.send_signal(signal.SIGKILL)
         first.process.wait(10)
-        wait_until(lambda: (second.health() or {}).get("ticker") == "leader", 10, "no takeover")
-        wait_until(lambda: second.ticks_written() >= 3 * len(SITES), 15, "the new leader wrote no three rounds")
+        wait_for(lambda: (second.health() or {}).get("ticker") == "leader", "takeover", 10)
+        wait_for(lambda: second.ticks_written() >= 3 * len(SITES), "three rounds from the new leader", 15)
     finally:
         first.stop()
         if second is not None:

@@ -25,6 +25,8 @@ from schemas.factory import make_signal, make_tick, signal_line
 from schemas.records import Record, parse_record
 from schemas.rules import Rule
 
+pytestmark = pytest.mark.slow
+
 BASE_MS = 1_795_860_000_000  # 2026-11-28T10:00:00.000Z
 KINDS = ("match", "threshold", "ratio", "distinct", "absence", "shift")
 SETTINGS = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

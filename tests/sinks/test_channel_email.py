@@ -8,20 +8,12 @@ from typing import Any
 
 import pytest
 
+from delivery.channels import open_sender
 from schemas.rules import EmailChannel, WebhookChannel
-from sinks.channel import SendResult, open_sender
-from tests.sinks.receivers import (
-    ALERT_ID,
-    SmtpReceiver,
-    WebhookReceiver,
-    free_port,
-    huge_notification,
-    make_notification,
-    resolved_notification,
-    self_signed_cert,
-    send_all,
-    server_tls,
-)
+from sinks.channel import SendResult
+from tests.support.factories import ALERT_ID, huge_notification, make_notification, resolved_notification
+from tests.support.ports import free_port
+from tests.support.receivers import SmtpReceiver, WebhookReceiver, self_signed_cert, send_all, server_tls
 
 NOW = 1_795_860_840.0
 CREDENTIALS = {"SMTP_USER": "alerts", "SMTP_PASSWORD": "s3cret-Pa55"}

@@ -25,7 +25,8 @@ import pytest
 
 from sinks import email as email_channel
 from sinks import slack, teams, webhook
-from tests.sinks.receivers import huge_notification, make_notification, resolved_notification, slack_problems, teams_problems
+from tests.support.factories import huge_notification, make_notification, resolved_notification
+from tests.support.limits import slack_problems, teams_problems
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("LOGYSTERA_UPDATE_GOLDEN") == "1"

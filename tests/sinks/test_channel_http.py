@@ -19,19 +19,11 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
+from delivery.channels import open_sender
 from schemas.rules import Channel
-from sinks.channel import ChannelConfigError, SendResult, open_sender
-from tests.sinks.receivers import (
-    Hang,
-    HttpReceiver,
-    Reply,
-    SlackReceiver,
-    TeamsReceiver,
-    WebhookReceiver,
-    make_notification,
-    refused_url,
-    send_all,
-)
+from sinks.channel import ChannelConfigError, SendResult
+from tests.support.factories import make_notification
+from tests.support.receivers import Hang, HttpReceiver, Reply, SlackReceiver, TeamsReceiver, WebhookReceiver, refused_url, send_all
 
 CHANNEL = TypeAdapter(Channel)
 NOW = 1_795_860_840.0

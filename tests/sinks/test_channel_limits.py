@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from schemas.signals import SITE_PATTERN
 from sinks import email as email_channel
 from sinks import slack, teams
-from tests.sinks.receivers import email_problems, make_notification, slack_problems, teams_problems
+from tests.support.factories import make_notification
+from tests.support.limits import email_problems, slack_problems, teams_problems
 
 TEXT = st.text(st.characters(codec="utf-8"), max_size=6000) | st.text(st.sampled_from("<>&`*_\"\\\r\n\x00é🔥"), max_size=6000)
 SHORT = st.text(st.characters(codec="utf-8"), min_size=1, max_size=300)

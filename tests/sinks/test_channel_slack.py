@@ -7,16 +7,9 @@ import httpx
 from schemas.rules import SlackChannel
 from sinks import slack
 from sinks.channel import SendResult
-from tests.sinks.receivers import (
-    HOSTILE,
-    Reply,
-    SlackReceiver,
-    huge_notification,
-    make_notification,
-    resolved_notification,
-    send_all,
-    slack_problems,
-)
+from tests.support.factories import HOSTILE, huge_notification, make_notification, resolved_notification
+from tests.support.limits import slack_problems
+from tests.support.receivers import Reply, SlackReceiver, send_all
 
 
 def slack_channel(url: str) -> SlackChannel:

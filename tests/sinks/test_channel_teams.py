@@ -10,15 +10,9 @@ from schemas.rules import TeamsChannel
 from sinks import teams
 from sinks.alert_view import alert_view, clipped
 from sinks.channel import SendResult
-from tests.sinks.receivers import (
-    TEAMS_MAX_BYTES,
-    TeamsReceiver,
-    huge_notification,
-    make_notification,
-    resolved_notification,
-    send_all,
-    teams_problems,
-)
+from tests.support.factories import huge_notification, make_notification, resolved_notification
+from tests.support.limits import TEAMS_MAX_BYTES, teams_problems
+from tests.support.receivers import TeamsReceiver, send_all
 
 
 def teams_channel(url: str) -> TeamsChannel:

@@ -12,7 +12,8 @@ from standardwebhooks import Webhook
 from schemas.rules import WebhookChannel
 from sinks.channel import SendResult
 from sinks.webhook import signed_headers
-from tests.sinks.receivers import ALERT_ID, WebhookReceiver, make_notification, resolved_notification, send_all
+from tests.support.factories import ALERT_ID, make_notification, resolved_notification
+from tests.support.receivers import WebhookReceiver, send_all
 
 KEY = b"0123456789abcdef0123456789abcdef"
 WHSEC = "whsec_" + base64.b64encode(KEY).decode()

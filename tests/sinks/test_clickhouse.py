@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -27,14 +26,13 @@ import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
-from store_support import TTL_DAYS, HttpFront, database_name
 
-from flows.corpus import write_corpus
 from flows.replay import replay, store_failure
 from schemas.factory import make_signal, signal_line
 from schemas.records import Record, compact_json, parse_lines
 from schemas.rule_loader import load_rules
 from schemas.store import REJECTED_COLUMNS, SIGNAL_COLUMNS, TABLES, rejected_row, signal_rows
+from simulate.corpus import write_corpus
 from sinks.clickhouse import (
     DEFAULT_DATABASE,
     RetryPolicy,
@@ -46,6 +44,8 @@ from sinks.clickhouse import (
     StoreUnavailable,
     parse_dsn,
 )
+from tests.support.ports import free_port
+from tests.support.store import TTL_DAYS, HttpFront, database_name
 
 LOGYSTERA = shutil.which("logystera", path=str(Path(sys.executable).parent)) or shutil.which("logystera")
 RULES = Path(__file__).resolve().parents[2] / "rules"
@@ -137,12 +137,6 @@ def mail_lines(count: int, start_second: int = 0, site: str = "shop-a") -> list[
                                 f"mail-{site}-{start_second + i:06d}", seq=start_second + i, outcome="sent", transport="smtp"))
         for i in range(count)
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # -- corpora -------------------------------------------------------------------------------------------
@@ -256,6 +250,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     return subprocess.run([LOGYSTERA, *args], capture_output=True, text=True, encoding="utf-8", timeout=TIMEOUT, cwd=cwd, check=False)
 
 
+@pytest.mark.process
 def test_cli_reports_a_bad_dsn_as_one_usage_line(tmp_path: Path) -> None:
     result = run_cli("db", "migrate", "--store", f"chdb://{tmp_path}/store?dbname=x")
     assert (result.returncode, result.stdout) == (2, "")
@@ -377,6 +372,7 @@ def test_migrations_apply_once(store_dsn: str) -> None:
     assert f"toIntervalDay({TTL_DAYS})" in ttl.result_rows[0][0]
 
 
+@pytest.mark.process
 def test_cli_db_migrate_twice(tmp_path: Path) -> None:
     dsn = f"chdb://{tmp_path}/store?database=ops"
     first = run_cli("db", "migrate", "--store", dsn)
@@ -499,6 +495,8 @@ def cli_replays(tmp_path_factory: pytest.TempPathFactory, corpus: Corpus) -> Cli
     return CliReplays(dsn, first, second, alerts, alerts_again, stored, stored_again)
 
 
+@pytest.mark.slow
+@pytest.mark.process
 def test_replay_with_a_store_fills_every_table(cli_replays: CliReplays, corpus: Corpus) -> None:
     totals = cli_replays.first.stderr.splitlines()[-1]
     assert totals == f"replayed {len(corpus.records)} signals, {corpus.rejected} invalid, 0 late"
@@ -528,6 +526,8 @@ def test_replay_with_a_store_fills_every_table(cli_replays: CliReplays, corpus: 
     assert all(count > 0 for count, _ in expected.values())
 
 
+@pytest.mark.slow
+@pytest.mark.process
 def test_replaying_the_same_corpus_again_changes_no_analyst_count(cli_replays: CliReplays) -> None:
     assert cli_replays.second.stderr == cli_replays.first.stderr
     assert cli_replays.alerts_again == cli_replays.alerts
@@ -655,6 +655,7 @@ def held_by_another_process(directory: Path) -> Iterator[subprocess.Popen[str]]:
         holder.wait(timeout=TIMEOUT)
 
 
+@pytest.mark.process
 def test_a_directory_locked_by_another_process_ends_the_replay_with_one_clear_line(tmp_path: Path, corpus: Corpus) -> None:
     directory = tmp_path / "store"
     with held_by_another_process(directory):
@@ -681,6 +682,7 @@ def test_a_directory_locked_by_another_process_ends_the_replay_with_one_clear_li
     assert elapsed < 20
 
 
+@pytest.mark.process
 def test_a_locked_directory_is_waited_for_until_the_other_process_lets_go(tmp_path: Path) -> None:
     directory = tmp_path / "store"
     dsn = f"chdb://{directory}"

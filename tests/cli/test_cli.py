@@ -18,6 +18,8 @@ from schemas.factory import make_signal, signal_line
 from schemas.records import compact_json
 from schemas.signals import SIGNAL_TYPES
 
+pytestmark = pytest.mark.process
+
 LOGYSTERA = shutil.which("logystera", path=str(Path(sys.executable).parent)) or shutil.which("logystera")
 TIMEOUT = 60
 

@@ -16,12 +16,11 @@ or a Slack-style error text, the Teams endpoint ``202``; the SMTP server
         assert not hook.problems
 
 ``stop()`` makes the port refuse connections until ``start()`` again (same
-port); :func:`refused_url` is a URL nobody listens on. The checks
-(:func:`slack_problems`, :func:`teams_problems`, :func:`email_problems`) are
-written from the services' documented limits, not from our renderers, so
-golden-file tests can call them too.
+port); :func:`refused_url` is a URL nobody listens on. The checks of what
+each service accepts are in ``tests/support/limits.py``, the notification
+records in ``tests/support/factories.py``.
 
-Import from tests as ``from tests.sinks.receivers import ...``.
+Import from tests as ``from tests.support.receivers import ...``.
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from html.parser import HTMLParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -51,81 +49,20 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from schemas.alerts import NotificationRecord
+from delivery.channels import open_sender
 from schemas.rules import Channel
-from sinks.channel import SendResult, open_sender
+from sinks.channel import SendResult
+from tests.support.limits import email_problems, message_ids, slack_problems, teams_problems
+from tests.support.ports import LOOPBACK, free_port
 
 T = TypeVar("T")
-LOOPBACK = "127.0.0.1"
 WAIT = 10.0
 """Default deadline of :meth:`wait_for`: generous, since the machine is shared; a passing test never waits it out."""
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
 
 
 def refused_url(path: str = "/hook") -> str:
     """An HTTP URL on loopback whose connections are refused."""
     return f"http://{LOOPBACK}:{free_port()}{path}"
-
-
-# -- notifications ---------------------------------------------------------------------------------------------
-
-ALERT_ID = "3f9a0c1d2e4b5a697887766554433221"
-HOSTILE = "<script>alert('x')</script> & <@U123> *bold* _it_ ``` [link](http://evil.example) \u00e9\U0001f525\r\n\x00"
-"""Text that breaks every format it is not escaped for: HTML, Slack mrkdwn and mentions, code fences, headers, JSON."""
-
-
-def make_notification(**changes: Any) -> dict[str, Any]:
-    """A valid notification record (alerts.md's example, three evidence signals), with ``changes`` applied on top."""
-    evidence = [
-        {"v": 1, "id": f"01JDQ3V6Z8Q6W5M2Y0XK7R4T{index:02d}", "site": "shop-eu", "type": "mail",
-         "ts": f"2026-11-28T10:1{index}:00.000Z", "data": {"outcome": "failed", "transport": "smtp", "error_class": "timeout"}}
-        for index in range(3)
-    ]
-    record: dict[str, Any] = {
-        "v": 1, "alert_id": ALERT_ID, "seq": 1, "status": "firing",
-        "rule": {"id": "mail-delivery-failing", "title": "Mail delivery is failing", "kind": "ratio",
-                 "description": "Most outbound mail failed over the last 15 minutes."},
-        "severity": "high", "site": "shop-eu", "subsystem": "mail", "group": {"transport": "smtp"},
-        "summary": "12 of 15 mail signals matched in the last 15m (80%) (transport=smtp)",
-        "started_at": "2026-11-28T10:14:00.000Z", "evaluated_at": "2026-11-28T10:14:00.000Z", "ended_at": None,
-        "value": {"count": 12, "total": 15, "ratio": 0.8}, "suppressed_count": 0,
-        "evidence": evidence, "evidence_total": 12,
-        "link": f"http://localhost:8080/alerts/{ALERT_ID}", "deliver": ["oncall"],
-    }
-    record.update(changes)
-    NotificationRecord.model_validate(record)
-    return record
-
-
-def resolved_notification(**changes: Any) -> dict[str, Any]:
-    """The same alert, resolved (notification 3)."""
-    return make_notification(**{"seq": 3, "status": "resolved", "evaluated_at": "2026-11-28T10:44:00.000Z",
-                                "ended_at": "2026-11-28T10:44:00.000Z", "evidence": [], "evidence_total": 0,
-                                "summary": "Resolved: 1 of 15 mail signals matched in the last 15m (7%) (transport=smtp)",
-                                "value": {"count": 1, "total": 15, "ratio": 0.0667}, **changes})
-
-
-def huge_notification() -> dict[str, Any]:
-    """As large and hostile as a record can get (and larger: the title beyond a rule's 120): every limit must still hold."""
-    long = (HOSTILE + "é✓🔥") * 60
-    evidence = [
-        {"v": 1, "id": f"id-{index:03d}", "site": "s" * 63, "type": "php_error", "ts": "2026-11-28T10:14:00.000Z",
-         "data": {"level": "fatal", "component": "plugin:" + "🔥" * 100, "file": HOSTILE * 10, "message_hash": "a" * 64}}
-        for index in range(100)
-    ]
-    return make_notification(
-        rule={"id": "r" * 64, "title": long[:1000], "kind": "match", "description": long[:1000]},
-        site="s" * 63, subsystem="x" * 32, summary=long * 3, severity="critical",
-        group={"component": long[:500], "file": long[:500], "level": HOSTILE},
-        value={"count": 10**9}, suppressed_count=123456, evidence=evidence, evidence_total=10**9,
-        link="https://logystera.example/alerts/" + "a" * 2500, seq=7,
-    )
 
 
 def send_all(config: Channel, *notifications: Mapping[str, Any], environ: Mapping[str, str] | None = None, collapsed: int = 0,
@@ -362,90 +299,6 @@ class WebhookReceiver(HttpReceiver):
         return problems
 
 
-# Slack's documented Block Kit limits (api.slack.com/reference/block-kit).
-SLACK_MAX_BLOCKS = 50
-SLACK_HEADER_CHARS = 150
-SLACK_SECTION_CHARS = 3000
-SLACK_FIELD_CHARS = 2000
-SLACK_MAX_FIELDS = 10
-SLACK_CONTEXT_ELEMENTS = 10
-SLACK_BUTTON_TEXT = 75
-SLACK_URL_CHARS = 3000
-_BUTTON_KEYS = {"type", "text", "url", "action_id", "style", "value"}
-_SLACK_BLOCK_KEYS = {
-    "header": {"type", "text", "block_id"},
-    "section": {"type", "text", "fields", "accessory", "block_id"},
-    "context": {"type", "elements", "block_id"},
-    "actions": {"type", "elements", "block_id"},
-    "divider": {"type", "block_id"},
-}
-
-
-def _text_object(value: Any, where: str, limit: int, kinds: tuple[str, ...] = ("plain_text", "mrkdwn")) -> list[str]:
-    if not isinstance(value, dict) or value.get("type") not in kinds or not set(value) <= {"type", "text", "emoji", "verbatim"}:
-        return [f"{where}: not a text object of type {'/'.join(kinds)}: {value!r:.80}"]
-    text = value.get("text")
-    if not isinstance(text, str) or not text:
-        return [f"{where}: empty text"]
-    return [f"{where}: {len(text)} chars, limit {limit}"] if len(text) > limit else []
-
-
-def _slack_block(block: Any, where: str) -> list[str]:
-    if not isinstance(block, dict) or block.get("type") not in _SLACK_BLOCK_KEYS:
-        return [f"{where}: unknown block {block!r:.80}"]
-    kind = block["type"]
-    if extra := set(block) - _SLACK_BLOCK_KEYS[kind]:
-        return [f"{where}: unknown keys {sorted(extra)}"]
-    if kind == "header":
-        return _text_object(block.get("text"), f"{where} header", SLACK_HEADER_CHARS, ("plain_text",))
-    if kind == "section":
-        if "text" not in block and "fields" not in block:
-            return [f"{where}: section without text or fields"]
-        problems = _text_object(block["text"], f"{where} section text", SLACK_SECTION_CHARS) if "text" in block else []
-        fields = block.get("fields", [])
-        if not isinstance(fields, list) or len(fields) > SLACK_MAX_FIELDS or ("fields" in block and not fields):
-            problems.append(f"{where}: fields must be 1..{SLACK_MAX_FIELDS}")
-            return problems
-        for index, item in enumerate(fields):
-            problems += _text_object(item, f"{where} field {index}", SLACK_FIELD_CHARS)
-        return problems
-    if kind == "context":
-        elements = block.get("elements")
-        if not isinstance(elements, list) or not 1 <= len(elements) <= SLACK_CONTEXT_ELEMENTS:
-            return [f"{where}: context needs 1..{SLACK_CONTEXT_ELEMENTS} elements"]
-        return [problem for index, item in enumerate(elements) for problem in _text_object(item, f"{where} element {index}", 3000)]
-    if kind == "actions":
-        elements = block.get("elements")
-        if not isinstance(elements, list) or not 1 <= len(elements) <= 25:
-            return [f"{where}: actions need 1..25 elements"]
-        problems = []
-        for index, button in enumerate(elements):
-            if not isinstance(button, dict) or button.get("type") != "button" or not set(button) <= _BUTTON_KEYS:
-                problems.append(f"{where} element {index}: not a button")
-                continue
-            problems += _text_object(button.get("text"), f"{where} button {index}", SLACK_BUTTON_TEXT, ("plain_text",))
-            url = button.get("url")
-            if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > SLACK_URL_CHARS:
-                problems.append(f"{where} button {index}: bad url")
-        return problems
-    return []
-
-
-def slack_problems(payload: Any) -> list[str]:
-    """What Slack would reject (or cut) in an incoming-webhook payload with blocks."""
-    if not isinstance(payload, dict) or not set(payload) <= {"text", "blocks", "unfurl_links", "unfurl_media", "username", "icon_emoji"}:
-        return [f"payload keys {sorted(payload) if isinstance(payload, dict) else payload!r:.80}"]
-    problems = []
-    if not isinstance(payload.get("text"), str) or not payload["text"]:
-        problems.append("no top-level text (the notification fallback)")
-    blocks = payload.get("blocks")
-    if not isinstance(blocks, list) or not 1 <= len(blocks) <= SLACK_MAX_BLOCKS:
-        return [*problems, f"blocks must be a list of 1..{SLACK_MAX_BLOCKS}"]
-    for index, block in enumerate(blocks):
-        problems += _slack_block(block, f"block {index}")
-    return problems
-
-
 class SlackReceiver(HttpReceiver):
     """A Slack incoming-webhook endpoint: ``200 ok``, or ``400 invalid_blocks`` when the payload breaks Slack's limits."""
 
@@ -463,58 +316,6 @@ class SlackReceiver(HttpReceiver):
             return [f"body is not JSON: {error}"]
 
 
-TEAMS_MAX_BYTES = 28_000
-"""Teams' message limit is "28 KB"; the strict reading (decimal kilobytes) is checked."""
-ADAPTIVE_CARD = "application/vnd.microsoft.card.adaptive"
-_CARD_ELEMENTS = {"TextBlock", "FactSet", "Container", "ColumnSet", "Column", "RichTextBlock", "TextRun"}
-
-
-def _card_element_problems(element: Any, where: str) -> list[str]:
-    if not isinstance(element, dict) or element.get("type") not in _CARD_ELEMENTS:
-        return [f"{where}: unknown card element {element!r:.80}"]
-    kind = element["type"]
-    if kind in ("TextBlock", "TextRun") and (not isinstance(element.get("text"), str) or not element["text"]):
-        return [f"{where}: {kind} without text"]
-    if kind == "FactSet":
-        facts = element.get("facts")
-        if not isinstance(facts, list) or not facts or not all(
-            isinstance(fact, dict) and set(fact) == {"title", "value"} and all(isinstance(v, str) for v in fact.values()) for fact in facts
-        ):
-            return [f"{where}: FactSet facts must be {{title, value}} strings"]
-    children = element.get("items") or element.get("columns") or element.get("inlines") or []
-    return [problem for index, child in enumerate(children) for problem in _card_element_problems(child, f"{where}.{index}")]
-
-
-def teams_problems(raw: bytes) -> list[str]:
-    """What a Teams Workflows webhook ("post to a channel when a webhook request is received") would not show."""
-    problems = [f"{len(raw)} bytes, limit {TEAMS_MAX_BYTES}"] if len(raw) > TEAMS_MAX_BYTES else []
-    try:
-        message = json.loads(raw)
-    except ValueError as error:
-        return [*problems, f"body is not JSON: {error}"]
-    attachments = message.get("attachments") if isinstance(message, dict) else None
-    if not isinstance(message, dict) or message.get("type") != "message" or not isinstance(attachments, list) or len(attachments) != 1:
-        return [*problems, "not a message envelope with one attachment"]
-    attachment = attachments[0]
-    if not isinstance(attachment, dict) or attachment.get("contentType") != ADAPTIVE_CARD \
-            or not isinstance(attachment.get("content"), dict):
-        return [*problems, f"attachment is not an Adaptive Card: {attachment!r:.80}"]
-    card = attachment["content"]
-    if card.get("type") != "AdaptiveCard" or card.get("version") not in ("1.0", "1.1", "1.2", "1.3", "1.4", "1.5"):
-        problems.append(f"card type {card.get('type')!r} version {card.get('version')!r}")
-    body = card.get("body")
-    if not isinstance(body, list) or not body:
-        return [*problems, "card without body"]
-    for index, element in enumerate(body):
-        problems += _card_element_problems(element, f"body.{index}")
-    for index, action in enumerate(card.get("actions", [])):
-        url = action.get("url") if isinstance(action, dict) else None
-        if not isinstance(action, dict) or action.get("type") != "Action.OpenUrl" or not action.get("title") or not isinstance(url, str) \
-                or not url.startswith(("http://", "https://")):
-            problems.append(f"action {index}: not an Action.OpenUrl with title and url")
-    return problems
-
-
 class TeamsReceiver(HttpReceiver):
     """A Teams Workflows webhook: ``202 Accepted`` (accepted, not yet shown), ``400`` for what Teams would not show."""
 
@@ -530,54 +331,6 @@ class TeamsReceiver(HttpReceiver):
 
 
 # -- SMTP ------------------------------------------------------------------------------------------------------
-
-_ALLOWED_HTML = {"html", "head", "meta", "title", "body", "h1", "h2", "p", "table", "tr", "th", "td", "pre", "a", "strong", "div", "span"}
-_SUBJECT = re.compile(r"^\[(CRITICAL|HIGH|MEDIUM|LOW|INFO)\] [a-z0-9][a-z0-9._-]*: \S.*$")
-_MESSAGE_ID = re.compile(r"^<[^<>@\s]+@[^<>@\s]+>$")
-
-
-class _Tags(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: set[str] = set()
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.add(tag)
-
-
-def _ids(message: EmailMessage, header: str) -> list[str]:
-    return str(message.get(header, "") or "").split()
-
-
-def email_problems(message: EmailMessage) -> list[str]:
-    """Headers, both parts, threading headers and an HTML part whose tags are all ours (escaping worked)."""
-    problems = []
-    for name in ("From", "To", "Subject", "Date", "Message-ID"):
-        if not message.get(name):
-            problems.append(f"no {name}")
-    if message.get("Auto-Submitted") != "auto-generated":
-        problems.append(f"Auto-Submitted {message.get('Auto-Submitted')!r}")
-    if not _SUBJECT.match(str(message.get("Subject", ""))):
-        problems.append(f"subject {message.get('Subject')!r} is not '[SEVERITY] site: title'")
-    ids = [str(message.get("Message-ID", "")), *_ids(message, "In-Reply-To"), *_ids(message, "References")]
-    problems += [f"malformed message id {value!r}" for value in ids if not _MESSAGE_ID.match(value)]
-    if bool(message.get("In-Reply-To")) != bool(message.get("References")) or (
-        message.get("In-Reply-To") and str(message["In-Reply-To"]) not in _ids(message, "References")
-    ):
-        problems.append("In-Reply-To and References disagree")
-    if message.get_content_type() != "multipart/alternative":
-        return [*problems, f"content type {message.get_content_type()}, expected multipart/alternative"]
-    parts = list(message.iter_parts())
-    if [part.get_content_type() for part in parts] != ["text/plain", "text/html"]:
-        return [*problems, f"parts {[part.get_content_type() for part in parts]}, expected text/plain then text/html"]
-    if not all(part.get_content_charset() == "utf-8" for part in parts):
-        problems.append("a part is not utf-8")
-    tags = _Tags()
-    tags.feed(parts[1].get_content())  # type: ignore[attr-defined]
-    if unexpected := tags.tags - _ALLOWED_HTML:
-        problems.append(f"unexpected HTML tags {sorted(unexpected)} (record text not escaped?)")
-    return problems
-
 
 @dataclass
 class Mail:
@@ -670,7 +423,7 @@ class SmtpReceiver(_Recorder[Mail]):
         """Messages grouped the way mail clients thread them: by the first id in ``References``, else their own ``Message-ID``."""
         threads: dict[str, list[Mail]] = {}
         for mail in self.messages:
-            references = _ids(mail.message, "References")
+            references = message_ids(mail.message, "References")
             threads.setdefault(references[0] if references else str(mail.message["Message-ID"]), []).append(mail)
         return threads
 

@@ -1,6 +1,6 @@
 """``logystera deliver``: notification records from a JSON Lines file or the Kafka ``alerts`` topic, out to the channels.
 
-Two sources, one service (:class:`sinks.delivery_service.DeliveryService`):
+Two sources, one service (:class:`delivery.service.DeliveryService`):
 
 - **a file** (``logystera deliver alerts.jsonl``, ``-`` = stdin): the output
   of ``replay`` or ``demo``; the run ends once every record is done on every
@@ -11,7 +11,7 @@ Two sources, one service (:class:`sinks.delivery_service.DeliveryService`):
   per process) from the offsets committed for ``--group``, and commits a
   partition's offset only up to its first record that is not done, so a
   restart re-reads what was not finished; the attempt log then skips what
-  was (see :mod:`sinks.attempt_log`).
+  was (see :mod:`delivery.attempt_log`).
 
 Invalid records are reported on stderr (``line N: reason`` or
 ``TOPIC[P]@OFFSET: reason``), counted in the summary and never delivered.
@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from pydantic import ValidationError
 
+from delivery.attempt_log import AttemptLog
+from delivery.schedule import DeliveryPolicy
+from delivery.service import DeliveryService
 from schemas.alerts import NotificationRecord
 from schemas.durations import parse_duration
-from sinks.attempt_log import AttemptLog
 from sinks.channel import ChannelSender
 from sinks.clickhouse import Store
-from sinks.delivery import DeliveryPolicy
-from sinks.delivery_service import DeliveryService
 
 if TYPE_CHECKING:
     from schemas.rules import Channel
@@ -102,7 +102,8 @@ def open_deliver(args: argparse.Namespace, channels: list[Channel], environ: Map
     :class:`DeliverError` (exit 2), a chDB directory another process holds at
     once with :class:`sinks.clickhouse.StoreUnavailable` (exit 1).
     """
-    from sinks.channel import ChannelConfigError, open_sender
+    from delivery.channels import open_sender
+    from sinks.channel import ChannelConfigError
     from sinks.clickhouse import RetryPolicy, StoreConfigError
 
     try:

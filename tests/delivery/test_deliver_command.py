@@ -25,8 +25,12 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from tests.kafka_broker import Broker, unique_topic
-from tests.sinks.receivers import WebhookReceiver, free_port, make_notification
+from tests.support.factories import make_notification
+from tests.support.kafka_broker import Broker, unique_topic
+from tests.support.ports import free_port
+from tests.support.receivers import WebhookReceiver
+
+pytestmark = pytest.mark.process
 
 LOGYSTERA = shutil.which("logystera", path=str(Path(sys.executable).parent)) or shutil.which("logystera")
 SECRET = "whsec_" + base64.b64encode(b"delivery-test-secret-32-bytes!!!").decode()
@@ -100,6 +104,7 @@ def attempts(store: Path) -> dict[tuple[str, int, int], tuple[str, Any, str]]:
     return {(r["alert_id"], r["seq"], r["attempt"]): (r["outcome"], r["status_code"], r["error"]) for r in rows}
 
 
+@pytest.mark.slow
 def test_a_file_is_delivered_with_invalid_lines_reported_and_a_summary(tmp_path: Path, hook: WebhookReceiver) -> None:
     records = [notification(1), notification(2), notification(1, 2, status="resolved", ended_at="2026-11-28T10:44:00.000Z")]
     broken = ["{not json", line({**notification(3), "seq": "one"}), line({**notification(4), "extra": 1})]
@@ -162,6 +167,7 @@ def test_user_mistakes_are_one_line_and_exit_2(tmp_path: Path, hook: WebhookRece
     assert hook.received == []
 
 
+@pytest.mark.slow
 def test_a_store_directory_another_process_holds_fails_at_once(tmp_path: Path, hook: WebhookReceiver) -> None:
     store = tmp_path / "store"
     holder = subprocess.Popen(  # a process that opened the directory and keeps it
@@ -187,6 +193,7 @@ def test_a_store_directory_another_process_holds_fails_at_once(tmp_path: Path, h
     assert hook.received == []
 
 
+@pytest.mark.slow
 def test_killed_and_restarted_it_delivers_everything_without_resending_what_the_log_says_is_done(
     tmp_path: Path, hook: WebhookReceiver,
 ) -> None:
@@ -223,6 +230,7 @@ def test_killed_and_restarted_it_delivers_everything_without_resending_what_the_
         assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 2
 
 
+@pytest.mark.slow
 def test_stopped_by_sigterm_before_the_end_it_exits_1_and_the_next_run_finishes(tmp_path: Path) -> None:
     down = WebhookReceiver(secret=SECRET)  # not started: refuses, so the notification keeps being retried
     alerts = tmp_path / "alerts.jsonl"
@@ -266,6 +274,7 @@ def test_from_stdin_it_delivers_as_lines_arrive_and_a_stop_does_not_wait_for_the
     assert err.read_text().splitlines()[-1].startswith("delivery: 1 records, 0 invalid, 0 duplicate, 0 not done: 1 delivered")
 
 
+@pytest.mark.broker
 def test_an_unknown_topic_is_one_line_and_exit_2(tmp_path: Path, hook: WebhookReceiver, broker: Broker) -> None:
     result = logystera("deliver", "--bootstrap", broker.bootstrap, "--topic", "no-such-topic", "--rules", str(rules(tmp_path)),
                        "--store", f"chdb://{tmp_path / 'store'}", hook=hook)
@@ -307,6 +316,8 @@ def committed(broker: Broker, topic: str, group: str) -> dict[int, int]:
     return {tp.partition: tp.offset for tp in offsets}
 
 
+@pytest.mark.slow
+@pytest.mark.broker
 def test_live_mode_reads_kafka_commits_what_is_done_and_resumes_after_a_kill(
     tmp_path: Path, hook: WebhookReceiver, broker: Broker,
 ) -> None:

@@ -1,4 +1,4 @@
-"""The delivery policy of one channel (sinks/delivery.py), driven with explicit times: no network, no clock, no sleep.
+"""The delivery policy of one channel (delivery/schedule.py), driven with explicit times: no network, no clock, no sleep.
 
 Timelines in comments: ``S`` a call starts, ``x`` it fails, ``✓`` it is delivered, ``H`` held by the rate limit.
 """
@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from sinks.channel import SendResult
-from sinks.delivery import (
+from delivery.schedule import (
     COLLAPSED_INTO,
     DELIVERED,
     FAILED,
@@ -25,7 +24,8 @@ from sinks.delivery import (
     Send,
     TokenBucket,
 )
-from tests.sinks.receivers import make_notification
+from sinks.channel import SendResult
+from tests.support.factories import make_notification
 
 OK = SendResult(True, 200, False, None, "")
 REFUSED = SendResult(False, None, True, None, "connection refused")

@@ -57,7 +57,7 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
     """Run rule unit-test files and print a diff for each failing case."""
-    from flows.rule_tests import RuleTestError, run_test_file
+    from cli.rule_tests import RuleTestError, run_test_file
 
     paths: list[Path] = []
     for name in args.files:
@@ -185,7 +185,7 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
 
 def cmd_sql(args: argparse.Namespace) -> int:
     """Run one SQL query against the store and print the result."""
-    from flows.sql import run_sql
+    from cli.sql import run_sql
     from sinks.clickhouse import RetryPolicy
 
     # A person is waiting: a query the store rejects fails at once instead of being retried.
@@ -244,14 +244,14 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Replay the bundled scenario and show the alerts as they fire."""
-    from flows.demo import run_demo
+    from cli.demo import run_demo
 
     return run_demo(Path(args.data_dir), workers=args.workers, store=args.store)
 
 
 def cmd_deliver(args: argparse.Namespace) -> int:
     """Deliver notification records (a file, or Kafka with --bootstrap) to their channels, recording every attempt."""
-    from flows.deliver import DeliverError, open_deliver, run_deliver
+    from delivery.command import DeliverError, open_deliver, run_deliver
 
     if (args.alerts is None) == (args.bootstrap is None):
         raise UsageError("give either a file of notification records or --bootstrap HOST:PORT")

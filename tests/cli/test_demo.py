@@ -1,7 +1,7 @@
 """The demo: the simulated day through the real flow with the default rules.
 
 One run of ``run_demo`` (module fixture) feeds most tests; the incident table
-in :mod:`flows.scenario` is the expectation: every incident fires its rules
+in :mod:`simulate.scenario` is the expectation: every incident fires its rules
 on its site, and nothing else fires anywhere.
 """
 
@@ -17,9 +17,12 @@ from typing import Any
 
 import pytest
 
-from flows.demo import Console, run_demo
+from cli.demo import Console, run_demo
 from flows.replay import replay
-from flows.scenario import (
+from schemas.records import parse_record
+from schemas.rule_loader import load_rules
+from schemas.timestamps import format_ts, parse_ts
+from simulate.scenario import (
     ATTACK_SOURCE,
     BACKGROUND_ONLY_SITES,
     INCIDENTS,
@@ -27,9 +30,8 @@ from flows.scenario import (
     generate_day,
     write_scenario,
 )
-from schemas.records import parse_record
-from schemas.rule_loader import load_rules
-from schemas.timestamps import format_ts, parse_ts
+
+pytestmark = pytest.mark.slow
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
 

@@ -1,4 +1,8 @@
-"""Helpers of the store tests: database names, and a ClickHouse HTTP interface in front of a real chDB engine.
+"""The store in tests (a pytest plugin): one chDB directory per session, a database per test, and a ClickHouse HTTP front.
+
+chDB opens one data directory per process, so every in-process store of the
+session lives in ``chdb_dir`` and tests are isolated by database. Tests that
+need a directory of their own (locking, the CLI) run the store in a subprocess.
 
 The front speaks the part of ClickHouse's HTTP protocol clickhouse-connect
 uses (queries, commands, Native inserts, compressed bodies, basic auth) and
@@ -15,12 +19,18 @@ import re
 import tempfile
 import threading
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import chdb
 import lz4.frame
+import pytest
+
+from sinks.clickhouse import Store
 
 TTL_DAYS = 3650
 """Test tables keep rows for 10 years: the corpora are dated, and a 30-day TTL would delete them at the next merge."""
@@ -144,3 +154,48 @@ class FrontHandler(BaseHTTPRequestHandler):
             self._reply(500, text.encode(), (("X-ClickHouse-Exception-Code", code.group(1) if code else "1000"),))
             return
         self._reply(200, result.bytes() or b"", (("X-ClickHouse-Format", output_format),))
+
+
+# -- fixtures ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one chDB directory this process opens."""
+    return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture
+def store_dsn(chdb_dir: Path, request: pytest.FixtureRequest) -> str:
+    """A DSN naming a database no other test uses."""
+    return f"chdb://{chdb_dir}?database={database_name(request.node.name)}"
+
+
+@pytest.fixture
+def store(store_dsn: str) -> Store:
+    """A migrated embedded store in a database of its own."""
+    return Store.open(store_dsn, ttl_days=TTL_DAYS)
+
+
+@pytest.fixture(scope="session")
+def _http_front_server(chdb_dir: Path) -> Iterator[tuple[ThreadingHTTPServer, type[FrontHandler]]]:
+    engine = chdb.connect(str(chdb_dir))
+    handler = type("FrontHandler", (FrontHandler,), {"engine": engine, "connection_lock": threading.Lock()})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="clickhouse-http-front", daemon=True)
+    thread.start()
+    try:
+        yield server, handler
+    finally:
+        server.shutdown()
+        server.server_close()
+        engine.close()
+
+
+@pytest.fixture
+def http_front(_http_front_server: tuple[ThreadingHTTPServer, type[FrontHandler]]) -> HttpFront:
+    """A ClickHouse HTTP interface on loopback (user ``ana+ops``, password ``p@ss:w/rd``), fresh state per test."""
+    server, handler = _http_front_server
+    handler.front = HttpFront(port=server.server_address[1], username="ana+ops", password="p@ss:w/rd")
+    return handler.front

@@ -1,4 +1,4 @@
-"""The Kafka live path against a real Kafka-protocol broker (Tansu, tests/kafka_broker.py).
+"""The Kafka live path against a real Kafka-protocol broker (Tansu, tests/support/kafka_broker.py).
 
 Proves what the live flow will rely on: idempotent keyed produce keeps each
 site's order, consumer groups commit and resume, Bytewax's KafkaSource reads a
@@ -29,8 +29,10 @@ from bytewax.testing import cluster_main, run_main
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import NewPartitions, OffsetSpec
 
-from tests import kafka_broker
-from tests.kafka_broker import HOST, Broker, Record, start_broker, unique_topic
+from tests.support import kafka_broker
+from tests.support.kafka_broker import HOST, Broker, Record, start_broker, unique_topic
+
+pytestmark = pytest.mark.broker
 
 SITES = ["shop-eu", "blog-us", "shop-jp", "news-de", "wiki-fr"]
 PER_SITE = 40
@@ -131,24 +133,25 @@ def test_a_taken_port_makes_tansu_exit_and_start_broker_retries_on_another(monke
         taken.bind((HOST, 0))
         taken.listen()
         taken_port = taken.getsockname()[1]
-        real_free_port = kafka_broker._free_port
+        real_free_port = kafka_broker.free_port
         handed_out: list[int] = []
 
         def taken_first() -> int:
             handed_out.append(taken_port if not handed_out else real_free_port())
             return handed_out[-1]
 
-        monkeypatch.setattr(kafka_broker, "_free_port", taken_first)
+        monkeypatch.setattr(kafka_broker, "free_port", taken_first)
         with start_broker() as broker:
             assert handed_out[0] == taken_port
             assert handed_out[1:] == [broker.port]
             assert [b.port for b in broker.admin().list_topics(timeout=5).brokers.values()] == [broker.port]
 
 
+@pytest.mark.process
 def test_a_killed_test_process_takes_its_broker_with_it() -> None:
     """No orphan even when pytest dies without finalizers (SIGKILL): Tansu runs under setpriv --pdeathsig."""
     script = (
-        "import sys, time; sys.path.insert(0, sys.argv[1]); from tests.kafka_broker import start_broker;"
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from tests.support.kafka_broker import start_broker;"
         "b = start_broker(); print(b.process.pid, b.log_path.parent, flush=True); time.sleep(60)"
     )
     repo_root = str(Path(kafka_broker.__file__).resolve().parents[1])

@@ -2,7 +2,7 @@
 
 Each test runs the service in its own event loop in this process (the
 session's chDB directory, a database per test); receivers are the real
-servers of ``tests/sinks/receivers.py``. Waiting is on events and counters
+servers of ``tests/support/receivers.py``. Waiting is on events and counters
 with a deadline, never on sleeps; the only time checked is a lower bound
 (a Retry-After must be waited out).
 """
@@ -16,24 +16,14 @@ from typing import Any
 
 import pytest
 
+from delivery.attempt_log import AttemptLog, Earlier, with_carried_counts
+from delivery.channels import open_sender
+from delivery.schedule import COLLAPSED_INTO, DELIVERED, GAVE_UP, HELD, RATE_LIMITED, RETRYING, DeliveryPolicy
+from delivery.service import UNKNOWN_CHANNEL, DeliveryService
 from schemas.rules import EmailChannel, SlackChannel, TeamsChannel, WebhookChannel
-from sinks.attempt_log import AttemptLog, Earlier, with_carried_counts
-from sinks.channel import open_sender
 from sinks.clickhouse import Store
-from sinks.delivery import COLLAPSED_INTO, DELIVERED, GAVE_UP, HELD, RATE_LIMITED, RETRYING, DeliveryPolicy
-from sinks.delivery_service import UNKNOWN_CHANNEL, DeliveryService
-from tests.sinks.receivers import (
-    ALERT_ID,
-    Hang,
-    Reply,
-    SlackReceiver,
-    SmtpReceiver,
-    TeamsReceiver,
-    WebhookReceiver,
-    all_problems,
-    make_notification,
-    resolved_notification,
-)
+from tests.support.factories import ALERT_ID, make_notification, resolved_notification
+from tests.support.receivers import Hang, Reply, SlackReceiver, SmtpReceiver, TeamsReceiver, WebhookReceiver, all_problems
 
 SECRET = "whsec_" + base64.b64encode(b"delivery-test-secret-32-bytes!!!").decode()
 ENV = {"HOOK_SECRET": SECRET, "SLACK_URL": "", "TEAMS_URL": ""}

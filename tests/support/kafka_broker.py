@@ -4,8 +4,9 @@ Tansu (https://github.com/tansu-io/tansu) speaks the Kafka wire protocol and
 keeps everything in memory. It listens on 127.0.0.1 only, on a free port picked
 per broker, so tests never touch a shared broker or another address.
 
-Import it as ``tests.kafka_broker`` (``tests/conftest.py`` puts the repository root
-on ``sys.path`` and registers this module as a plugin). Usage, either the
+Import it as ``tests.support.kafka_broker`` (pytest's ``pythonpath`` puts the
+repository root on ``sys.path``; ``tests/conftest.py`` registers this module as
+a plugin). Mark tests that use it ``@pytest.mark.broker``. Usage, either the
 ``broker`` fixture::
 
     def test_something(broker):
@@ -15,7 +16,7 @@ on ``sys.path`` and registers this module as a plugin). Usage, either the
 
 or by hand, always stopped::
 
-    from tests.kafka_broker import start_broker
+    from tests.support.kafka_broker import start_broker
 
     with start_broker() as broker:
         ...
@@ -43,7 +44,6 @@ import atexit
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -57,7 +57,9 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-HOST = "127.0.0.1"
+from tests.support.ports import LOOPBACK, free_port
+
+HOST = LOOPBACK
 START_TIMEOUT_S = 15.0
 STOP_GRACE_S = 0.5
 PORT_ATTEMPTS = 3
@@ -111,12 +113,6 @@ def tansu_binary() -> str:
 def unique_topic(prefix: str) -> str:
     """A topic name no other test uses (topics are never reused across tests)."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 class Broker:
@@ -331,7 +327,7 @@ def start_broker(timeout: float = START_TIMEOUT_S) -> Broker:
     last_error: BrokerError | None = None
     for _ in range(PORT_ATTEMPTS):
         workdir = Path(tempfile.mkdtemp(prefix="tansu-"))
-        port = _free_port()
+        port = free_port()
         try:
             process = _spawn(binary, port, workdir)
         except BaseException:

@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from delivery.schedule import COLLAPSED_INTO, DELIVERED, FAILED, GAVE_UP, RATE_LIMITED, Attempt
 from schemas.store import DELIVERY_COLUMNS
 from sinks.clickhouse import Store
-from sinks.delivery import COLLAPSED_INTO, DELIVERED, FAILED, GAVE_UP, RATE_LIMITED, Attempt
 
 _ALERT_ID = re.compile(r"^[0-9a-f]{32}$")
 _CARRIER = re.compile(re.escape(COLLAPSED_INTO) + r"(\d+)$")

@@ -2,7 +2,7 @@
 
 ``logystera gateway`` and ``logystera detect`` run as child processes of the
 console script in this interpreter's environment, on loopback, against a Tansu
-broker (``tests/kafka_broker.py``); sites are real :class:`dispatcher.Dispatcher`
+broker (``tests/support/kafka_broker.py``); sites are real :class:`dispatcher.Dispatcher`
 instances in the calling process. Nothing here sleeps to synchronise: every
 wait polls a condition against a deadline.
 
@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dispatcher import Dispatcher
-from tests.kafka_broker import Broker, unique_topic
-from tests.polling import wait_for
+from tests.support.kafka_broker import Broker, unique_topic
+from tests.support.polling import wait_for
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """``logystera demo``: a simulated day of four sites through the real detection flow.
 
-Writes the scenario of :mod:`flows.scenario` to ``DATA_DIR/signals.jsonl``,
+Writes the scenario of :mod:`simulate.scenario` to ``DATA_DIR/signals.jsonl``,
 replays it with the default rule pack (the repository's ``rules/``) through
 :func:`flows.replay.replay` — the same Bytewax dataflow as ``logystera
 replay`` — and shows each notification the moment the flow emits it, then a
@@ -32,9 +32,9 @@ from typing import Any, TextIO
 
 from flows.detect import Alert
 from flows.replay import ReplayResult, replay
-from flows.scenario import DAY_START, SITES, write_scenario
 from flows.sources import DEFAULT_CHUNK_LINES
 from schemas.rules import Rule
+from simulate.scenario import DAY_START, SITES, write_scenario
 from sinks.clickhouse import Store
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "rules"

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from flows.loghub import OPENSSH_SAMPLE, ConversionStats, convert_file, convert_openssh, network_source
 from flows.replay import replay
 from schemas.factory import identity_hash
 from schemas.records import parse_record
 from schemas.rule_loader import load_rules
+from simulate.loghub import OPENSSH_SAMPLE, ConversionStats, convert_file, convert_openssh, network_source
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
 SITE = "labsz-ssh"

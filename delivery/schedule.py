@@ -41,7 +41,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dispatcher.resilience import Backoff
+from protocol.resilience import Backoff
 
 if TYPE_CHECKING:
     from sinks.channel import SendResult

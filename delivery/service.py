@@ -35,9 +35,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sinks.attempt_log import AttemptLog, Earlier
+from delivery.attempt_log import AttemptLog, Earlier
+from delivery.schedule import COLLAPSED_INTO, FAILED, Attempt, ChannelSchedule, DeliveryPolicy, Item, Send
 from sinks.channel import ChannelSender
-from sinks.delivery import COLLAPSED_INTO, FAILED, Attempt, ChannelSchedule, DeliveryPolicy, Item, Send
 
 Done = Callable[[], None]
 UNKNOWN_CHANNEL = "channel is not configured in channels.yaml"

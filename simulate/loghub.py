@@ -331,8 +331,8 @@ def convert_file(source: str | Path, target: str | Path, site: str, year: int, t
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m flows.loghub [LOG] OUT``: convert an sshd log and print how its lines were used."""
-    parser = argparse.ArgumentParser(prog="python -m flows.loghub", description=__doc__.splitlines()[0])
+    """``python -m simulate.loghub [LOG] OUT``: convert an sshd log and print how its lines were used."""
+    parser = argparse.ArgumentParser(prog="python -m simulate.loghub", description=__doc__.splitlines()[0])
     parser.add_argument("log", nargs="?", default=str(OPENSSH_SAMPLE), help="sshd syslog file (default: the loghub sample)")
     parser.add_argument("out", help="JSON Lines file of signals to write")
     parser.add_argument("--site", default="labsz-ssh")
