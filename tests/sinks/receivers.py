@@ -99,6 +99,8 @@ def make_notification(**changes: Any) -> dict[str, Any]:
         "link": f"http://localhost:8080/alerts/{ALERT_ID}", "deliver": ["oncall"],
     }
     record.update(changes)
+    if "link" not in changes:  # the link names the alert
+        record["link"] = f"http://localhost:8080/alerts/{record['alert_id']}"
     NotificationRecord.model_validate(record)
     return record
 
@@ -112,14 +114,14 @@ def resolved_notification(**changes: Any) -> dict[str, Any]:
 
 
 def huge_notification() -> dict[str, Any]:
-    """As large and hostile as a record can get (and larger: the title beyond a rule's 120): every limit must still hold."""
+    """Larger and more hostile than any valid record (``deliver`` rejects it): a channel's every limit must still hold."""
     long = (HOSTILE + "é✓🔥") * 60
     evidence = [
         {"v": 1, "id": f"id-{index:03d}", "site": "s" * 63, "type": "php_error", "ts": "2026-11-28T10:14:00.000Z",
          "data": {"level": "fatal", "component": "plugin:" + "🔥" * 100, "file": HOSTILE * 10, "message_hash": "a" * 64}}
         for index in range(100)
     ]
-    return make_notification(
+    return make_notification() | dict(
         rule={"id": "r" * 64, "title": long[:1000], "kind": "match", "description": long[:1000]},
         site="s" * 63, subsystem="x" * 32, summary=long * 3, severity="critical",
         group={"component": long[:500], "file": long[:500], "level": HOSTILE},
@@ -171,6 +173,7 @@ class Received:
     at: float
     problems: list[str]
     status: int = 0
+    answered: bool = False  # the answer was written to the client
 
     @property
     def json(self) -> Any:
@@ -197,6 +200,13 @@ class _Recorder(Generic[T]):
         with self._changed:
             if not self._changed.wait_for(lambda: len(self._items) >= count, timeout):
                 raise AssertionError(f"expected {count} {self.noun} within {timeout}s, got {len(self._items)}")
+            return list(self._items)
+
+    def wait_until(self, ready: Callable[[list[T]], bool], what: str, timeout: float = WAIT) -> list[T]:
+        """Block until ``ready`` holds for what arrived so far (checked at each arrival or answer); fail after ``timeout``."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: ready(self._items), timeout):
+                raise AssertionError(f"{what}: not within {timeout}s ({len(self._items)} {self.noun})")
             return list(self._items)
 
     def _record(self, item: T) -> None:
@@ -324,8 +334,12 @@ class HttpReceiver(_Recorder[Received]):
             handler.send_header("content-length", str(len(reply.body)))
             handler.end_headers()
             handler.wfile.write(reply.body)
+            handler.wfile.flush()
         except OSError:
-            pass  # the client gave up (timeout) before the answer
+            return  # the client gave up (timeout) before the answer
+        with self._changed:
+            seen.answered = True
+            self._changed.notify_all()
 
 
 class WebhookReceiver(HttpReceiver):
