@@ -106,11 +106,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
         lateness = parse_duration(args.allowed_lateness)
     except ValueError as error:
         raise UsageError(f"--allowed-lateness: {error}") from None
+    link_base = _link_base(args.link_base)
     ruleset = _load_ruleset(args.rules)
     store = None if args.store in (None, "none") else _open_store(args.store)
     out = sys.stdout if args.out in (None, "-") else _open_output(args.out)
     result = replay(args.signals, ruleset.enabled_rules, workers=args.workers, lateness=lateness,
-                    link_base=args.link_base, store=store, metrics=ruleset.metrics)
+                    link_base=link_base, store=store, metrics=ruleset.metrics)
     for line, reason in result.rejects:
         print(f"line {line}: {reason}", file=sys.stderr)
     with out:
@@ -119,6 +120,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
             out.write("\n")
     print(result.totals_line, file=sys.stderr)
     return 0
+
+
+def _link_base(text: str) -> str:
+    """``--link-base`` as the base of a valid URI (IDNA host, percent-encoded path), or a usage error saying why not."""
+    from schemas.alerts import link_base
+
+    try:
+        return link_base(text)
+    except ValueError as error:  # the value itself is not echoed: it may hold the control character at fault
+        raise UsageError(f"--link-base: {error}") from None
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -136,12 +147,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
             raise UsageError(f"--{option.replace('_', '-')}: {error}") from None
     if durations["epoch_interval"] < 1000 or durations["delivery_timeout"] < 1000:
         raise UsageError("--epoch-interval and --delivery-timeout must be at least 1s")
+    link_base = _link_base(args.link_base)
     ruleset = _load_ruleset(args.rules)
     store = None if args.store in (None, "none") else _open_store(args.store)
     settings = DetectSettings(
         bootstrap=args.bootstrap, topic=args.topic, alerts_topic=args.alerts_topic,
         recovery_dir=Path(args.recovery_dir) if args.recovery_dir else None, workers=args.workers,
-        lateness=durations["allowed_lateness"], link_base=args.link_base, epoch_interval=durations["epoch_interval"] / 1000,
+        lateness=durations["allowed_lateness"], link_base=link_base, epoch_interval=durations["epoch_interval"] / 1000,
         delivery_timeout=durations["delivery_timeout"] / 1000, exit_at_end=args.exit_at_end,
     )
     try:
@@ -274,7 +286,8 @@ def _add_detection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, metavar="N")
     parser.add_argument("--store", metavar="DSN", help="ClickHouse DSN, or none (the default)")
     parser.add_argument("--allowed-lateness", default="60s", metavar="DURATION")
-    parser.add_argument("--link-base", default="http://localhost:8080", metavar="URL")
+    parser.add_argument("--link-base", default="http://localhost:8080", metavar="URL",
+                        help="public base URL of alert links (http/https; a non-ASCII host or path is encoded)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,11 @@ would lose the restart guarantees.
 :meth:`AttemptLog.earlier` reads what earlier runs recorded for some alerts:
 per (channel, alert, seq) the last attempt number, the calls made, the last
 outcome and whether the notification is finished there (delivered, gave up,
-failed, or collapsed into a later one) — a restart continues from it.
+failed, or collapsed into a later one) — a restart continues from it. A
+last row ``started`` is a call whose outcome never reached the store (the
+process died during it): maybe delivered, so not finished; the restart
+makes the call again, with the same ``webhook-id`` and the same ``collapsed``
+count, which it reads back from the collapse rows stored before that call.
 """
 
 from __future__ import annotations
@@ -90,11 +94,15 @@ class AttemptLog:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
 
-    def add(self, attempts: Iterable[Attempt], on_stored: Iterable[Callable[[], None]] = ()) -> None:
-        """Queue rows; ``on_stored`` callbacks run after they (and every row queued before) are in the store."""
+    def add(self, attempts: Iterable[Attempt], on_stored: Iterable[Callable[[], None]] = (), *, urgent: bool = False) -> None:
+        """Queue rows; ``on_stored`` callbacks run after they (and every row queued before) are in the store.
+
+        ``urgent``: store them now rather than at the next interval (calls wait
+        for their ``started`` rows); rows queued meanwhile go in the same write.
+        """
         self._rows.extend(attempt.row() for attempt in attempts)
         self._callbacks.extend(on_stored)
-        if len(self._rows) >= self.batch_rows:
+        if urgent or len(self._rows) >= self.batch_rows:
             self._wake.set()
 
     async def flush(self) -> None:

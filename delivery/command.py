@@ -51,6 +51,7 @@ CHUNK_LINES = 500
 READ_BYTES = 1 << 16
 KAFKA_BATCH = 500
 KAFKA_POLL_S = 0.5
+MAX_WHERE = 80
 
 
 class DeliverError(Exception):
@@ -74,7 +75,8 @@ def parse_notification(text: str) -> dict[str, Any] | str:
             reason = "not a JSON object"
         else:
             message = "field required" if first["type"] == "missing" else first["msg"][0].lower() + first["msg"][1:]
-            reason = f"{'.'.join(map(str, first['loc']))}: {message}"
+            where = ".".join(map(str, first["loc"]))  # may name a key of the input: kept short, the reason is one line
+            reason = f"{where if len(where) <= MAX_WHERE else where[:MAX_WHERE - 1] + '…'}: {message}"
         return reason + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")
     record: dict[str, Any] = json.loads(text)
     return record

@@ -29,7 +29,11 @@ The policy, per channel:
 - **Outcomes.** One row per call: ``delivered``; ``retrying`` (another call
   follows); ``gave_up`` (no further call: the error is permanent, e.g. a 4xx,
   or it was the last allowed call). ``failed`` is for a notification that
-  could not be attempted (the sender itself broke).
+  could not be attempted (the sender itself broke). Before its call, each
+  :class:`Send` has a ``started`` row (:meth:`Send.started`) under the same
+  attempt number, which the call's outcome row then replaces: the caller
+  stores it before making the call, so a call cut off by a crash is still
+  recorded (its outcome unknown).
 """
 
 from __future__ import annotations
@@ -47,7 +51,9 @@ if TYPE_CHECKING:
     from sinks.channel import SendResult
 
 DELIVERED, FAILED, RETRYING, RATE_LIMITED, GAVE_UP = "delivered", "failed", "retrying", "rate_limited", "gave_up"
-OUTCOMES = (DELIVERED, FAILED, RETRYING, RATE_LIMITED, GAVE_UP)
+STARTED = "started"
+"""A call about to be made; replaced by its outcome row, left alone only when the process died during the call."""
+OUTCOMES = (DELIVERED, FAILED, RETRYING, RATE_LIMITED, GAVE_UP, STARTED)
 HELD = "held: over the channel's rate limit"
 COLLAPSED_INTO = "collapsed into seq "
 """The error text of a collapsed notification's final row, followed by the seq that carried it."""
@@ -155,11 +161,23 @@ class Attempt:
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """A call to start now: ``sender.send(item.notification, collapsed)``; report back with ``finished``."""
+    """A call to start now: ``sender.send(item.notification, collapsed)``; report back with ``finished``.
+
+    ``attempt`` is the number its outcome row will have: no other row of the
+    notification is recorded while its call is in flight (holds and
+    collapses concern waiting notifications only).
+    """
 
     item: Item
     collapsed: int
     started_at: float
+    attempt: int
+
+    def started(self, channel: str) -> Attempt:
+        """The row that records the call before it is made (its outcome row replaces it)."""
+        item = self.item
+        return Attempt(item.alert_id, item.seq, channel, self.attempt, round(self.started_at * 1000), STARTED, None, 0, "",
+                       final=False)
 
 
 @dataclass(slots=True, eq=False)
@@ -344,7 +362,7 @@ class ChannelSchedule:
         lane.active = item
         lane.sending = True
         self._in_flight += 1
-        self._sends.append(Send(item, item.collapsed, now))
+        self._sends.append(Send(item, item.collapsed, now, item.attempt + 1))
 
     def _hold(self, item: Item, now: float) -> None:
         if not item.held:

@@ -17,10 +17,16 @@ writes. A record is *done* once its final row on every channel it names is
 stored: that is when the caller's ``on_done`` runs (Kafka offsets are
 committed from it), so nothing is acknowledged before it is recorded.
 
-Delivery guarantee: at least once per (notification, channel), at most once
-more after a crash — the call whose row was not yet stored is made again,
-with the same ``webhook-id`` (``alert_id:seq``). Under backpressure (more than
-``max_pending`` records not done) :meth:`DeliveryService.submit` waits.
+Delivery guarantee: every call is recorded before it is made (a ``started``
+row, stored, then replaced by the call's outcome row), so after a crash
+the log shows every call, also the one cut off. At least once per
+(notification, channel), at most once more after a crash: a call whose
+outcome row was not stored yet (its last row is ``started``) may or may not
+have reached the receiver, so the next run makes it again, with the same
+``webhook-id`` (``alert_id:seq``) and the same body — a carrier's collapse
+rows are stored before its call, so its ``collapsed`` count is read back
+unchanged. Under backpressure (more than ``max_pending`` records not done)
+:meth:`DeliveryService.submit` waits.
 """
 
 from __future__ import annotations
@@ -127,14 +133,26 @@ class ChannelRunner:
             self.schedule.wake(self.clock())
 
     def apply(self) -> None:
-        """Hand new rows to the log and start new calls (none once closing)."""
+        """Hand new rows to the log and start new calls once their ``started`` rows are stored (none once closing).
+
+        The calls of one round wait for one store write, together with every
+        row queued before them — the collapse rows of a carrier, the outcome
+        of the previous call of the same alert — so a restart never finds a
+        call made whose reason, or whose predecessor's outcome, it cannot read.
+        """
         sends, records = self.schedule.take()
-        if records:
-            for attempt in records:
-                self.stats.recorded(attempt)
-            self.log.add(records, [self._on_final.pop((a.alert_id, a.seq)) for a in records if a.final])
-        if self.closing:
+        for attempt in records:
+            self.stats.recorded(attempt)
+        finals = [self._on_final.pop((a.alert_id, a.seq)) for a in records if a.final]
+        if self.closing or not sends:
+            if records:
+                self.log.add(records, finals)
             return
+        self.log.add([*records, *(send.started(self.name) for send in sends)], [*finals, lambda: self._start(sends)],
+                     urgent=True)
+
+    def _start(self, sends: list[Send]) -> None:
+        """Make the calls whose ``started`` rows are stored (a stop lets them start too: see :meth:`DeliveryService.stop`)."""
         for send in sends:
             task = asyncio.create_task(self._call(send), name=f"deliver {self.name} {send.item.alert_id}:{send.item.seq}")
             self.calls.add(task)
@@ -228,21 +246,23 @@ class DeliveryService:
         if self._stopped:
             return
         self._stopped = True
-        for runner in self.runners.values():
-            runner.closing = True
         for task in self._tasks:
             task.cancel()
-        calls = [call for runner in self.runners.values() for call in runner.calls]
-        if calls:
-            _, late = await asyncio.wait(calls, timeout=grace)
-            for call in late:
-                call.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for runner in self.runners.values():
-            runner.apply()
+        await asyncio.gather(*self._tasks, return_exceptions=True)  # no new round of calls from here on
         try:
             if not self.log.failed:  # a store that already gave up would only be retried for as long again
+                await self.log.flush()  # calls whose `started` rows are stored are made: a stored row promises its call
+            for runner in self.runners.values():
+                runner.closing = True
+            calls = [call for runner in self.runners.values() for call in runner.calls]
+            if calls:
+                _, late = await asyncio.wait(calls, timeout=grace)
+                for call in late:
+                    call.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+            for runner in self.runners.values():
+                runner.apply()
+            if not self.log.failed:
                 await self.log.flush()
         finally:
             for runner in self.runners.values():

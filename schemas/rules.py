@@ -23,6 +23,7 @@ Kind = Literal["match", "threshold", "ratio", "distinct", "absence", "shift"]
 Conditions = dict[str, Any]
 Scalar = str | int | float | bool
 RULE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
+CHANNEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 PositiveInt = Annotated[int, Field(ge=1)]
 
 
@@ -220,7 +221,7 @@ class SmtpSettings(BaseModel):
 
 class _Channel(BaseModel):
     model_config = RULE_CONFIG
-    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+    name: Annotated[str, Field(pattern=CHANNEL_NAME_PATTERN)]
     rate_limit: RateLimit = RateLimit(per="1m", max=60)  # type: ignore[arg-type]
     send_resolved: bool = False
 

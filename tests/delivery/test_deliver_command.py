@@ -28,7 +28,7 @@ from confluent_kafka import Consumer, TopicPartition
 from tests.support.factories import make_notification
 from tests.support.kafka_broker import Broker, unique_topic
 from tests.support.ports import free_port
-from tests.support.receivers import WebhookReceiver
+from tests.support.receivers import Hang, Received, Reply, WebhookReceiver
 
 pytestmark = pytest.mark.process
 
@@ -117,7 +117,7 @@ def test_a_file_is_delivered_with_invalid_lines_reported_and_a_summary(tmp_path:
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [
         "line 2: not valid JSON: key must be a string at line 1 column 2",
-        "line 4: seq: input should be a valid integer, unable to parse string as an integer",
+        "line 4: seq: input should be a valid integer",
         "line 7: extra: extra inputs are not permitted",
         "line 8: not valid JSON: expected value at line 1 column 1",
         "channel oncall: 2 delivered, 0 collapsed, 0 gave up, 0 failed, 1 resolved not sent, 0 done before; 2 attempts",
@@ -126,6 +126,28 @@ def test_a_file_is_delivered_with_invalid_lines_reported_and_a_summary(tmp_path:
     ]
     assert sorted(r.headers["webhook-id"] for r in hook.received) == [f"{alert(1)}:1", f"{alert(2)}:1"] and not hook.problems
     assert attempts(store) == {(alert(n), 1, 1): ("delivered", 204, "") for n in (1, 2)}
+
+
+def test_records_beyond_the_contract_are_invalid_counted_and_never_sent(tmp_path: Path, hook: WebhookReceiver) -> None:
+    rule = notification(2)["rule"]
+    records = [
+        notification(1),
+        {**notification(2), "rule": {**rule, "id": "r" * 40_000}},  # made a 41 KB Teams body
+        {**notification(3), "link": f"https://müller.example/konsole/alerts/{alert(3)}"},  # a raw host in a button URL
+        {**notification(4), "summary": "s" * 5000},
+    ]
+    alerts = tmp_path / "alerts.jsonl"
+    alerts.write_text("".join(line(record) + "\n" for record in records), encoding="utf-8")
+    result = logystera("deliver", str(alerts), "--rules", str(rules(tmp_path)), "--store", f"chdb://{tmp_path / 'store'}",
+                       hook=hook)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[:3] == [
+        "line 2: rule.id: string should match pattern '^[a-z0-9][a-z0-9-]{0,63}$'",
+        "line 3: link: is not a valid http(s) URI (ASCII host, percent-encoded path)",
+        "line 4: summary: string should have at most 2000 characters",
+    ]
+    assert result.stderr.splitlines()[-1].startswith("delivery: 1 records, 3 invalid, 0 duplicate, 0 not done: 1 delivered")
+    assert [r.headers["webhook-id"] for r in hook.received] == [f"{alert(1)}:1"]
 
 
 def test_the_totals_add_up_every_channel(tmp_path: Path, hook: WebhookReceiver) -> None:
@@ -228,6 +250,66 @@ def test_killed_and_restarted_it_delivers_everything_without_resending_what_the_
     for alert_id, seq in held_before - done_before:
         numbers = sorted(attempt for (a, s, attempt) in after if (a, s) == (alert_id, seq))
         assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 2
+
+
+@pytest.mark.slow
+def test_a_call_cut_off_by_a_kill_is_recorded_started_and_made_again_with_the_same_id_and_body(
+    tmp_path: Path, hook: WebhookReceiver,
+) -> None:
+    hook.answer(Hang(TIMEOUT))  # the first call gets no answer while the process lives
+    alerts = tmp_path / "alerts.jsonl"
+    alerts.write_text(line(notification(1)) + "\n", encoding="utf-8")
+    store = tmp_path / "store"
+    args = (str(alerts), "--rules", str(rules(tmp_path)), "--store", f"chdb://{store}")
+    process, _ = start(tmp_path, *args, hook=hook)
+    hook.wait_for(1, timeout=TIMEOUT)
+    process.send_signal(signal.SIGKILL)
+    process.wait(TIMEOUT)
+    hook.release()
+    assert attempts(store) == {(alert(1), 1, 1): ("started", None, "")}, "the call in flight has its row"
+
+    again = logystera("deliver", *args, hook=hook)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.splitlines()[-1].startswith("delivery: 1 records, 0 invalid, 0 duplicate, 0 not done: 1 delivered")
+    # Maybe delivered: made again, as the same notification.
+    assert attempts(store) == {(alert(1), 1, 1): ("started", None, ""), (alert(1), 1, 2): ("delivered", 204, "")}
+    assert len(hook.received) == 2 and not hook.problems
+    assert len({(r.headers["webhook-id"], r.body) for r in hook.received}) == 1
+
+
+def carrier_answered(received: list[Received]) -> bool:
+    return any(r.answered and "collapsed" in r.json for r in received)
+
+
+@pytest.mark.slow
+def test_a_kill_right_after_a_collapsed_notification_never_reorders_an_alert_nor_changes_a_body(
+    tmp_path: Path, hook: WebhookReceiver,
+) -> None:
+    count = 30
+    resolved = {"status": "resolved", "ended_at": "2026-11-28T10:44:00.000Z"}
+    alerts = tmp_path / "alerts.jsonl"
+    alerts.write_text("".join(line(notification(n)) + "\n" + line(notification(n, 2, **resolved)) + "\n" for n in range(count)),
+                      encoding="utf-8")
+    store = tmp_path / "store"
+    args = (str(alerts), "--rules", str(rules(tmp_path)), "--store", f"chdb://{store}")
+    hook.answer(Reply(429, headers={"retry-after": "1"}))  # the channel is held for a second: backlogs collapse
+    process, _ = start(tmp_path, *args, hook=hook)
+    hook.wait_until(carrier_answered, "a collapsed notification answered", timeout=TIMEOUT)
+    process.send_signal(signal.SIGKILL)
+    process.wait(TIMEOUT)
+
+    again = logystera("deliver", *args, hook=hook)
+    assert again.returncode == 0, again.stderr
+    assert not hook.problems
+    seen: dict[str, list[int]] = {}
+    bodies: dict[str, set[bytes]] = {}
+    for request in hook.received:
+        seen.setdefault(request.json["alert_id"], []).append(request.json["seq"])
+        bodies.setdefault(request.headers["webhook-id"], set()).add(request.body)
+    for alert_id, seqs in seen.items():
+        assert seqs == sorted(seqs), f"alert {alert_id}: the receiver saw seq {seqs} in this order"
+    assert {webhook_id: len(distinct) for webhook_id, distinct in bodies.items() if len(distinct) > 1} == {}
+    assert {alert_id for alert_id, seqs in seen.items() if seqs[-1] == 2} == {alert(n) for n in range(count)}
 
 
 @pytest.mark.slow

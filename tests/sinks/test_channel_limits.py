@@ -27,7 +27,7 @@ SHORT = st.text(st.characters(codec="utf-8"), min_size=1, max_size=300)
 def notifications(draw: st.DrawFn) -> tuple[dict[str, Any], int]:
     evidence = [{"v": 1, "id": f"e{index}", "site": "shop-eu", "type": "mail", "ts": "2026-11-28T10:14:00.000Z",
                  "data": {"transport": draw(TEXT)}} for index in range(draw(st.integers(0, 12)))]
-    record = make_notification(
+    record = make_notification() | dict(  # beyond what a valid record holds too: renderers must not rely on validation
         rule={"id": "r", "title": draw(SHORT), "kind": "match", "description": draw(st.none() | TEXT)},
         site=draw(st.from_regex(SITE_PATTERN, fullmatch=True)), subsystem=draw(SHORT), summary=draw(TEXT),
         group=draw(st.dictionaries(st.sampled_from(["a", "b", "c"]), TEXT, max_size=3)),

@@ -50,7 +50,7 @@ def test_huge_and_hostile_text_stays_within_limits_and_escaped() -> None:
 
 
 def test_a_link_too_long_for_a_button_gets_none() -> None:
-    payload = slack.render(make_notification(link="https://logystera.example/alerts/" + "a" * 3000))
+    payload = slack.render(make_notification() | {"link": "https://logystera.example/alerts/" + "a" * 3000})
     assert [block["type"] for block in payload["blocks"]] == ["header", "section", "section", "section", "context"]
 
 

@@ -53,9 +53,10 @@ def test_the_card_shrinks_to_fit() -> None:
     dense = "🔥" * 4000
     evidence = [{"v": 1, "id": f"e{index}", "site": "shop-eu", "type": "mail", "ts": "2026-11-28T10:14:00.000Z",
                  "data": {"outcome": "failed", "transport": dense}} for index in range(5)]
-    notification = make_notification(summary="s" + dense, group={"a": dense}, evidence=evidence, site=dense, subsystem=dense,
-                                      rule={"id": "r", "title": dense, "kind": "match", "description": "d" + dense},
-                                      link="https://logystera.example/alerts/" + "🔥" * 2900)
+    notification = make_notification() | dict(  # far beyond a valid record: the renderer must hold its limit all the same
+        summary="s" + dense, group={"a": dense}, evidence=evidence, site=dense, subsystem=dense,
+        rule={"id": "r", "title": dense, "kind": "match", "description": "d" + dense},
+        link="https://logystera.example/alerts/" + "🔥" * 2900)
     body = teams.render(notification, collapsed=1)
     full = teams._message(teams._card(clipped(alert_view(notification, 1))))  # every text at its full-scale limit
     assert len(full) > TEAMS_MAX_BYTES >= len(body) and teams_problems(body) == []

@@ -34,6 +34,8 @@ def make_notification(**changes: Any) -> dict[str, Any]:
         "link": f"http://localhost:8080/alerts/{ALERT_ID}", "deliver": ["oncall"],
     }
     record.update(changes)
+    if "link" not in changes:  # the link names the alert
+        record["link"] = f"http://localhost:8080/alerts/{record['alert_id']}"
     NotificationRecord.model_validate(record)
     return record
 
@@ -47,14 +49,14 @@ def resolved_notification(**changes: Any) -> dict[str, Any]:
 
 
 def huge_notification() -> dict[str, Any]:
-    """As large and hostile as a record can get (and larger: the title beyond a rule's 120): every limit must still hold."""
+    """Larger and more hostile than any valid record (``deliver`` rejects it): a channel's every limit must still hold."""
     long = (HOSTILE + "é✓🔥") * 60
     evidence = [
         {"v": 1, "id": f"id-{index:03d}", "site": "s" * 63, "type": "php_error", "ts": "2026-11-28T10:14:00.000Z",
          "data": {"level": "fatal", "component": "plugin:" + "🔥" * 100, "file": HOSTILE * 10, "message_hash": "a" * 64}}
         for index in range(100)
     ]
-    return make_notification(
+    return make_notification() | dict(
         rule={"id": "r" * 64, "title": long[:1000], "kind": "match", "description": long[:1000]},
         site="s" * 63, subsystem="x" * 32, summary=long * 3, severity="critical",
         group={"component": long[:500], "file": long[:500], "level": HOSTILE},

@@ -108,6 +108,7 @@ class Received:
     at: float
     problems: list[str]
     status: int = 0
+    answered: bool = False  # the answer was written to the client
 
     @property
     def json(self) -> Any:
@@ -134,6 +135,13 @@ class _Recorder(Generic[T]):
         with self._changed:
             if not self._changed.wait_for(lambda: len(self._items) >= count, timeout):
                 raise AssertionError(f"expected {count} {self.noun} within {timeout}s, got {len(self._items)}")
+            return list(self._items)
+
+    def wait_until(self, ready: Callable[[list[T]], bool], what: str, timeout: float = WAIT) -> list[T]:
+        """Block until ``ready`` holds for what arrived so far (checked at each arrival or answer); fail after ``timeout``."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: ready(self._items), timeout):
+                raise AssertionError(f"{what}: not within {timeout}s ({len(self._items)} {self.noun})")
             return list(self._items)
 
     def _record(self, item: T) -> None:
@@ -261,8 +269,12 @@ class HttpReceiver(_Recorder[Received]):
             handler.send_header("content-length", str(len(reply.body)))
             handler.end_headers()
             handler.wfile.write(reply.body)
+            handler.wfile.flush()
         except OSError:
-            pass  # the client gave up (timeout) before the answer
+            return  # the client gave up (timeout) before the answer
+        with self._changed:
+            seen.answered = True
+            self._changed.notify_all()
 
 
 class WebhookReceiver(HttpReceiver):
