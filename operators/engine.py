@@ -10,7 +10,10 @@ record's own fingerprint and those whose deadline (next window expiry,
 first expiry that could make its condition true, or its last signal's,
 after which it is forgotten) has come. Everything in between is accounted
 for exactly, including ``suppressed_count``, which counts every evaluation
-instant while an alert fires with its condition true.
+instant while an alert fires with its condition true. The same deadlines
+bound the count of live fingerprints that ``max_groups`` needs: only a due
+fingerprint can have stopped being live, so a flood of new group values past
+the cap costs O(1) amortised per signal, not a scan of every fingerprint.
 """
 
 from __future__ import annotations
@@ -132,17 +135,54 @@ class RuleRunner:
     def _live_groups(self, c: int) -> int:
         """Live fingerprints (overflow excluded) at clock ``c``; forgets the ones no longer live.
 
-        A fingerprint that is not live at ``c`` is inactive with nothing in its lookback, so its
-        evaluation at ``c`` could emit nothing: forgetting it now is the same as after the instant.
+        Only the count matters, and only once it reaches ``max_groups``; then
+        :meth:`_forget_due` finds every fingerprint that stopped being live
+        without looking at the others.
         """
         fps = self.fps
         overflow = self.rule.overflow_json
         count = len(fps) - (overflow in fps)
         if count < self.rule.max_groups:
             return count
-        for group in [group for group, fp in fps.items() if group != overflow and not self._live(fp, c)]:
-            del fps[group]
-        return len(fps) - (overflow in fps)
+        heap = self.heap
+        if heap and heap[0][0] <= c:
+            self._forget_due(c)
+            count = len(fps) - (overflow in fps)
+        return count
+
+    def _forget_due(self, c: int) -> None:
+        """Forget the fingerprints (overflow excluded) that are not live at ``c``, looking only at those due.
+
+        A fingerprint's deadline is never later than the clock at which it
+        stops being live with no new signal (an inactive one is due at the
+        latest when its newest signal leaves the lookback, a match one when its
+        suppression ends; a pending or firing one, an absence one, or one with
+        no deadline stays live until it is next evaluated), and its heap entry
+        is never later than its deadline. So a fingerprint not live at ``c`` has its entry among those
+        at or before ``c``: the top of the heap, walked without popping, since
+        the evaluation of this instant pops them all right after. Each entry is
+        looked at in at most one instant: O(1) amortised per signal, however
+        many groups a flood brings. Forgetting a fingerprint that is not live
+        now is the same as after the instant: inactive with nothing in its
+        lookback (or a match one with nothing pending), its evaluation at ``c``
+        could emit nothing.
+        """
+        heap, fps, overflow = self.heap, self.fps, self.rule.overflow_json
+        size = len(heap)
+        stack = [0]
+        while stack:
+            index = stack.pop()
+            when, group = heap[index]
+            if when > c:
+                continue  # and so are all the entries below it
+            fp = fps.get(group)
+            if fp is not None and fp.scheduled == when and group != overflow and not self._live(fp, c):
+                del fps[group]
+            child = 2 * index + 1
+            if child < size:
+                stack.append(child)
+                if child + 1 < size:
+                    stack.append(child + 1)
 
     def _live(self, fp: AnyFingerprint, c: int) -> bool:
         if isinstance(fp, MatchFingerprint):

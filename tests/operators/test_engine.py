@@ -12,8 +12,10 @@ import hashlib
 import json
 from typing import Any
 
+import pytest
 from reference import Reference
 
+from operators.engine import RuleRunner
 from operators.site import Detector
 from schemas.factory import make_signal, make_tick, signal_line
 from schemas.records import Record, parse_record
@@ -423,6 +425,46 @@ def test_match_fingerprint_is_forgotten_when_suppression_ends_unless_it_owes_a_c
     for record in s.records():
         detector.process(record)
     assert set(detector.runners[(SITE, "match-rule")].fps) == {'{"transport":"b"}'}
+
+
+@pytest.mark.parametrize("max_groups", [10, 1000])
+@pytest.mark.parametrize("kind", ["threshold", "match"])
+def test_a_group_flood_checks_the_liveness_only_of_fingerprints_that_are_due(
+    kind: str, max_groups: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 4000 signals 4 ms apart, each from a new group: past max_groups for most of the run, and every
+    # fingerprint stops being live 10s after its signal (threshold window, match suppression), freeing its slot.
+    # Every such signal asks how many groups are live. Scanning them all would be max_groups liveness
+    # checks per signal (3 million at 1000); the engine checks only the fingerprints that are due.
+    fields: dict[str, Any] = {"threshold": {"count": 2, "window": "10s"}} if kind == "threshold" else {"suppress": "10s"}
+    r = rule(kind, group_by=["transport"], max_groups=max_groups, **fields)
+    s = Stream()
+    for n in range(4000):
+        s.mail(n * 0.004, transport=f"t{n}")
+    checks = 0
+    live = RuleRunner._live
+
+    def counted(runner: RuleRunner, fp: Any, c: int) -> bool:
+        nonlocal checks
+        checks += 1
+        return live(runner, fp, c)
+
+    monkeypatch.setattr(RuleRunner, "_live", counted)
+    detector = Detector([r])
+    runner = None
+    most = 0
+    overflow_used = False
+    for index, record in enumerate(s.records()):
+        before = checks
+        detector.process(record)
+        most = max(most, checks - before)
+        runner = detector.runners[(SITE, r.id)]
+        overflow_used = overflow_used or '{"transport":"__other__"}' in runner.fps
+        assert len(runner.fps) <= max_groups + 1
+        if index % 50 == 0:  # what makes the scan needless: every fingerprint held is live at the clock
+            assert all(live(runner, fp, runner.clock) for fp in runner.fps.values())
+    assert overflow_used
+    assert checks <= 4000 and most <= 3
 
 
 # ---------------------------------------------------------------------------- ratio, distinct, absence, shift

@@ -1,7 +1,8 @@
 """Property tests: the optimised engine against the naive reference of rules.md.
 
 Hypothesis draws small rule sets (every kind, every option, tiny ``evidence``
-and ``max_groups``, ``group_by`` over low-cardinality fields) and short
+and ``max_groups``, ``group_by`` over low-cardinality fields, or over a field
+that takes a new value at most signals: a group flood) and short
 ordered streams over 1–3 sites that mix matching and non-matching signals,
 signals of a type the rule does not read, ticks, equal timestamps and
 records that jump back in time (late-but-allowed, exactly at the lateness
@@ -52,11 +53,13 @@ MAIL_WHERE = st.sampled_from([
 MIXED_WHERE = st.sampled_from([None, {"outcome": {"in": ["failed", "failure"]}}, {"outcome": {"ne": "sent"}}])
 MAIL_GROUP_BY = st.sampled_from([[], ["transport"], ["error_class"], ["transport", "error_class"], ["error_class", "transport"]])
 MIXED_GROUP_BY = st.sampled_from([[], ["outcome"]])
+# a group flood: mail rules grouped by `transport`, which then takes many values (see streams)
+FLOOD_GROUP_BY = st.sampled_from([["transport"], ["transport"], ["transport", "error_class"]])
 
 
 @st.composite
-def rule_dicts(draw: Any, kind: str, index: int) -> dict[str, Any]:
-    mixed = draw(st.integers(0, 4)) == 0
+def rule_dicts(draw: Any, kind: str, index: int, flood: bool = False) -> dict[str, Any]:
+    mixed = not flood and draw(st.integers(0, 4)) == 0
     where = draw(MIXED_WHERE if mixed else MAIL_WHERE)
     rule: dict[str, Any] = {
         "id": f"r{index}-{kind}",
@@ -64,7 +67,7 @@ def rule_dicts(draw: Any, kind: str, index: int) -> dict[str, Any]:
         "severity": draw(st.sampled_from(["critical", "high", "info"])),
         "subsystem": "mail",
         "signal": ["mail", "auth"] if mixed else draw(st.sampled_from(["mail", ["mail"]])),
-        "group_by": draw(MIXED_GROUP_BY if mixed else MAIL_GROUP_BY),
+        "group_by": draw(FLOOD_GROUP_BY if flood else MIXED_GROUP_BY if mixed else MAIL_GROUP_BY),
         "kind": kind,
         "for": draw(DURATION),
         "resolve_after": draw(DURATION),
@@ -123,9 +126,9 @@ def rule_dicts(draw: Any, kind: str, index: int) -> dict[str, Any]:
     return rule
 
 
-def rule_sets(kinds: tuple[str, ...], most: int) -> Any:
+def rule_sets(kinds: tuple[str, ...], most: int, flood: bool = False) -> Any:
     return st.lists(st.sampled_from(kinds), min_size=1, max_size=most).flatmap(
-        lambda chosen: st.tuples(*(rule_dicts(kind, index) for index, kind in enumerate(chosen)))
+        lambda chosen: st.tuples(*(rule_dicts(kind, index, flood) for index, kind in enumerate(chosen)))
     )
 
 
@@ -134,28 +137,35 @@ def rule_sets(kinds: tuple[str, ...], most: int) -> Any:
 STEPS = st.sampled_from([0, 0, 0, 1, 1, 1, 1, 2, 3, 5, 10, 30])
 # mostly in order; sometimes back in time: late-but-allowed, exactly at the 60s bound, late
 BACK_MS = st.sampled_from([0] * 30 + [1000, 5000, 30_000, 59_000, 59_999, 60_000, 60_001, 61_000, 90_000])
-RECORD = st.tuples(
-    STEPS,
-    BACK_MS,
-    st.integers(0, 2),  # site index, modulo the number of sites
-    st.sampled_from(["tick", "mail", "mail", "mail", "mail", "auth"]),
-    st.sampled_from(["aa", "mm", "zz"]),  # id prefix: (ts, id) order differs from arrival order
-    st.sampled_from(["failed", "failed", "sent", "bounced", "deferred"]),
-    st.sampled_from(["a", "b", "é"]),
-    st.sampled_from(["absent", "null", "x", "y"]),  # error_class
-    st.sampled_from(["failure", "success"]),  # auth outcome
-)
+TRANSPORTS = st.sampled_from(["a", "b", "é"])
+# A flood: half the time a transport never seen before (far more values than any max_groups), else a recurring one.
+FLOOD_TRANSPORTS = st.one_of(st.integers(0, 10_000).map(lambda n: f"f{n}"), TRANSPORTS)
+
+
+def records(transports: Any) -> Any:
+    """One record's draws, with ``transport`` from ``transports``."""
+    return st.tuples(
+        STEPS,
+        BACK_MS,
+        st.integers(0, 2),  # site index, modulo the number of sites
+        st.sampled_from(["tick", "mail", "mail", "mail", "mail", "auth"]),
+        st.sampled_from(["aa", "mm", "zz"]),  # id prefix: (ts, id) order differs from arrival order
+        st.sampled_from(["failed", "failed", "sent", "bounced", "deferred"]),
+        transports,
+        st.sampled_from(["absent", "null", "x", "y"]),  # error_class
+        st.sampled_from(["failure", "success"]),  # auth outcome
+    )
 
 
 @st.composite
-def streams(draw: Any, shortest: int = 1, longest: int = 60) -> list[bytes]:
+def streams(draw: Any, shortest: int = 1, longest: int = 60, flood: bool = False) -> list[bytes]:
     sites = draw(st.sampled_from([["s1"], ["s1"], ["s1", "s2"], ["s1", "s2", "s3"]]))
     unit = draw(st.sampled_from([250, 1000, 1000, 3000]))  # dense or sparse stream
     cursor = BASE_MS + draw(st.sampled_from([0, 1, 999]))
     count = draw(st.integers(shortest, longest))  # drawn first: st.lists alone favours short lists
     lines: list[bytes] = []
     for index, (step, back, site_index, what, prefix, outcome, transport, error_class, auth_outcome) in enumerate(
-        draw(st.lists(RECORD, min_size=count, max_size=count))
+        draw(st.lists(records(FLOOD_TRANSPORTS if flood else TRANSPORTS), min_size=count, max_size=count))
     ):
         cursor += unit * step
         ts = cursor - back
@@ -225,6 +235,13 @@ def test_several_rules_share_a_stream(rule_docs: tuple[dict[str, Any], ...], lin
 @given(rule_docs=rule_sets(KINDS, 2), lines=streams(shortest=200, longest=400))
 def test_long_streams(rule_docs: tuple[dict[str, Any], ...], lines: list[bytes]) -> None:
     """Long enough for the windows' compaction and many expiries per fingerprint."""
+    check_same(rule_docs, lines)
+
+
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rule_docs=rule_sets(KINDS, 2, flood=True), lines=streams(longest=150, flood=True))
+def test_group_flood(rule_docs: tuple[dict[str, Any], ...], lines: list[bytes]) -> None:
+    """Many group values against max_groups 1–3: the overflow group, and slots freed as fingerprints are forgotten."""
     check_same(rule_docs, lines)
 
 
