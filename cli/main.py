@@ -163,6 +163,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     except (KafkaUnreachable, KafkaReadError, KafkaDeliveryError) as error:
         print(f"logystera: error: {error}", file=sys.stderr)
         return EXIT_FAILED
+    print(totals.decisions_line, file=sys.stderr)
     print(totals.line, file=sys.stderr)
     return 0
 

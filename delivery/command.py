@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -38,7 +37,7 @@ from pydantic import ValidationError
 from delivery.attempt_log import AttemptLog
 from delivery.schedule import DeliveryPolicy
 from delivery.service import DeliveryService
-from schemas.alerts import NotificationRecord
+from schemas.alerts import ReceivedRecord
 from schemas.durations import parse_duration
 from sinks.channel import ChannelSender
 from sinks.clickhouse import Store
@@ -62,10 +61,10 @@ class DeliverError(Exception):
         self.exit_code = exit_code
 
 
-def parse_notification(text: str) -> dict[str, Any] | str:
-    """The record as emitted (a dict, key order kept), or why it is not a valid notification record."""
+def parse_notification(text: str) -> ReceivedRecord | str:
+    """The validated record with the bytes it came as (parsed once), or why it is not a valid notification record."""
     try:
-        NotificationRecord.model_validate_json(text)
+        return ReceivedRecord.parse(text.encode("utf-8"))
     except ValidationError as error:
         problems = error.errors(include_url=False)
         first = problems[0]
@@ -78,8 +77,6 @@ def parse_notification(text: str) -> dict[str, Any] | str:
             where = ".".join(map(str, first["loc"]))  # may name a key of the input: kept short, the reason is one line
             reason = f"{where if len(where) <= MAX_WHERE else where[:MAX_WHERE - 1] + '…'}: {message}"
         return reason + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")
-    record: dict[str, Any] = json.loads(text)
-    return record
 
 
 @dataclass
@@ -187,7 +184,7 @@ async def _deliver_file(service: DeliveryService, path: str, err: TextIO) -> Non
     reader = LineReader(sys.stdin.fileno() if path == "-" else os.open(path, os.O_RDONLY), close=path != "-")
     number = 0
     while (lines := await reader.batch(CHUNK_LINES)) is not None:
-        batch: list[tuple[Mapping[str, Any], None]] = []
+        batch: list[tuple[ReceivedRecord, None]] = []
         for text in lines:
             number += 1
             if not text.strip():
@@ -305,7 +302,7 @@ async def _deliver_kafka(service: DeliveryService, options: DeliverOptions, stop
         last_commit = {tp.partition: tp.offset for tp in committed}  # the first commit records every partition's start too
         while not stop.is_set():
             messages = await asyncio.to_thread(consumer.consume, KAFKA_BATCH, KAFKA_POLL_S)
-            batch: list[tuple[Mapping[str, Any], Callable[[], None]]] = []
+            batch: list[tuple[ReceivedRecord, Callable[[], None]]] = []
             for message in messages:
                 problem = message.error()
                 if problem is not None:

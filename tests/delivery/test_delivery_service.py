@@ -22,7 +22,7 @@ from delivery.schedule import COLLAPSED_INTO, DELIVERED, GAVE_UP, HELD, RATE_LIM
 from delivery.service import UNKNOWN_CHANNEL, DeliveryService
 from schemas.rules import EmailChannel, SlackChannel, TeamsChannel, WebhookChannel
 from sinks.clickhouse import Store
-from tests.support.factories import ALERT_ID, make_notification, resolved_notification
+from tests.support.factories import ALERT_ID, make_notification, received, resolved_notification
 from tests.support.receivers import Hang, Reply, SlackReceiver, SmtpReceiver, TeamsReceiver, WebhookReceiver, all_problems
 
 SECRET = "whsec_" + base64.b64encode(b"delivery-test-secret-32-bytes!!!").decode()
@@ -71,7 +71,7 @@ def deliver(
         service.start()
         try:
             for index, batch in enumerate(batches):
-                await service.guarded(service.submit([(record, None) for record in batch]))
+                await service.guarded(service.submit([(received(record), None) for record in batch]))
                 if index == 0 and during is not None:
                     await service.guarded(during(service))
                 if drain:

@@ -21,10 +21,11 @@ import pytest
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSource, run_main
 
-from flows.detect import Alert, build_detect_flow
+from flows.detect import DetectOptions, DetectSinks, build_detect_flow
 from flows.replay import replay
 from operators.fingerprints import FIRING, Fingerprint
 from operators.metrics import CompiledMetric, MetricPoint, compile_metric
+from operators.notification import Emitted
 from operators.routing import RoutingTable
 from operators.site import SiteDetector
 from operators.snapshot import SnapshotCodec, SnapshotError
@@ -275,14 +276,16 @@ def test_an_execution_aborted_twice_and_resumed_from_its_snapshots_gives_the_uni
     recovery.mkdir()
     init_db_dir(recovery, 1)
     table = RoutingTable(rules)
-    emitted: list[Alert] = []
+    emitted: list[Emitted] = []
     CountingCodec.restored = 0
     for _ in range(3):  # two aborted executions, then one that reaches the end
-        flow = build_detect_flow(source, CallbackSink(emitted.extend), CallbackSink(lambda _: None), CallbackSink(lambda _: None),
-                                 table, LATENESS, snapshots=CountingCodec(table, LATENESS, warn=pytest.fail))
+        sinks = DetectSinks(alerts=CallbackSink(emitted.extend), rejects=CallbackSink(lambda _: None),
+                            stats=CallbackSink(lambda _: None))
+        options = DetectOptions(lateness=LATENESS, snapshots=CountingCodec(table, LATENESS, warn=pytest.fail))
+        flow = build_detect_flow(source, table, sinks, options)
         run_main(flow, epoch_interval=timedelta(milliseconds=1), recovery_config=RecoveryConfig(recovery))
     assert CountingCodec.restored > 0
-    lines_out = [line for _, line in emitted]
+    lines_out = [alert.line for alert in emitted]
     assert set(lines_out) == set(expected)
     by_identity: dict[tuple[str, int], set[str]] = {}
     for line in lines_out:

@@ -17,6 +17,7 @@ from reference import Reference
 
 from operators.engine import RuleRunner
 from operators.site import Detector
+from schemas.alerts import NotificationRecord
 from schemas.factory import make_signal, make_tick, signal_line
 from schemas.records import Record, parse_record
 from schemas.rules import Rule
@@ -73,9 +74,12 @@ class Stream:
 
 
 def detect(rules: list[Rule], stream: Stream) -> tuple[list[dict[str, Any]], Detector]:
-    """Engine records (full) and the detector; asserts the reference agrees on every field but summary/link."""
+    """Engine records (full) and the detector; asserts each is valid and the reference agrees on every field but summary/link."""
     detector = Detector(rules)
-    records = [notification.record() for notification in detector.run(stream.records())]
+    notifications = detector.run(stream.records())
+    for notification in notifications:  # built unvalidated by the engine: what deliver accepts all the same
+        NotificationRecord.model_validate_json(notification.to_json())
+    records = [notification.record().model_dump() for notification in notifications]
     trimmed = [json.dumps({k: v for k, v in record.items() if k not in ("summary", "link")}, ensure_ascii=False)
                for record in records]
     reference = Reference(rules)
