@@ -24,7 +24,7 @@ from bytewax.testing import TestingSource, run_main
 from flows.corpus import generate_corpus
 from flows.detect import Alert, build_detect_flow
 from flows.replay import CallbackSink, replay
-from operators.fingerprints import FIRING, Fingerprint
+from operators.fingerprints import FIRING, Fingerprint, ScheduledAbsenceFingerprint
 from operators.metrics import CompiledMetric, MetricPoint, compile_metric
 from operators.routing import RoutingTable
 from operators.site import SiteDetector
@@ -37,10 +37,19 @@ RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
 LATENESS = 60_000
 
 
+# The corpus's cron jobs run every 5 to 15 minutes: on this schedule the slower ones miss runs and fire, and a
+# snapshot holds next runs already looked up (operators.fingerprints.ScheduledAbsenceFingerprint).
+SCHEDULED = Rule.model_validate({
+    "id": "job-late-berlin", "title": "Job late", "severity": "medium", "subsystem": "cron", "signal": "cron",
+    "where": {"event": {"in": ["started", "finished"]}}, "group_by": ["job"], "kind": "absence",
+    "absence": {"schedule": "*/5 * * * *", "timezone": "Europe/Berlin", "grace": "2m"}, "resolve_after": "1m",
+})
+
+
 @pytest.fixture(scope="module")
 def pack() -> tuple[list[Rule], list[MetricDefinition]]:
     ruleset = load_rules(RULES_DIR)
-    return ruleset.enabled_rules, ruleset.metrics
+    return [*ruleset.enabled_rules, SCHEDULED], ruleset.metrics
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +142,7 @@ def assert_state_worth_snapshotting(detectors: Iterable[SiteDetector]) -> None:
     assert any(detector.dues for detector in detectors)
     assert any(isinstance(fp, Fingerprint) and fp.state == FIRING for fp in fingerprints)
     assert {runner.rule.kind for runner in runners if runner.fps} >= {"threshold", "ratio", "distinct", "absence", "shift", "match"}
+    assert any(isinstance(fp, ScheduledAbsenceFingerprint) and fp.expected_for == fp.last for fp in fingerprints)
     assert any(detector.metrics is not None and detector.metrics.open for detector in detectors)
     assert any(detector.ticks for detector in detectors)
 
