@@ -142,7 +142,7 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
     alone = tmp_path_factory.mktemp("alone")
-    target = alone / "logystera"
+    target = alone.resolve() / "logystera"
     _run(["git", "clone", "--quiet", "--no-hardlinks", ROOT, target], cwd=alone)
     assert [entry.name for entry in alone.iterdir()] == ["logystera"]
     return target
@@ -191,7 +191,7 @@ def test_the_wheel_alone_runs_the_demo_and_ships_its_data(clone: Path, fresh_ven
     empty.mkdir()
     env = _environment()
     site_packages = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], empty, env).strip())
-    pack = site_packages / "rules"
+    pack = (site_packages / "rules").resolve()
     assert sorted(path.name for path in pack.iterdir()) == sorted(path.name for path in (clone / "rules").iterdir())
 
     demo = _run([fresh_venv / "bin" / "logystera", "demo"], empty, env)

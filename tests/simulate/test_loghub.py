@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter, defaultdict
@@ -177,9 +178,15 @@ def test_real_attacks_fire_the_auth_rules(tmp_path: Path) -> None:
     assert "login-lockouts" not in firing  # sshd disconnects after MaxAuthTries; it does not lock accounts
 
 
-def test_the_sample_ships_inside_the_package() -> None:
-    assert OPENSSH_SAMPLE.parent == Path(simulate.__file__).resolve().parent / "data" / "loghub"
-    assert (OPENSSH_SAMPLE.parent / "README.md").read_text(encoding="utf-8").count("https://github.com/logpai/loghub") >= 2
+def test_the_samples_ship_inside_the_package_unchanged_with_their_notice() -> None:
+    folder = Path(simulate.__file__).resolve().parent / "data" / "loghub"
+    assert OPENSSH_SAMPLE.parent == folder
+    readme = (folder / "README.md").read_text(encoding="utf-8")
+    assert "The above license notice shall be included in all copies of the datasets." in readme
+    listed = dict(re.findall(r"^\| `(\S+\.log)` \|.*\| `([0-9a-f]{64})` \|$", readme, re.MULTILINE))
+    assert listed.keys() == {path.name for path in folder.glob("*.log")} == {"OpenSSH_2k.log", "Linux_2k.log"}
+    for name, digest in listed.items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
 
 
 def test_the_command_reports_a_missing_log_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
