@@ -1,7 +1,7 @@
 """``logystera demo``: a simulated day of four sites through the real detection flow.
 
 Writes the scenario of :mod:`simulate.scenario` to ``DATA_DIR/signals.jsonl``,
-replays it with the default rule pack (the repository's ``rules/``) through
+replays it with the default rule pack (:data:`RULES_DIR`) through
 :func:`flows.replay.replay` — the same Bytewax dataflow as ``logystera
 replay`` — and shows each notification the moment the flow emits it, then a
 table of them all and the totals; the notification records go to
@@ -38,7 +38,7 @@ from simulate.scenario import DAY_START, SITES, write_scenario
 from sinks.clickhouse import Store
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
-"""The default rule pack, located relative to the package (the repository's ``rules/``)."""
+"""The default rule pack: ``rules/`` beside ``cli/``, in a checkout and in an installed wheel alike (pyproject package-data)."""
 
 _SEVERITY_ORDER = ("critical", "high", "medium", "low", "info")
 _PROGRESS_STEPS = 10
