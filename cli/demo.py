@@ -214,7 +214,17 @@ def _totals(records: list[dict[str, Any]], result: ReplayResult, seconds: float)
     ]
 
 
-TRY_QUERY = 'try: .venv/bin/logystera sql "SELECT site, rule_id, count() AS notifications FROM alerts_final GROUP BY ALL"'
+TRY_QUERY = 'sql "SELECT site, rule_id, count() AS notifications FROM alerts_final GROUP BY ALL"'
+
+
+def _invoked_as() -> str:
+    """How the user can call us again: the script's path when it lies under the current folder (``.venv/bin/logystera``)."""
+    script = Path(sys.argv[0])
+    if script.name == "logystera":
+        relative = os.path.relpath(script)
+        if not relative.startswith(".."):
+            return relative
+    return "logystera"
 
 
 def run_demo(data_dir: Path, workers: int = 1, console: Console | None = None, store: str = "none") -> int:
@@ -274,5 +284,5 @@ def run_demo(data_dir: Path, workers: int = 1, console: Console | None = None, s
     out.line(f"Alerts:  {alerts_path}")
     if opened is not None:
         out.line(f"Store:   {opened.address}")
-        out.line(f"  {TRY_QUERY}")
+        out.line(f"  try: {_invoked_as()} {TRY_QUERY}")
     return 0
