@@ -21,7 +21,7 @@ from schemas.conditions import check_conditions, field_specs
 from schemas.durations import parse_duration
 from schemas.excerpt import clip, excerpt
 from schemas.fields import MAX_INTEGER
-from schemas.rules import KIND_PARAMS, MAX_METRIC_SERIES, Channel, MetricDefinition, Rule, kind_block_problems
+from schemas.rules import KIND_PARAMS, MAX_METRIC_SERIES, Channel, FieldProblems, MetricDefinition, Rule, kind_block_problems
 
 _CHANNEL_ADAPTER: TypeAdapter[Any] = TypeAdapter(Channel)
 
@@ -246,6 +246,10 @@ def validation_problems(error: ValidationError) -> Iterator[tuple[str, str]]:
         pairs: list[tuple[str, str]]
         if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
             pairs = [_tag_problem(dict(item))]
+        elif isinstance(item.get("ctx", {}).get("error"), FieldProblems):
+            block = _field_path(tuple(loc))
+            prefix = "" if block == "(document)" else block + "."
+            pairs = [(prefix + name, text) for name, text in item["ctx"]["error"].problems]
         elif item["type"] == "value_error" and _field_path(tuple(loc)) == "(document)":
             # Cross-field checks (model validators) join "field: message" pairs with "; ".
             pairs = []
