@@ -151,7 +151,7 @@ def isolation(store: Store, pairs: int, slow_s: float) -> None:
             submitted = time.time() * 1000
             channels = [channel("slow", slow_url), channel("healthy", healthy_url)] if with_slow else [channel("healthy", healthy_url)]
             run(store, channels, records, concurrency=4)
-        found = rows(store, names, {record["alert_id"] for record in records})
+        found = rows(store, names, {notification.record.alert_id for notification in records})
         for name in names:
             calls = found[name]
             assert len(calls) == pairs and {outcome for *_, outcome in calls} == {"delivered"}, (name, calls)
