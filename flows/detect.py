@@ -2,9 +2,10 @@
 
 ``build_detect_flow`` only wires: validation lives in :mod:`schemas.records`,
 routing in :mod:`operators.routing`, detection in :mod:`operators.engine`.
-Invalid lines go down their own stream, ``rejects`` (counted and reported,
-never dropped); each output is a typed stream of :class:`DetectOutputs`. Decisions never use Bytewax's clock-driven windows
-or wake-ups: time comes only from the records.
+Each output is a typed stream of :class:`DetectOutputs`; invalid lines go
+down their own, ``rejects`` (counted and reported, never dropped). Decisions
+never use Bytewax's clock-driven windows or wake-ups: time comes only from
+the records.
 
 The Bytewax key is the site: one state per site (:class:`SiteDetector`) holds
 a :class:`RuleRunner` per rule, and a record is handed to the runners of the
