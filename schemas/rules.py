@@ -233,7 +233,7 @@ class _UrlChannel(_Channel):
     @model_validator(mode="after")
     def _one_url(self) -> _UrlChannel:
         if (self.url is None) == (self.url_env is None):
-            # "field: message" so that the loader names the field (rule_loader.validation_problems).
+            # "field: message" so that the loader names the field (problems.validation_problems).
             raise ValueError("url: give exactly one of url or url_env")
         return self
 

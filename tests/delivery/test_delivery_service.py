@@ -18,6 +18,7 @@ import pytest
 
 from delivery.attempt_log import AttemptLog, Earlier, with_carried_counts
 from delivery.channels import open_sender
+from delivery.metrics import DeliveryMetrics
 from delivery.schedule import COLLAPSED_INTO, DELIVERED, GAVE_UP, HELD, RATE_LIMITED, RETRYING, DeliveryPolicy
 from delivery.service import UNKNOWN_CHANNEL, DeliveryService
 from schemas.rules import EmailChannel, SlackChannel, TeamsChannel, WebhookChannel
@@ -141,7 +142,7 @@ def test_a_permanent_4xx_is_not_retried_and_gives_up_at_once(store: Store) -> No
         service = deliver(store, [webhook("oncall", hook.url)], [[notification(1)]])
         assert len(hook.received) == 1
     assert attempts(store) == [(1, 1, "oncall", 1, GAVE_UP, 404, "HTTP 404: no such hook (not retryable)")]
-    assert 'logystera_delivery_notifications_total{channel="oncall",result="gave_up"} 1' in service.metrics_text()
+    assert b'logystera_delivery_notifications_total{channel="oncall",result="gave_up"} 1.0' in DeliveryMetrics(service).exposition()
     assert "0 delivered, 0 collapsed, 1 gave up" in service.summary()[0]
 
 
