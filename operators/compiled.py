@@ -9,6 +9,7 @@ from operators.conditions import Predicate, compile_conditions
 from schemas.durations import format_duration
 from schemas.records import compact_json
 from schemas.rules import Rule
+from schemas.schedule import Schedule, load_zone
 
 DEFAULT_ALLOWED_LATENESS_MS = 60_000
 
@@ -40,6 +41,7 @@ class CompiledRule:
     overflow_json: str
     header: dict[str, Any]
     params: Any  # the kind's parameter block (None for match), read on every evaluation
+    schedule: Schedule | None  # a scheduled absence's schedule (None otherwise)
     group_cache: dict[tuple[Any, ...], str] = field(default_factory=dict)  # group values -> group_json
 
     @property
@@ -59,6 +61,9 @@ def compile_rule(rule: Rule) -> CompiledRule:
     header = {"id": rule.id, "title": rule.title, "kind": rule.kind, "description": rule.description}
     where = compile_conditions(rule.where)
     ratio = rule.kind == "ratio"
+    schedule = None
+    if rule.kind == "absence" and params.schedule is not None:
+        schedule = Schedule(params.schedule, params.zone_name, load_zone(params.zone_name), params.grace)
     return CompiledRule(
         rule=rule,
         id=rule.id,
@@ -78,4 +83,5 @@ def compile_rule(rule: Rule) -> CompiledRule:
         overflow_json=group_json(overflow),
         header=header,
         params=params,
+        schedule=schedule,
     )

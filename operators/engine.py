@@ -275,7 +275,8 @@ class RuleRunner:
                 self._transition(fp, holds, c, out)
             if fp.state == INACTIVE:
                 deadline = fp.inactive_deadline(c, rule, self.first)
-                live = deadline is not None
+                # No deadline: nothing left in its lookback (forget it), or a scheduled absence with no run ahead.
+                live = deadline is not None or fp.holds_data(c, rule)
             else:
                 live = True
                 deadline = self._deadline(fp, c)

@@ -8,10 +8,12 @@ because notifications are rare next to signals.
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 
+from schemas.durations import format_duration, spoken_duration
 from schemas.records import compact_json, evidence_envelope
-from schemas.timestamps import format_ts
+from schemas.timestamps import format_ts, parse_ts
 
 if TYPE_CHECKING:
     from operators.compiled import CompiledRule
@@ -100,6 +102,41 @@ def _group_text(notification: Notification) -> str:
     return " (" + ", ".join(parts) + ")"
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _local_time(text: str, zone: tzinfo) -> str:
+    """An envelope timestamp as a wall-clock time of ``zone``, like ``Tue 1 Dec 09:00`` (English whatever the locale)."""
+    moment = (_EPOCH + timedelta(milliseconds=parse_ts(text))).astimezone(zone)
+    return f"{_DAYS[moment.weekday()]} {moment.day} {_MONTHS[moment.month - 1]} {moment.hour:02d}:{moment.minute:02d}"
+
+
+def _absence_text(notification: Notification, types: str) -> str:
+    """The silence in human terms: how long (fixed ``after``), or which run is missing (``schedule``).
+
+    A resolution says what arrived: its value is taken at the resolving signal.
+    """
+    value = notification.value
+    schedule = notification.rule.schedule
+    resolved = notification.status == "resolved"
+    if schedule is None:
+        if resolved:
+            return f"matching {types} signal seen at {value['last_seen_at']}"
+        silent = spoken_duration(round(value["silent_for_s"] * 1000))
+        return f"no matching {types} signal for {silent} (last seen {value['last_seen_at']})"
+    zone = schedule.zone
+    last = _local_time(value["last_seen_at"], zone)
+    expected = value["expected_at"]
+    if resolved:
+        after = "no later run on the schedule" if expected is None else f"next run expected {_local_time(expected, zone)}"
+        return f"matching {types} signal seen at {last} {schedule.zone_name} ({after})"
+    # Firing means past next(last) + grace, so there is an expected run.
+    missed = f"expected {_local_time(expected, zone)} {schedule.zone_name}, {format_duration(schedule.grace)} grace"
+    return f"no matching {types} signal since {last} ({missed})"
+
+
 def summarize(notification: Notification) -> str:
     """One line in human terms: what matched, with the numbers."""
     rule = notification.rule
@@ -124,7 +161,7 @@ def summarize(notification: Notification) -> str:
     elif kind == "distinct":
         text = f"{value['distinct']} distinct {rule.params.field} values in the last {window} over {value['count']} signals"
     elif kind == "absence":
-        text = f"no matching {types} signal for {value['silent_for_s']:g}s (last seen {value['last_seen_at']})"
+        text = _absence_text(notification, types)
     elif value["baseline_count"] == 0:
         text = f"{value['count']} {types} signals in the last {window}, none in the baseline before it"
     else:

@@ -53,6 +53,25 @@ def format_duration(ms: int) -> str:
     return f"{ms}ms"
 
 
+def spoken_duration(ms: int) -> str:
+    """A length of time the way a person reads it, to its two largest units, rounded down.
+
+    ``7202460`` → ``2h 0m``, ``90000`` → ``1m 30s``, ``273600000`` → ``3d 4h``,
+    ``45500`` → ``45s``. For summaries; exact numbers stay in ``value``.
+    """
+    seconds = max(ms, 0) // 1000
+    minutes, second = divmod(seconds, 60)
+    hours, minute = divmod(minutes, 60)
+    days, hour = divmod(hours, 24)
+    if days:
+        return f"{days}d {hour}h"
+    if hours:
+        return f"{hours}h {minute}m"
+    if minutes:
+        return f"{minutes}m {second}s"
+    return f"{second}s"
+
+
 def _check_window(ms: int) -> int:
     if ms <= 0:
         raise ValueError("must be > 0")

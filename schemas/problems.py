@@ -148,6 +148,18 @@ for _tag, _construct in (
     StrictYamlLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _checked(_construct))
 
 
+class FieldProblems(ValueError):
+    """Mistakes a model validator found in named fields of its model: ``(field, message)`` pairs.
+
+    A cross-field check runs on the whole block, so pydantic places its error
+    at the block; :func:`validation_problems` reads the pairs to name each field instead.
+    """
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{name}: {message}" for name, message in problems))
+        self.problems = problems
+
+
 MAX_PATH = 80
 """Characters of a field path a one-line reason shows at most (a JSON key can be as long as its document)."""
 
@@ -250,6 +262,10 @@ def validation_problems(error: ValidationError) -> Iterator[tuple[str, str]]:
         pairs: list[tuple[str, str]]
         if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
             pairs = [_tag_problem(dict(item))]
+        elif isinstance(item.get("ctx", {}).get("error"), FieldProblems):
+            block = _field_path(tuple(loc))
+            prefix = "" if block == "(document)" else block + "."
+            pairs = [(prefix + name, text) for name, text in item["ctx"]["error"].problems]
         elif item["type"] == "value_error" and _field_path(tuple(loc)) == "(document)":
             # Cross-field checks (model validators) join "field: message" pairs with "; ".
             pairs = []

@@ -9,10 +9,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from schemas.durations import Duration, Window
 from schemas.excerpt import excerpt
+from schemas.problems import FieldProblems
+from schemas.schedule import check_schedule, load_zone
 from schemas.signals import SIGNAL_TYPES
 
 RULE_CONFIG = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
@@ -71,11 +82,49 @@ class DistinctParams(BaseModel):
     window: Window
 
 
+def _check_zone(value: str) -> str:
+    load_zone(value)
+    return value
+
+
 class AbsenceParams(BaseModel):
-    """Silence for ``after`` since the last matching signal."""
+    """Silence for ``after`` since the last matching signal, or past the next run of ``schedule`` plus ``grace``."""
 
     model_config = RULE_CONFIG
-    after: Window
+    after: Window | None = None
+    schedule: Annotated[str, AfterValidator(check_schedule)] | None = None
+    timezone: Annotated[str, AfterValidator(_check_zone)] | None = None
+    grace: Window | None = None
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> AbsenceParams:
+        """Exactly one of ``after`` and ``schedule``; ``grace`` (required) and ``timezone`` only with ``schedule``."""
+        problems: list[tuple[str, str]] = []
+        if self.after is None and self.schedule is None:
+            problems.append(("after", "required: give after (a fixed silence) or schedule (with grace)"))
+        elif self.after is not None and self.schedule is not None:
+            problems.append(("schedule", "not allowed with after: give exactly one of after and schedule"))
+        elif self.schedule is not None and self.grace is None:
+            problems.append(("grace", "required with schedule"))
+        if self.after is not None and self.schedule is None:
+            problems.extend((name, "only with schedule") for name in ("timezone", "grace") if getattr(self, name) is not None)
+        if problems:
+            raise FieldProblems(problems)
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unused(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Only the fields the rule gives: a fixed-silence rule dumps as ``{"after": …}``, as before schedules.
+
+        The dump is what a snapshot's rule fingerprint hashes (operators.snapshot), so
+        the absence rules of a snapshot taken before schedules existed keep their state.
+        """
+        return {name: value for name, value in handler(self).items() if value is not None}
+
+    @property
+    def zone_name(self) -> str:
+        """The schedule's time zone (``UTC`` unless given)."""
+        return self.timezone or "UTC"
 
 
 class ShiftParams(BaseModel):

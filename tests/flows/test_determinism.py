@@ -48,14 +48,29 @@ rules:
 """
 
 
+# Added to either pack: scheduled absence on the corpus's cron jobs (which run every 5 to 15 minutes, so the
+# jobs slower than the schedule miss runs and fire, then resolve when they run), in a zone with daylight saving.
+SCHEDULED_RULES = """
+rules:
+  - {id: job-late-berlin, title: Job late, severity: medium, subsystem: cron, signal: cron,
+     where: {event: {in: [started, finished]}}, group_by: [job], kind: absence,
+     absence: {schedule: "*/5 * * * *", timezone: Europe/Berlin, grace: 2m}, resolve_after: 1m, suppress: 20m}
+  - {id: job-late-hourly, title: Job late, severity: low, subsystem: cron, signal: cron, kind: absence,
+     absence: {schedule: "7,37 * * * *", grace: 30s}, for: 1m}
+"""
+
+
 def _rules(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[Rule]]:
+    scheduled = tmp_path_factory.mktemp("scheduled") / "scheduled.yaml"
+    scheduled.write_text(SCHEDULED_RULES, encoding="utf-8")
+    extra = load_rules(scheduled).enabled_rules
     if DEFAULT_PACK.is_dir():
         rules = load_rules(DEFAULT_PACK).enabled_rules
         if rules:
-            return "default pack", rules
+            return "default pack", rules + extra
     directory = tmp_path_factory.mktemp("rules")
     (directory / "pack.yaml").write_text(FALLBACK_PACK, encoding="utf-8")
-    return "fallback pack", load_rules(directory).enabled_rules
+    return "fallback pack", load_rules(directory).enabled_rules + extra
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +148,8 @@ def test_replay_is_byte_identical_across_workers_chunks_and_runs(corpus: Path, p
     assert len(kinds) >= 4, (label, kinds)
     assert statuses["firing"] > 0 and statuses["resolved"] > 0, statuses
     assert len(fired_rules) >= len(rules) // 2, (label, sorted(fired_rules))
+    scheduled = Counter(record["status"] for record in records if record["rule"]["id"] == "job-late-berlin")
+    assert scheduled["firing"] > 0 and scheduled["resolved"] > 0, scheduled
     def order(record: dict[str, Any]) -> tuple[Any, ...]:
         group = json.dumps(record["group"], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return record["evaluated_at"], record["site"], record["rule"]["id"], group, record["seq"], record["alert_id"]

@@ -23,7 +23,7 @@ from bytewax.testing import TestingSource, run_main
 
 from flows.detect import Alert, build_detect_flow
 from flows.replay import replay
-from operators.fingerprints import FIRING, Fingerprint
+from operators.fingerprints import FIRING, Fingerprint, ScheduledAbsenceFingerprint
 from operators.metrics import CompiledMetric, MetricPoint, compile_metric
 from operators.routing import RoutingTable
 from operators.site import SiteDetector
@@ -38,10 +38,19 @@ RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
 LATENESS = 60_000
 
 
+# The corpus's cron jobs run every 5 to 15 minutes: on this schedule the slower ones miss runs and fire, and a
+# snapshot holds next runs already looked up (operators.fingerprints.ScheduledAbsenceFingerprint).
+SCHEDULED = Rule.model_validate({
+    "id": "job-late-berlin", "title": "Job late", "severity": "medium", "subsystem": "cron", "signal": "cron",
+    "where": {"event": {"in": ["started", "finished"]}}, "group_by": ["job"], "kind": "absence",
+    "absence": {"schedule": "*/5 * * * *", "timezone": "Europe/Berlin", "grace": "2m"}, "resolve_after": "1m",
+})
+
+
 @pytest.fixture(scope="module")
 def pack() -> tuple[list[Rule], list[MetricDefinition]]:
     ruleset = load_rules(RULES_DIR)
-    return ruleset.enabled_rules, ruleset.metrics
+    return [*ruleset.enabled_rules, SCHEDULED], ruleset.metrics
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +143,7 @@ def assert_state_worth_snapshotting(detectors: Iterable[SiteDetector]) -> None:
     assert any(detector.dues for detector in detectors)
     assert any(isinstance(fp, Fingerprint) and fp.state == FIRING for fp in fingerprints)
     assert {runner.rule.kind for runner in runners if runner.fps} >= {"threshold", "ratio", "distinct", "absence", "shift", "match"}
+    assert any(isinstance(fp, ScheduledAbsenceFingerprint) and fp.expected_for == fp.last for fp in fingerprints)
     assert any(detector.metrics is not None and detector.metrics.open for detector in detectors)
     assert any(detector.ticks for detector in detectors)
 
@@ -260,7 +270,10 @@ class CountingCodec(SnapshotCodec):
 def test_an_execution_aborted_twice_and_resumed_from_its_snapshots_gives_the_uninterrupted_notifications(
     tmp_path: Path, pack: Any
 ) -> None:
-    rules, _ = pack
+    # Without SCHEDULED: any absence rule whose alerts fire for minutes across a resume (a fixed `after: 4m` on
+    # these jobs too) gets a larger suppressed_count in its resolutions than the uninterrupted replay. That is an
+    # open issue of the Bytewax recovery path, not of schedules; the codec tests above cover scheduled state.
+    rules = [rule for rule in pack[0] if rule is not SCHEDULED]
     lines = list(generate_corpus(6000, 8, seed=5, duration_s=7200))
     signals = tmp_path / "signals.jsonl"
     signals.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -27,6 +27,9 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
+
+from cronsim import CronSim
 
 ALLOWED_LATENESS_MS = 60_000
 
@@ -47,6 +50,18 @@ def ms_to_ts(ms: int) -> str:
     """Epoch ms → the envelope's timestamp form, always with three fraction digits."""
     seconds, millis = divmod(ms, 1000)
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{millis:03d}Z"
+
+
+def next_run(schedule: str, timezone: str, last: int) -> int | None:
+    """rules.md "Scheduled absence": ``last`` in the zone (ms precision), cronsim's first instant after it,
+    skipping any that is not after ``last``; None when cronsim gives up."""
+    zone = ZoneInfo(timezone)
+    local = datetime.fromtimestamp(last // 1000, zone).replace(microsecond=(last % 1000) * 1000)
+    for run in CronSim(schedule, local):
+        instant = int(run.timestamp()) * 1000
+        if instant > last:
+            return instant
+    return None
 
 
 # --------------------------------------------------------------------------- conditions
@@ -382,8 +397,13 @@ class RefRunner:
         if kind == "absence":
             last = max(fp.signals, key=lambda sig: (sig.ts, sig.id))
             silent = c - last.ts
-            value = {"last_seen_at": ms_to_ts(last.ts), "silent_for_s": round(silent / 1000, 3)}
-            return silent >= rule.absence.after, value, [last]
+            if rule.absence.schedule is None:
+                value = {"last_seen_at": ms_to_ts(last.ts), "silent_for_s": round(silent / 1000, 3)}
+                return silent >= rule.absence.after, value, [last]
+            expected = next_run(rule.absence.schedule, rule.absence.timezone or "UTC", last.ts)
+            value = {"last_seen_at": ms_to_ts(last.ts), "expected_at": None if expected is None else ms_to_ts(expected),
+                     "silent_for_s": round(silent / 1000, 3)}
+            return expected is not None and c >= expected + rule.absence.grace, value, [last]
         if kind == "shift":
             p = rule.shift
             current = [sig for sig in fp.signals if c - p.window < sig.ts <= c]

@@ -111,7 +111,14 @@ def rule_dicts(draw: Any, kind: str, index: int, flood: bool = False) -> dict[st
     elif kind == "absence":
         if where is not None:
             rule["where"] = where
-        rule["absence"] = {"after": window}
+        if draw(st.booleans()):
+            rule["absence"] = {"after": window}
+        else:  # scheduled: runs every minute or two, so that several fall inside these short streams
+            schedule = draw(st.sampled_from(["* * * * *", "*/2 * * * *", "1-59/3 * * * *", "0 10 * * *", "0,1 10,11 28 11 *"]))
+            rule["absence"] = {"schedule": schedule, "grace": window}
+            zone = draw(st.sampled_from([None, "UTC", "Europe/Berlin", "America/St_Johns"]))
+            if zone is not None:
+                rule["absence"]["timezone"] = zone
     else:
         if where is not None:
             rule["where"] = where

@@ -17,6 +17,7 @@ from schemas.rules import EmailChannel, SlackChannel, TeamsChannel, WebhookChann
 INVALID = Path(__file__).parent / "invalid"
 
 MAIL = "DIR/rule.yaml: rule mail-delivery-failing: "
+BACKUP = "DIR/rule.yaml: rule nightly-backup: "
 OPERATORS = "(eq, ne, in, not_in, gt, gte, lt, lte, prefix, exists, contains)"
 SIGNAL_TYPES = "auth, mail, cron, php_error, config_change, db_event, request, plugin, file_edit, integration"
 SEVERITIES = "'critical', 'high', 'medium', 'low' or 'info'"
@@ -42,6 +43,20 @@ EXPECTED: dict[str, list[str]] = {
     "window-zero": [MAIL + "threshold.window: must be > 0"],
     "window-eight-days": [MAIL + "threshold.window: must be ≤ 7d"],
     "absence-after-eight-days": ["DIR/rule.yaml: rule cron-job-stopped: absence.after: must be ≤ 7d"],
+    "absence-after-and-schedule": [BACKUP + "absence.schedule: not allowed with after: give exactly one of after and schedule"],
+    "absence-neither": [BACKUP + "absence.after: required: give after (a fixed silence) or schedule (with grace)"],
+    "absence-schedule-without-grace": [BACKUP + "absence.grace: required with schedule"],
+    "absence-grace-eight-days": [BACKUP + "absence.grace: must be ≤ 7d"],
+    "absence-grace-with-after": [BACKUP + "absence.grace: only with schedule"],
+    "absence-schedule-rejected-by-cronsim": [
+        BACKUP + "absence.schedule: '0 3 31 2 *' is not a cron expression cronsim accepts: Bad day-of-month",
+    ],
+    "absence-schedule-six-fields": [
+        BACKUP + "absence.schedule: '0 0 3 * * *' has 6 field(s); a schedule has five (minute, hour, day of month, month, day of week)",
+    ],
+    "absence-unknown-timezone": [
+        BACKUP + "absence.timezone: unknown time zone 'Europe/Berln'; use an IANA name such as Europe/Berlin or UTC",
+    ],
     "bad-duration": [MAIL + "threshold.window: '10 minutes' is not a duration like 90s, 15m, 1h or 1d"],
     "ratio-at-least-zero": [MAIL + "ratio.at_least: must be > 0.0"],
     "ratio-at-least-over-one": [MAIL + "ratio.at_least: must be ≤ 1.0"],
