@@ -1,7 +1,7 @@
 """``logystera demo``: a simulated day of four sites through the real detection flow.
 
 Writes the scenario of :mod:`simulate.scenario` to ``DATA_DIR/signals.jsonl``,
-replays it with the default rule pack (the repository's ``rules/``) through
+replays it with the default rule pack (:data:`RULES_DIR`) through
 :func:`flows.replay.replay` — the same Bytewax dataflow as ``logystera
 replay`` — and shows each notification the moment the flow emits it, then a
 table of them all and the totals; the notification records go to
@@ -38,7 +38,7 @@ from simulate.scenario import DAY_START, SITES, write_scenario
 from sinks.clickhouse import Store
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
-"""The default rule pack, located relative to the package (the repository's ``rules/``)."""
+"""The default rule pack: ``rules/`` beside ``cli/``, in a checkout and in an installed wheel alike (pyproject package-data)."""
 
 _SEVERITY_ORDER = ("critical", "high", "medium", "low", "info")
 _PROGRESS_STEPS = 10
@@ -214,7 +214,17 @@ def _totals(records: list[dict[str, Any]], result: ReplayResult, seconds: float)
     ]
 
 
-TRY_QUERY = 'try: .venv/bin/logystera sql "SELECT site, rule_id, count() AS notifications FROM alerts_final GROUP BY ALL"'
+TRY_QUERY = 'sql "SELECT site, rule_id, count() AS notifications FROM alerts_final GROUP BY ALL"'
+
+
+def _invoked_as() -> str:
+    """How the user can call us again: the script's path when it lies under the current folder (``.venv/bin/logystera``)."""
+    script = Path(sys.argv[0])
+    if script.name == "logystera":
+        relative = os.path.relpath(script)
+        if not relative.startswith(".."):
+            return relative
+    return "logystera"
 
 
 def run_demo(data_dir: Path, workers: int = 1, console: Console | None = None, store: str = "none") -> int:
@@ -269,5 +279,5 @@ def run_demo(data_dir: Path, workers: int = 1, console: Console | None = None, s
     out.line(f"Alerts:  {alerts_path}")
     if opened is not None:
         out.line(f"Store:   {opened.address}")
-        out.line(f"  {TRY_QUERY}")
+        out.line(f"  try: {_invoked_as()} {TRY_QUERY}")
     return 0

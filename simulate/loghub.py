@@ -44,6 +44,7 @@ import argparse
 import calendar
 import heapq
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -55,9 +56,9 @@ from schemas.factory import identity_hash, make_signal, make_tick, network_prefi
 ASSUMED_YEAR = 2026
 """The year stamped on the loghub sample's lines (the log has none; see the module docstring)."""
 
-LOGHUB_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "loghub"
+LOGHUB_DIR = Path(__file__).resolve().parent / "data" / "loghub"
+"""The loghub samples (https://github.com/logpai/loghub; source and terms in its README.md), shipped as package data."""
 OPENSSH_SAMPLE = LOGHUB_DIR / "OpenSSH_2k.log"
-"""The loghub OpenSSH sample (https://github.com/logpai/loghub), next to the repository."""
 
 LOGIN_GRACE_MS = 120_000
 """sshd's default LoginGraceTime: no ``Failed`` line can follow its ``Invalid user`` line later than this."""
@@ -336,7 +337,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--year", type=int, default=ASSUMED_YEAR)
     parser.add_argument("--no-ticks", action="store_true")
     args = parser.parse_args(argv)
-    stats = convert_file(args.log, args.out, args.site, args.year, ticks=not args.no_ticks)
+    try:
+        stats = convert_file(args.log, args.out, args.site, args.year, ticks=not args.no_ticks)
+    except OSError as error:
+        print(f"{error.filename}: {error.strerror or error}", file=sys.stderr)
+        return 2
     print(stats.report())
     return 0
 

@@ -6,7 +6,8 @@ records, bursts that make the default pack fire) written to ``signals`` keyed
 by site. What it writes to ``alerts`` is compared with ``replay`` of the same
 records: exactly the same notifications, byte for byte. Then the same after
 ``kill -9`` at two points and a restart from the recovery directory (every
-notification there, repeated ones identical), a clean stop on SIGTERM with
+notification there, repeated ones identical; absence alerts fire across both
+kills), a clean stop on SIGTERM with
 the store written, and a broker that stops acknowledging.
 """
 
@@ -84,10 +85,30 @@ def produce_lines(producer: Producer, topic: str, lines: list[str]) -> list[tupl
     return produce(producer, topic, [(key_of(line), line.encode()) for line in lines])
 
 
-def replayed(tmp_path: Path, lines: list[str], name: str) -> ReplayResult:
+def replayed(tmp_path: Path, lines: list[str], name: str, rules: Path = RULES_DIR) -> ReplayResult:
     path = tmp_path / f"{name}.jsonl"
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return replay(str(path), load_rules(RULES_DIR).enabled_rules)
+    return replay(str(path), load_rules(rules).enabled_rules)
+
+
+# Absence rules on the corpus's cron jobs (which run every 5 to 15 minutes): the slower jobs fire for minutes at a
+# time, so firing episodes, and their suppressed_count (a count of evaluation instants), run across every kill.
+ABSENCE_RULES = """
+rules:
+  - {id: job-silent, title: Job silent, severity: low, subsystem: cron, signal: cron,
+     where: {event: {in: [started, finished]}}, group_by: [job], kind: absence, absence: {after: 4m}, resolve_after: 1m}
+  - {id: job-late-berlin, title: Job late, severity: medium, subsystem: cron, signal: cron,
+     where: {event: {in: [started, finished]}}, group_by: [job], kind: absence,
+     absence: {schedule: "*/5 * * * *", timezone: Europe/Berlin, grace: 2m}, resolve_after: 1m}
+"""
+
+
+def pack_with_absence(tmp_path: Path) -> Path:
+    """A rules directory: the default pack and :data:`ABSENCE_RULES`."""
+    directory = tmp_path / "rules"
+    shutil.copytree(RULES_DIR, directory)
+    (directory / "absence.yaml").write_text(ABSENCE_RULES, encoding="utf-8")
+    return directory
 
 
 wait_for = partial(polling.wait_for, timeout=DEADLINE_S)
@@ -96,8 +117,8 @@ wait_for = partial(polling.wait_for, timeout=DEADLINE_S)
 class Detect(LogysteraProcess):
     """A running ``logystera detect`` process whose stderr lines are collected as they come."""
 
-    def __init__(self, broker: Broker, *args: str) -> None:
-        super().__init__(["detect", "--bootstrap", broker.bootstrap, "--rules", str(RULES_DIR), *args])
+    def __init__(self, broker: Broker, *args: str, rules: Path = RULES_DIR) -> None:
+        super().__init__(["detect", "--bootstrap", broker.bootstrap, "--rules", str(rules), *args])
 
     def rejects(self) -> dict[tuple[int, int], str]:
         """(partition, offset) → reason, for every rejected record it reported."""
@@ -115,8 +136,8 @@ class Detect(LogysteraProcess):
         return returncode
 
 
-def run_detect(broker: Broker, *args: str) -> tuple[int, Detect]:
-    detect = Detect(broker, *args)
+def run_detect(broker: Broker, *args: str, rules: Path = RULES_DIR) -> tuple[int, Detect]:
+    detect = Detect(broker, *args, rules=rules)
     return detect.finish(), detect
 
 
@@ -228,16 +249,19 @@ def test_kill_9_at_two_points_and_a_restart_give_the_notifications_of_an_uninter
     broker.create_topics([signals, alerts], partitions=3)
     lines = corpus(4000, seed=33)
     first, second = len(lines) * 2 // 5, len(lines) * 3 // 4
-    uninterrupted, part1 = replayed(tmp_path, lines, "all"), replayed(tmp_path, lines[:first], "part1")
+    rules = pack_with_absence(tmp_path)
+    uninterrupted, part1 = replayed(tmp_path, lines, "all", rules), replayed(tmp_path, lines[:first], "part1", rules)
     expected, before_first_kill = uninterrupted.alerts, set(part1.alerts)
     assert len(expected) > 30 and 5 < len(before_first_kill) < len(expected) - 10
+    suppressing = [json.loads(alert) for alert in expected if json.loads(alert)["suppressed_count"] > 0]
+    assert {alert["rule"]["id"] for alert in suppressing} >= {"job-silent", "job-late-berlin"}
     producer = broker.producer()
     recovery = tmp_path / "recovery"
     args = ("--topic", signals, "--alerts-topic", alerts, "--recovery-dir", str(recovery))
 
     # 1. Part one, then a marker (an invalid record) at the end of every partition; kill -9 once an epoch
     #    after the markers is committed, so that the restart has to resume from snapshots.
-    run = Detect(broker, *args, "--epoch-interval", "1s")
+    run = Detect(broker, *args, "--epoch-interval", "1s", rules=rules)
     produce_lines(producer, signals, lines[:first])
     markers = [produce(producer, signals, [(b"marker", b'{"marker":true}')], partition=p)[0] for p in range(3)]
     wait_for(lambda: all(marker in run.rejects() for marker in markers), "marker reported")
@@ -247,7 +271,7 @@ def test_kill_9_at_two_points_and_a_restart_give_the_notifications_of_an_uninter
 
     # 2. Restart, part two, kill -9 as soon as its first notification is out (mid-stream). Its epoch is
     #    long: nothing it does is committed, so the restart must do it all again, notifications included.
-    run = Detect(broker, *args, "--epoch-interval", "10m")
+    run = Detect(broker, *args, "--epoch-interval", "10m", rules=rules)
     produce_lines(producer, signals, lines[first:second])
     wait_for(lambda: any(record.value and record.value.decode() not in before_first_kill for record in broker.read_all(alerts)),
              "a notification of part two")
@@ -256,7 +280,7 @@ def test_kill_9_at_two_points_and_a_restart_give_the_notifications_of_an_uninter
 
     # 3. Part three, restart and read to the end.
     produce_lines(producer, signals, lines[second:])
-    returncode, last = run_detect(broker, *args, "--epoch-interval", "1s", "--exit-at-end")
+    returncode, last = run_detect(broker, *args, "--epoch-interval", "1s", "--exit-at-end", rules=rules)
     assert returncode == 0, "\n".join(last.lines)
     # It resumed exactly after the markers: parts two and three, each record once.
     invalid = sum(1 for line, _ in uninterrupted.rejects if line > first)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter, defaultdict
@@ -10,12 +11,13 @@ from typing import Any
 
 import pytest
 
+import simulate
 from dispatcher import network_prefix
 from flows.replay import replay
 from schemas.factory import identity_hash
 from schemas.records import parse_record
 from schemas.rule_loader import load_rules
-from simulate.loghub import OPENSSH_SAMPLE, ConversionStats, convert_file, convert_openssh, network_source
+from simulate.loghub import OPENSSH_SAMPLE, ConversionStats, convert_file, convert_openssh, main, network_source
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
 SITE = "labsz-ssh"
@@ -188,3 +190,24 @@ def test_the_converter_and_the_dispatcher_keep_the_same_network_of_an_address(ad
 
 def test_a_host_name_is_hashed_not_kept() -> None:
     assert network_source("Host.Example", SITE) == identity_hash("host.example", SITE)
+
+
+def test_the_samples_ship_inside_the_package_unchanged_with_their_notice() -> None:
+    folder = Path(simulate.__file__).resolve().parent / "data" / "loghub"
+    assert OPENSSH_SAMPLE.parent == folder
+    readme = (folder / "README.md").read_text(encoding="utf-8")
+    assert "The above license notice shall be included in all copies of the datasets." in readme
+    listed = dict(re.findall(r"^\| `(\S+\.log)` \|.*\| `([0-9a-f]{64})` \|$", readme, re.MULTILINE))
+    assert listed.keys() == {path.name for path in folder.glob("*.log")} == {"OpenSSH_2k.log", "Linux_2k.log"}
+    for name, digest in listed.items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_the_command_reports_a_missing_log_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path / "missing.log"), str(tmp_path / "out.jsonl")]) == 2
+    assert capsys.readouterr().err == f"{tmp_path / 'missing.log'}: No such file or directory\n"
+
+
+def test_the_command_converts_the_sample_by_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path / "out.jsonl")]) == 0
+    assert capsys.readouterr().out.startswith("2000 lines: 527 became 535 auth signals")
