@@ -21,9 +21,10 @@ from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS
 from operators.metrics import compile_metric
 from operators.notification import DEFAULT_LINK_BASE
 from operators.routing import RoutingTable
+from schemas.errors import LogysteraError, root_cause
 from schemas.rules import MetricDefinition, Rule
 from sinks.callback import CallbackSink
-from sinks.clickhouse import Store, StoreSink, StoreUnavailable
+from sinks.clickhouse import Store, StoreSink
 
 
 @dataclass
@@ -39,16 +40,6 @@ class ReplayResult:
     def totals_line(self) -> str:
         """The final stderr line of cli.md."""
         return f"replayed {self.valid} signals, {len(self.rejects)} invalid, {len(self.late_lines)} late"
-
-
-def store_failure(error: BaseException) -> StoreUnavailable | None:
-    """The :class:`StoreUnavailable` somewhere in an exception's chain, if any."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, StoreUnavailable):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 def run_flow(flow: Dataflow, workers: int) -> None:
@@ -121,8 +112,8 @@ def replay(
     try:
         run_flow(flow, workers)
     except Exception as error:
-        # Bytewax re-raises a step's exception wrapped; a store that gave up is the user-facing cause.
-        cause = store_failure(error)
+        # Bytewax re-raises a step's exception wrapped; the error a person must read (a store that gave up) is inside.
+        cause = root_cause(error, LogysteraError)
         if cause is not None:
             raise cause from None
         raise

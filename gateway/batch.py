@@ -29,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gateway.auth import BATCH_ID_RE
 from gateway.errors import Rejected
 from gateway.registry import Site
+from schemas.problems import validation_problems
 from schemas.records import compact_json, parse_lines
-from schemas.rule_loader import validation_problems
 from schemas.timestamps import TS_PATTERN, format_ts
 
 MAX_DEPTH = 16

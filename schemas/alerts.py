@@ -16,6 +16,7 @@ a ``--link-base`` option into the base a valid URI is built from.
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import re
 from typing import Annotated, Any, Literal, Union
@@ -31,11 +32,13 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StrictStr,
+    ValidationError,
     ValidationInfo,
     field_validator,
 )
 from pydantic_core import PydanticCustomError
 
+from schemas.problems import first_problem
 from schemas.records import compact_json
 from schemas.rules import CHANNEL_NAME_PATTERN, RULE_ID_PATTERN
 from schemas.signals import ENVELOPES, MAX_SIGNAL_BYTES, PAYLOADS, SIGNAL_TYPES, SiteId
@@ -219,6 +222,16 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _PATH_KEPT = re.compile(r"%[0-9A-Fa-f]{2}|[A-Za-z0-9\-._~!$&'()*+,;=:@/]+")
 """RFC 3986 path characters (unreserved, sub-delims, ``:``, ``@``, ``/``) and percent-escapes: kept as they are."""
 _ASCII_HOST = re.compile(r"^[a-z0-9\-._~]+$")
+
+
+def parse_notification(text: str) -> dict[str, Any] | str:
+    """The record as emitted (a dict, key order kept), or why it is not a valid notification record (one line)."""
+    try:
+        NotificationRecord.model_validate_json(text)
+    except ValidationError as error:
+        return first_problem(error)
+    record: dict[str, Any] = json.loads(text)
+    return record
 
 
 def link_base(text: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from typing import Annotated, Any
 
@@ -33,6 +34,14 @@ def parse_duration(value: Any) -> int:
                 raise ValueError(f"{excerpt(value)} is longer than 2^53 − 1 milliseconds")
             return ms
     raise ValueError(f"{excerpt(value)} is not a duration like 90s, 15m, 1h or 1d")
+
+
+def duration_option(text: str) -> int:
+    """An argparse ``type`` for every duration option (``--timeout 10s``): milliseconds, or a usage error naming the option."""
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def format_duration(ms: int) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from schemas.problems import first_problem
 from schemas.signals import MAX_SIGNAL_BYTES, SIGNAL_ADAPTER, SITE_PATTERN
 from schemas.timestamps import MILLIS, SECOND_STARTS, TimestampError, parse_ts, parse_ts_checked
 
@@ -62,34 +63,6 @@ def compact_json(value: Any) -> str:
 def compact_size(raw: bytes) -> int:
     """Size in bytes of the compact UTF-8 encoding of a JSON document."""
     return len(compact_json(json.loads(raw)).encode("utf-8"))
-
-
-def describe_validation_error(error: ValidationError) -> str:
-    """One readable line for the first problem of a signal, plus how many more there are."""
-    problems = error.errors(include_url=False)
-    first = problems[0]
-    kind = first["type"]
-    if kind == "json_invalid":
-        return f"not valid JSON: {first['ctx'].get('error', first['msg'])}" if "ctx" in first else "not valid JSON"
-    loc = [str(part) for part in first["loc"]]
-    if kind == "union_tag_invalid":
-        reason = f"type: unknown signal type {first['ctx']['tag']!r}"
-    elif kind == "union_tag_not_found":
-        reason = "type: field required"
-    elif len(loc) <= 1 and kind in ("model_type", "model_attributes_type", "dict_type"):
-        reason = "not a JSON object"
-    elif kind in ("model_type", "model_attributes_type"):
-        reason = f"{'.'.join(loc[1:])}: must be an object"
-    else:
-        path = ".".join(loc[1:]) if len(loc) > 1 else ".".join(loc)
-        message = {
-            "extra_forbidden": "field not allowed",
-            "missing": "field required",
-        }.get(kind, first["msg"][0].lower() + first["msg"][1:])
-        reason = f"{path}: {message}"
-    if len(problems) > 1:
-        reason += f" (+{len(problems) - 1} more)"
-    return reason
 
 
 _validate_json = SIGNAL_ADAPTER.validator.validate_json
@@ -150,7 +123,7 @@ def parse_lines(
             second = second_start(ts_text[:19])  # parse_ts's usual path, inlined
             ts = second + millis[ts_text[20:23]] if second is not None and len(ts_text) == 24 else to_ms(ts_text)
         except ValidationError as error:
-            rejects.append((line, describe_validation_error(error)))
+            rejects.append((line, first_problem(error, tagged=True)))
             continue
         except TimestampError as error:
             rejects.append((line, f"ts: {error}"))

@@ -11,6 +11,8 @@ import calendar
 import re
 from datetime import UTC, datetime
 
+from schemas.errors import UsageError
+
 TS_PATTERN = (
     r"^[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
     r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?Z$"
@@ -29,7 +31,7 @@ _DAY_CACHE_LIMIT = 4096
 MS_PER_DAY = 86_400_000
 
 
-class TimestampError(ValueError):
+class TimestampError(UsageError, ValueError):
     """A ``ts`` string that matches the shape but names no real instant (e.g. Feb 30)."""
 
 

@@ -33,6 +33,7 @@ from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkParti
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from typing_extensions import override
 
+from schemas.errors import Failure, LogysteraError, UsageError
 from schemas.store import MIGRATIONS, MIGRATIONS_TABLE, ROW_COLUMNS, Columns
 
 DEFAULT_DATABASE = "logystera"
@@ -43,15 +44,15 @@ replacing them within each inserted block as well took about a quarter of chDB's
 _LOW_CARDINALITY = re.compile(r"LowCardinality\((\w+(?:\([^()]*\))?)\)")
 
 
-class StoreError(Exception):
+class StoreError(LogysteraError):
     """Root of storage errors: ``StoreConfigError`` (a bad DSN) and ``StoreUnavailable`` (gave up)."""
 
 
-class StoreConfigError(StoreError):
+class StoreConfigError(StoreError, UsageError):
     """The DSN cannot be used."""
 
 
-class StoreUnavailable(StoreError):
+class StoreUnavailable(StoreError, Failure):
     """The store kept failing for longer than the configured patience."""
 
 

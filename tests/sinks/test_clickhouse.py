@@ -27,7 +27,8 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 
-from flows.replay import replay, store_failure
+from flows.replay import replay
+from schemas.errors import root_cause
 from schemas.factory import make_signal, signal_line
 from schemas.records import Record, compact_json, parse_lines
 from schemas.rule_loader import load_rules
@@ -750,7 +751,7 @@ def test_a_table_lost_in_the_middle_of_a_flow_keeps_every_batch_written_before(s
               StoreSink(store, batch_rows=5, max_delay=3600.0))
     with pytest.raises(Exception) as caught:  # Bytewax wraps what a step raised
         run_main(flow)
-    failure = store_failure(caught.value)
+    failure = root_cause(caught.value, StoreUnavailable)
     assert isinstance(failure, StoreUnavailable) and "insert into signals" in str(failure)
     assert store.acknowledged == [("signals", 5), ("signals", 5)]
     store.command(f"ATTACH TABLE {store.database}.signals")
