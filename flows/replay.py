@@ -25,7 +25,7 @@ from operators.metrics import compile_metric
 from operators.notification import DEFAULT_LINK_BASE
 from operators.routing import RoutingTable
 from schemas.rules import MetricDefinition, Rule
-from sinks.clickhouse import Store, StoreSink, StoreUnavailable
+from sinks.clickhouse import Store, StoreError, StoreSink
 
 X = TypeVar("X")
 
@@ -69,11 +69,11 @@ class ReplayResult:
         return f"replayed {self.valid} signals, {self.invalid} invalid, {len(self.late_lines)} late"
 
 
-def store_failure(error: BaseException) -> StoreUnavailable | None:
-    """The :class:`StoreUnavailable` somewhere in an exception's chain, if any."""
+def store_failure(error: BaseException) -> StoreError | None:
+    """The :class:`StoreError` (the store gave up, or is held by another process) in an exception's chain, if any."""
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, StoreUnavailable):
+        if isinstance(seen, StoreError):
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
@@ -120,7 +120,8 @@ def replay(
     million bad lines then holds no memory for them. With a ``store``, everything the flow sees and decides is written to it as
     well (signals, notifications and evidence, final metric buckets of
     ``metrics``, rejected lines, attributed to ``source``); a store that stays
-    unavailable stops the run with :class:`sinks.clickhouse.StoreUnavailable`.
+    unavailable stops the run with :class:`sinks.clickhouse.StoreUnavailable`
+    (a :class:`sinks.clickhouse.StoreError`).
     """
     result = ReplayResult()
     keyed_alerts: list[Alert] = []

@@ -187,14 +187,19 @@ _BACKSLASH = ord("\\")
 """An int: ``int in bytes`` is a plain ``memchr``, ~10x faster than ``bytes in bytes`` on a line (measured)."""
 
 
-class _KeyedObject(dict[str, Any]):
-    """A JSON object that remembers the first key it was given twice (``json.loads`` would keep the last value)."""
+class KeyedObject(dict[str, Any]):
+    """A JSON object that remembers the first key it was given twice (``json.loads`` would keep the last value).
+
+    ``json.loads(text, object_pairs_hook=keyed_object)`` builds these: a reader that re-encodes signals before
+    :func:`parse_lines` sees them (the gateway) can find repeated keys the re-encoding would hide.
+    """
 
     repeated: str | None = None
 
 
-def _keyed_object(pairs: list[tuple[str, Any]]) -> _KeyedObject:
-    built = _KeyedObject(pairs)
+def keyed_object(pairs: list[tuple[str, Any]]) -> KeyedObject:
+    """``object_pairs_hook`` for ``json.loads``: a :class:`KeyedObject` of ``pairs``."""
+    built = KeyedObject(pairs)
     if len(built) != len(pairs):
         seen: set[str] = set()
         for key, _ in pairs:
@@ -217,11 +222,11 @@ def _repeated_key(raw: bytes, data: BaseModel, keys: int) -> str | None:
         in_strings = sum(value.count(":") for value in data.__dict__.values() if type(value) is str)
         if raw.count(b":") == keys + 2 + in_strings:
             return None
-    envelope = json.loads(raw, object_pairs_hook=_keyed_object)
+    envelope = json.loads(raw, object_pairs_hook=keyed_object)
     if envelope.repeated is not None:
         return f"{envelope.repeated}: key given more than once"
     payload = envelope.get("data")
-    if isinstance(payload, _KeyedObject) and payload.repeated is not None:
+    if isinstance(payload, KeyedObject) and payload.repeated is not None:
         return f"data.{payload.repeated}: key given more than once"
     return None
 
