@@ -117,7 +117,7 @@ def mutated_lines(draw: st.DrawFn) -> bytes:
     return raw
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.lists(mutated_lines(), min_size=1, max_size=6))
 def test_every_mutated_line_is_a_record_or_one_reason_and_gives_storable_rows(raws: list[bytes]) -> None:
     lines = list(enumerate(raws, 1))
