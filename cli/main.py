@@ -98,10 +98,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     ruleset = _load_ruleset(args.rules)
     store = None if args.store in (None, "none") else _open_store(args.store)
     out = sys.stdout if args.out in (None, "-") else _open_output(args.out)
+
+    def report(rejects: list[tuple[int, str]]) -> None:
+        sys.stderr.write("".join(f"line {line}: {reason}\n" for line, reason in rejects))
+        sys.stderr.flush()
+
     result = replay(args.signals, ruleset.enabled_rules, workers=args.workers, lateness=args.allowed_lateness,
-                    link_base=link_base, store=store, metrics=ruleset.metrics)
-    for line, reason in result.rejects:
-        print(f"line {line}: {reason}", file=sys.stderr)
+                    link_base=link_base, store=store, metrics=ruleset.metrics, on_rejects=report)
     with out:
         for alert in result.alerts:
             out.write(alert)

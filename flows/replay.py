@@ -33,13 +33,15 @@ class ReplayResult:
 
     alerts: list[str] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    """The rejected lines in line order (empty when they were handed to ``on_rejects`` instead)."""
+    invalid: int = 0
     valid: int = 0
     late_lines: set[int] = field(default_factory=set)
 
     @property
     def totals_line(self) -> str:
         """The final stderr line of cli.md."""
-        return f"replayed {self.valid} signals, {len(self.rejects)} invalid, {len(self.late_lines)} late"
+        return f"replayed {self.valid} signals, {self.invalid} invalid, {len(self.late_lines)} late"
 
 
 def run_flow(flow: Dataflow, workers: int) -> None:
@@ -74,13 +76,17 @@ def replay(
     store: Store | None = None,
     metrics: list[MetricDefinition] | None = None,
     source: str | None = None,
+    on_rejects: Callable[[list[Reject]], None] | None = None,
 ) -> ReplayResult:
     """Run the detection flow over a file (``-`` = stdin) and return sorted results.
 
-    With a ``store``, everything the flow sees and decides is written to it as
+    Rejected lines are kept in the result, or with ``on_rejects`` handed to
+    it as they are found, in line order, and only counted: a file of a
+    million bad lines then holds no memory for them. With a ``store``, everything the flow sees and decides is written to it as
     well (signals, notifications and evidence, final metric buckets of
     ``metrics``, rejected lines, attributed to ``source``); a store that stays
-    unavailable stops the run with :class:`sinks.clickhouse.StoreUnavailable`.
+    unavailable stops the run with :class:`sinks.clickhouse.StoreUnavailable`
+    (a :class:`sinks.clickhouse.StoreError`).
     """
     result = ReplayResult()
     keyed_alerts: list[Alert] = []
@@ -89,6 +95,14 @@ def replay(
         keyed_alerts.extend(items)
         if on_alerts is not None:
             on_alerts(items)
+
+    def take_rejects(items: list[Reject]) -> None:
+        # One worker parses (the input is one partition) and its sink partition gets its items in order.
+        result.invalid += len(items)
+        if on_rejects is None:
+            result.rejects.extend(items)
+        else:
+            on_rejects(items)
 
     def take_stats(items: list[tuple[str, Any]]) -> None:
         for kind, value in items:
@@ -100,7 +114,7 @@ def replay(
     flow = build_detect_flow(
         JsonLinesSource(signals, chunk_lines),
         CallbackSink(take_alerts),
-        CallbackSink(result.rejects.extend),
+        CallbackSink(take_rejects),
         CallbackSink(take_stats),
         RoutingTable(rules),
         lateness,
@@ -119,5 +133,4 @@ def replay(
         raise
     keyed_alerts.sort(key=lambda alert: alert[0])
     result.alerts = [line for _, line in keyed_alerts]
-    result.rejects.sort()
     return result

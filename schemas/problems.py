@@ -12,14 +12,14 @@ Every file and command names a mistake in these words, so a user learns them onc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
 from schemas.excerpt import clip, excerpt
-from schemas.fields import MAX_INTEGER
+from schemas.signals import MAX_SAFE_INTEGER
 
 MAX_YAML_DEPTH = 64
 """Nesting levels a YAML document may have (a rule needs about seven)."""
@@ -118,7 +118,7 @@ def _construct_int(loader: StrictYamlLoader, node: yaml.ScalarNode) -> int:
     significant = text.lstrip("+-")
     significant = significant[2:] if significant[:2] in ("0x", "0b", "0o") else significant
     value = None if len(significant.lstrip("0")) > _MAX_INT_DIGITS else loader.construct_yaml_int(node)
-    if value is None or abs(value) > MAX_INTEGER:
+    if value is None or abs(value) > MAX_SAFE_INTEGER:
         raise yaml.constructor.ConstructorError(None, None, f"integer {clip(text)} is outside ±(2^53 − 1)", node.start_mark)
     return value
 
@@ -168,11 +168,13 @@ def _path(parts: list[str]) -> str:
     return clip(".".join(parts), MAX_PATH)
 
 
-def first_problem(error: ValidationError, tagged: bool = False) -> str:
+def first_problem(error: ValidationError, tagged: bool = False, pattern_words: Mapping[str, Callable[[Any], str]] | None = None) -> str:
     """One readable line for the first problem of a JSON document, plus how many more there are.
 
     ``tagged``: the model is the signal union, tagged by ``type``; pydantic then
     puts the tag first in every location, which the path leaves out.
+    ``pattern_words``: for a regular expression, how to say in words what is wrong
+    with the input that did not match it (``ts``'s pattern is 150 characters).
     """
     problems = error.errors(include_url=False)
     first = problems[0]
@@ -191,7 +193,8 @@ def first_problem(error: ValidationError, tagged: bool = False) -> str:
         reason = f"{_path(loc[skip:])}: must be an object"
     else:
         path = _path(loc[skip:] if len(loc) > skip else loc)
-        message = {
+        words = (pattern_words or {}).get(first.get("ctx", {}).get("pattern", "")) if kind == "string_pattern_mismatch" else None
+        message = words(first["input"]) if words is not None else {
             "extra_forbidden": "field not allowed",
             "missing": "field required",
         }.get(kind, first["msg"][0].lower() + first["msg"][1:])
