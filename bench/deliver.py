@@ -42,10 +42,9 @@ sys.path.insert(0, str(ROOT))
 
 from delivery.attempt_log import AttemptLog  # noqa: E402
 from delivery.channels import open_sender  # noqa: E402
-from delivery.command import parse_notification  # noqa: E402
 from delivery.schedule import DeliveryPolicy  # noqa: E402
 from delivery.service import DeliveryService  # noqa: E402
-from schemas.alerts import ReceivedRecord  # noqa: E402
+from schemas.alerts import ReceivedRecord, parse_notification  # noqa: E402
 from schemas.records import compact_json  # noqa: E402
 from schemas.rules import WebhookChannel  # noqa: E402 - after the path is set
 from sinks.clickhouse import Store  # noqa: E402

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from protocol.wire import encode_batch  # noqa: E402
 from schemas.factory import identity_hash, make_signal, signal_line  # noqa: E402
 from schemas.timestamps import format_ts  # noqa: E402
 from tests.support.kafka_broker import start_broker  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 GOAL_PER_CORE = 20_000
 TOPIC = "signals"
@@ -89,10 +89,18 @@ def _batches(sites: list[str], secrets: dict[str, str], count: int, size: int) -
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def wait_healthy(port: int, gateway: subprocess.Popen[bytes], log: Path) -> None:
+    """Block until the gateway on ``port`` answers ``/healthz``; exit with its log if it dies or takes over 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or gateway.poll() is not None:
+            raise SystemExit(f"gateway did not come up:\n{log.read_text()}")
+        time.sleep(0.1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         registry = Path(work) / "sites.yaml"
         registry.write_text("sites:\n" + "".join(f"  - id: {site}\n    secret_env: BENCH_SECRET_{i}\n" for i, site in enumerate(sites)))
         env = {**os.environ, **{f"BENCH_SECRET_{i}": secrets[site] for i, site in enumerate(sites)}}
-        port = _free_port()
+        port = free_port()
         log = open(Path(work) / "gateway.log", "wb")  # noqa: SIM115 - closed in finally
         gateway = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "gateway", "--registry", str(registry), "--bootstrap", broker.bootstrap, "--topic", TOPIC,
@@ -140,16 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             return took
 
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or gateway.poll() is not None:
-                    raise SystemExit(f"gateway did not come up:\n{(Path(work) / 'gateway.log').read_text()}")
-                time.sleep(0.1)
+            wait_healthy(port, gateway, Path(work) / "gateway.log")
             with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
                 list(pool.map(post, warmup))
                 cpu_before, wall_before = _cpu_seconds(gateway.pid), time.perf_counter()

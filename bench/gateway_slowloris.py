@@ -45,11 +45,13 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.gateway import wait_healthy  # noqa: E402
 from dispatcher import new_id, sign_batch  # noqa: E402
 from protocol.wire import encode_batch  # noqa: E402
 from schemas.factory import make_signal, signal_line  # noqa: E402
 from schemas.timestamps import format_ts  # noqa: E402
 from tests.support.kafka_broker import start_broker  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 TOPIC = "signals"
 SITE, SECRET = "shop-eu", "bench-secret"
@@ -60,12 +62,6 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _legit_batch() -> tuple[bytes, dict[str, str]]:
@@ -86,19 +82,6 @@ def _stalled_request(body_bytes: int) -> bytes:
     return head + start + b" " * (body_bytes - 1 - len(start))
 
 
-def _wait_healthy(port: int, gateway: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or gateway.poll() is not None:
-            raise SystemExit(f"gateway did not come up:\n{log.read_text()}")
-        time.sleep(0.1)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stalled", type=int, default=300, help="connections that send all but the last byte of a body")
@@ -114,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         broker.create_topics([TOPIC], partitions=1)
         registry = Path(work) / "sites.yaml"
         registry.write_text(f"sites:\n  - id: {SITE}\n    secret_env: BENCH_SECRET\n")
-        port, log_path = _free_port(), Path(work) / "gateway.log"
+        port, log_path = free_port(), Path(work) / "gateway.log"
         log = open(log_path, "wb")  # noqa: SIM115 - closed in finally
         gateway = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "gateway", "--registry", str(registry), "--bootstrap", broker.bootstrap, "--topic", TOPIC,
@@ -123,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         url = f"http://127.0.0.1:{port}/v1/batches"
         try:
-            _wait_healthy(port, gateway, log_path)
+            wait_healthy(port, gateway, log_path)
             for _ in range(5):  # warm-up: the producer's id and connection, every code path of a batch
                 body, headers = _legit_batch()
                 httpx.post(url, content=body, headers=headers, timeout=30).raise_for_status()

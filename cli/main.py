@@ -16,32 +16,24 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from gateway.command import add_arguments as add_gateway_arguments
-from schemas.durations import parse_duration
-from sinks.clickhouse import StoreError
+from schemas.durations import duration_option
+from schemas.errors import EXIT_USAGE, LogysteraError, UsageError
 
-EXIT_USAGE = 2
-EXIT_FAILED = 1
 DEFAULT_STORE = "chdb://.logystera/store"
 
 
-class UsageError(Exception):
-    """A mistake in how the command was called; printed as one line, exit 2."""
-
-
 class _Parser(argparse.ArgumentParser):
+    """argparse, with its mistakes reported like every other usage error (one line, exit 2) by :func:`main`."""
+
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"logystera: error: {message}\n")
+        raise UsageError(message)
 
 
 def _load_ruleset(directory: str):  # type: ignore[no-untyped-def]
-    from schemas.rule_loader import RuleLoadError, load_rules
+    """The rule set, or :class:`schemas.rule_loader.RuleLoadError` with every problem (printed one per line, exit 2)."""
+    from schemas.rule_loader import load_rules
 
-    try:
-        return load_rules(directory)
-    except RuleLoadError as error:
-        for problem in error.problems:
-            print(problem, file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+    return load_rules(directory)
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
@@ -102,18 +94,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.signals}: no such file")
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
-    try:
-        lateness = parse_duration(args.allowed_lateness)
-    except ValueError as error:
-        raise UsageError(f"--allowed-lateness: {error}") from None
     link_base = _link_base(args.link_base)
     ruleset = _load_ruleset(args.rules)
     store = None if args.store in (None, "none") else _open_store(args.store)
     out = sys.stdout if args.out in (None, "-") else _open_output(args.out)
-    result = replay(args.signals, ruleset.enabled_rules, workers=args.workers, lateness=lateness,
-                    link_base=link_base, store=store, metrics=ruleset.metrics)
-    for line, reason in result.rejects:
-        print(f"line {line}: {reason}", file=sys.stderr)
+
+    def report(rejects: list[tuple[int, str]]) -> None:
+        sys.stderr.write("".join(f"line {line}: {reason}\n" for line, reason in rejects))
+        sys.stderr.flush()
+
+    result = replay(args.signals, ruleset.enabled_rules, workers=args.workers, lateness=args.allowed_lateness,
+                    link_base=link_base, store=store, metrics=ruleset.metrics, on_rejects=report)
     with out:
         for alert in result.alerts:
             out.write(alert)
@@ -134,18 +125,11 @@ def _link_base(text: str) -> str:
 
 def cmd_detect(args: argparse.Namespace) -> int:
     """Run the detection flow on Kafka until SIGINT/SIGTERM (docs/live.md)."""
-    from flows.live import DetectSettings, KafkaReadError, LiveConfigError, run_detect
-    from sinks.kafka import KafkaDeliveryError, KafkaUnreachable
+    from flows.live import DetectSettings, run_detect
 
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
-    durations = {}
-    for option in ("allowed_lateness", "epoch_interval", "delivery_timeout"):
-        try:
-            durations[option] = parse_duration(getattr(args, option))
-        except ValueError as error:
-            raise UsageError(f"--{option.replace('_', '-')}: {error}") from None
-    if durations["epoch_interval"] < 1000 or durations["delivery_timeout"] < 1000:
+    if args.epoch_interval < 1000 or args.delivery_timeout < 1000:
         raise UsageError("--epoch-interval and --delivery-timeout must be at least 1s")
     link_base = _link_base(args.link_base)
     ruleset = _load_ruleset(args.rules)
@@ -153,16 +137,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
     settings = DetectSettings(
         bootstrap=args.bootstrap, topic=args.topic, alerts_topic=args.alerts_topic,
         recovery_dir=Path(args.recovery_dir) if args.recovery_dir else None, workers=args.workers,
-        lateness=durations["allowed_lateness"], link_base=link_base, epoch_interval=durations["epoch_interval"] / 1000,
-        delivery_timeout=durations["delivery_timeout"] / 1000, exit_at_end=args.exit_at_end,
+        lateness=args.allowed_lateness, link_base=link_base, epoch_interval=args.epoch_interval / 1000,
+        delivery_timeout=args.delivery_timeout / 1000, exit_at_end=args.exit_at_end,
     )
-    try:
-        totals = run_detect(settings, ruleset.enabled_rules, ruleset.metrics, store)
-    except LiveConfigError as error:
-        raise UsageError(str(error)) from None
-    except (KafkaUnreachable, KafkaReadError, KafkaDeliveryError) as error:
-        print(f"logystera: error: {error}", file=sys.stderr)
-        return EXIT_FAILED
+    totals = run_detect(settings, ruleset.enabled_rules, ruleset.metrics, store)
     print(totals.decisions_line, file=sys.stderr)
     print(totals.line, file=sys.stderr)
     return 0
@@ -245,14 +223,9 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     """Run the ingest gateway until SIGINT or SIGTERM (docs/gateway.md)."""
-    from gateway.command import ConfigProblems, run_gateway
+    from gateway.command import run_gateway
 
-    try:
-        return run_gateway(args)
-    except ConfigProblems as error:
-        for problem in error.problems:
-            print(problem, file=sys.stderr)
-        return EXIT_USAGE
+    return run_gateway(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -264,7 +237,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_deliver(args: argparse.Namespace) -> int:
     """Deliver notification records (a file, or Kafka with --bootstrap) to their channels, recording every attempt."""
-    from delivery.command import DeliverError, open_deliver, run_deliver
+    from delivery.command import open_deliver, run_deliver
 
     if (args.alerts is None) == (args.bootstrap is None):
         raise UsageError("give either a file of notification records or --bootstrap HOST:PORT")
@@ -274,11 +247,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     ruleset = _load_ruleset(args.rules)
-    try:
-        return run_deliver(open_deliver(args, ruleset.channels, os.environ))
-    except DeliverError as error:
-        print(f"logystera: error: {error}", file=sys.stderr)
-        return error.exit_code
+    return run_deliver(open_deliver(args, ruleset.channels, os.environ))
 
 
 def _add_detection_options(parser: argparse.ArgumentParser) -> None:
@@ -286,7 +255,7 @@ def _add_detection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rules", default="rules", metavar="DIR")
     parser.add_argument("--workers", type=int, default=1, metavar="N")
     parser.add_argument("--store", metavar="DSN", help="ClickHouse DSN, or none (the default)")
-    parser.add_argument("--allowed-lateness", default="60s", metavar="DURATION")
+    parser.add_argument("--allowed-lateness", type=duration_option, default="60s", metavar="DURATION")
     parser.add_argument("--link-base", default="http://localhost:8080", metavar="URL",
                         help="public base URL of alert links (http/https; a non-ASCII host or path is encoded)")
 
@@ -318,8 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--alerts-topic", default="alerts", help="where notification records are written, keyed by site")
     _add_detection_options(detect)
     detect.add_argument("--recovery-dir", metavar="DIR", help="Bytewax recovery state: a restart resumes where it stopped")
-    detect.add_argument("--epoch-interval", default="10s", metavar="DURATION", help="how often state is snapshotted")
-    detect.add_argument("--delivery-timeout", default="30s", metavar="DURATION",
+    detect.add_argument("--epoch-interval", type=duration_option, default="10s", metavar="DURATION", help="how often state is snapshotted")
+    detect.add_argument("--delivery-timeout", type=duration_option, default="30s", metavar="DURATION",
                         help="wait this long for the broker to acknowledge notifications, then stop")
     detect.add_argument("--exit-at-end", action="store_true", help="stop at the end of the topic instead of waiting for more")
     detect.set_defaults(handler=cmd_detect)
@@ -346,9 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     deliver.add_argument("--rules", default="rules", metavar="DIR", help="the channels are defined here")
     deliver.add_argument("--store", default=default_store(), metavar="DSN", help="where every attempt is recorded")
     deliver.add_argument("--max-attempts", type=int, default=10, metavar="N", help="calls per notification and channel")
-    deliver.add_argument("--backoff", default="1s", metavar="DURATION", help="longest wait before the first retry")
-    deliver.add_argument("--backoff-cap", default="60s", metavar="DURATION", help="longest wait before any retry")
-    deliver.add_argument("--timeout", default="10s", metavar="DURATION", help="per attempt")
+    deliver.add_argument("--backoff", type=duration_option, default="1s", metavar="DURATION", help="longest wait before the first retry")
+    deliver.add_argument("--backoff-cap", type=duration_option, default="60s", metavar="DURATION", help="longest wait before any retry")
+    deliver.add_argument("--timeout", type=duration_option, default="10s", metavar="DURATION", help="per attempt")
     deliver.add_argument("--concurrency", type=int, default=4, metavar="N", help="calls in flight per channel")
     deliver.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on /metrics")
     deliver.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST")
@@ -369,19 +338,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the console script: every :class:`LogysteraError` of every command is reported here, once."""
     # clickhouse-connect logs each failed HTTP call; the store retries them and reports the outcome in one line.
     logging.getLogger("clickhouse_connect").setLevel(logging.CRITICAL)
     try:
+        args = build_parser().parse_args(argv)
         return int(args.handler(args))
-    except UsageError as error:
-        print(f"logystera: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except StoreError as error:
-        # The store could not be reached or kept failing: the run did not complete.
-        print(f"logystera: error: {error}", file=sys.stderr)
-        return EXIT_FAILED
+    except LogysteraError as error:
+        for line in error.lines():
+            print(line, file=sys.stderr)
+        return error.exit_code
     except BrokenPipeError:
         return 0
 

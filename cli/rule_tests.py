@@ -31,6 +31,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from operators.site import Detector
+from schemas.errors import UsageError
+from schemas.problems import StrictYamlLoader, validation_problems
 from schemas.records import Record, compact_json, parse_record
 from schemas.rule_loader import RuleLoadError, load_rules
 from schemas.timestamps import TimestampError, format_ts, parse_ts_checked
@@ -87,7 +89,7 @@ class RuleTestFile(BaseModel):
     tests: Annotated[list[RuleTestCase], Field(min_length=1)]
 
 
-class RuleTestError(Exception):
+class RuleTestError(UsageError):
     """A test file that cannot be run (missing, malformed, naming unknown rules)."""
 
 
@@ -159,7 +161,7 @@ def run_case(detector: Detector, case: RuleTestCase, selected: set[str] | None, 
 
 def _load_test_file(path: Path) -> RuleTestFile:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictYamlLoader)  # noqa: S506 - a SafeLoader subclass
     except OSError as error:
         raise RuleTestError(f"{path}: cannot read: {error.strerror}") from error
     except yaml.YAMLError as error:
@@ -167,9 +169,8 @@ def _load_test_file(path: Path) -> RuleTestFile:
     try:
         return RuleTestFile.model_validate(raw)
     except ValidationError as error:
-        first = error.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(document)"
-        raise RuleTestError(f"{path}: {where}: {first['msg']}") from error
+        name, message = next(validation_problems(error))
+        raise RuleTestError(f"{path}: {name}: {message}") from error
 
 
 def run_test_file(path: Path) -> list[CaseResult]:

@@ -36,7 +36,7 @@ import contextlib
 import random as _random
 import sys
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +48,8 @@ from sinks.channel import ChannelSender
 
 Done = Callable[[], None]
 UNKNOWN_CHANNEL = "channel is not configured in channels.yaml"
+MAX_SEEN_ALERTS = 100_000
+"""Alerts whose highest seq the service remembers to recognise duplicates (measured ~170 B each, ~17 MB; see ``_first_time``)."""
 
 
 @dataclass
@@ -78,17 +80,18 @@ class DeliveryStats:
 class _Record:
     """One submitted record and how many channels still owe it a stored final row."""
 
-    __slots__ = ("on_done", "remaining", "service")
+    __slots__ = ("alert_id", "on_done", "remaining", "service")
 
-    def __init__(self, service: DeliveryService, on_done: Done | None) -> None:
+    def __init__(self, service: DeliveryService, alert_id: str, on_done: Done | None) -> None:
         self.service = service
+        self.alert_id = alert_id
         self.on_done = on_done
         self.remaining = 1  # the hand-out's own share: released once every channel has its part
 
     def channel_done(self) -> None:
         self.remaining -= 1
         if self.remaining == 0:
-            self.service._record_done(self.on_done)
+            self.service._record_done(self)
 
 
 class ChannelRunner:
@@ -178,6 +181,20 @@ class ChannelRunner:
         self._changed.set()
 
 
+async def unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Await ``work`` unless ``stop`` is set first (then cancel it); whether it finished."""
+    job = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([job, stopped], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not job.done():
+        job.cancel()
+        await asyncio.gather(job, return_exceptions=True)
+        return False
+    job.result()
+    return True
+
+
 def _ms_since(started: float) -> int:
     return max(0, round((time.monotonic() - started) * 1000))
 
@@ -193,6 +210,7 @@ class DeliveryService:
         clock: Callable[[], float] = time.time,
         random: Callable[[], float] = _random.random,
         max_pending: int = 10_000,
+        max_seen: int = MAX_SEEN_ALERTS,
     ) -> None:
         self.log = log
         self.policy = policy or DeliveryPolicy()
@@ -205,7 +223,9 @@ class DeliveryService:
             limit = sender.config.rate_limit
             schedule = ChannelSchedule(sender.config.name, limit.max, limit.per / 1000, self.policy, now, random)
             self.runners[sender.config.name] = ChannelRunner(sender, schedule, log, self.stats, clock)
-        self._seen: set[tuple[str, int]] = set()
+        self.max_seen = max_seen
+        self._seen: OrderedDict[str, int] = OrderedDict()  # alert_id → highest seq handed out, least recent first
+        self._active: Counter[str] = Counter()  # alert_id → its records not done yet, while > 0 (never forgotten then)
         self._pending = 0
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -279,13 +299,11 @@ class DeliveryService:
         fresh: list[tuple[ReceivedRecord, Done | None]] = []
         for notification, on_done in records:
             self.stats.records += 1
-            key = (notification.record.alert_id, notification.record.seq)
-            if key in self._seen:  # the same notification again (an at-least-once upstream): nothing new to do
+            if not self._first_time(notification.record.alert_id, notification.record.seq):
                 self.stats.duplicates += 1
                 if on_done is not None:
                     on_done()
                 continue
-            self._seen.add(key)
             fresh.append((notification, on_done))
         if not fresh:
             return
@@ -293,11 +311,38 @@ class DeliveryService:
         now = self.clock()
         for notification, on_done in fresh:
             self._pending += 1
-            record = _Record(self, on_done)
             alert_id, seq = notification.record.alert_id, notification.record.seq
+            self._active[alert_id] += 1
+            record = _Record(self, alert_id, on_done)
             for channel in dict.fromkeys(notification.record.deliver):
                 self._hand_out(notification, channel, earlier.get((channel, alert_id, seq)), record, now)
             record.channel_done()  # the hand-out is over: done as soon as every channel is
+
+    def _first_time(self, alert_id: str, seq: int) -> bool:
+        """Whether ``seq`` is above every seq of ``alert_id`` handed out so far (then it is remembered as the highest).
+
+        Not above: the same notification again (an at-least-once upstream) or
+        one older than a notification already handed out (an out-of-order
+        copy), both counted ``duplicate``. Memory is bounded: one entry per
+        alert, and past :attr:`max_seen` alerts the least recently seen one that
+        has no record in progress is forgotten; a copy of it arriving later is
+        handed out again and the attempt log answers it (``done_before``), at the
+        cost of a store lookup, never of a second call.
+        """
+        seen = self._seen
+        highest = seen.get(alert_id)
+        if highest is not None and seq <= highest:
+            seen.move_to_end(alert_id)
+            return False
+        seen[alert_id] = seq
+        seen.move_to_end(alert_id)
+        for _ in range(len(seen) - self.max_seen):
+            oldest = next(iter(seen))
+            if self._active[oldest]:
+                seen.move_to_end(oldest)  # still being delivered: its duplicates must keep being recognised
+            else:
+                del seen[oldest]
+        return True
 
     def _hand_out(self, notification: ReceivedRecord, channel: str, earlier: Earlier | None, record: _Record,
                   now: float) -> None:
@@ -321,11 +366,14 @@ class DeliveryService:
         self.stats.recorded(attempt)
         self.log.add([attempt], [record.channel_done])
 
-    def _record_done(self, on_done: Done | None) -> None:
+    def _record_done(self, record: _Record) -> None:
         self._pending -= 1
+        self._active[record.alert_id] -= 1
+        if not self._active[record.alert_id]:
+            del self._active[record.alert_id]
         self._changed.set()
-        if on_done is not None:
-            on_done()
+        if record.on_done is not None:
+            record.on_done()
 
     # -- observation -------------------------------------------------------------------------------
 
@@ -333,6 +381,11 @@ class DeliveryService:
     def pending(self) -> int:
         """Records submitted and not yet done."""
         return self._pending
+
+    @property
+    def remembered(self) -> int:
+        """Alerts whose highest seq is remembered now (at most :attr:`max_seen` plus those in progress)."""
+        return len(self._seen)
 
     def _channels(self) -> list[str]:
         named = {channel for channel, _ in self.stats.attempts} | {channel for channel, _ in self.stats.notifications}
@@ -356,40 +409,9 @@ class DeliveryService:
                      f"{self._pending} not done: {self._tally(channels)}")
         return lines
 
-    def metrics_text(self) -> str:
-        """The counters and gauges in Prometheus text format."""
-        out: list[str] = []
-
-        def family(name: str, kind: str, text: str, samples: Iterable[tuple[dict[str, str], int]]) -> None:
-            out.extend([f"# HELP {name} {text}", f"# TYPE {name} {kind}"])
-            for labels, value in samples:
-                shown = ",".join(f'{key}="{_label(value)}"' for key, value in labels.items())
-                out.append(f"{name}{{{shown}}} {value}" if shown else f"{name} {value}")
-
-        stats = self.stats
-        family("logystera_delivery_attempts_total", "counter", "Delivery attempts recorded, by channel and outcome.",
-               [({"channel": c, "outcome": o}, n) for (c, o), n in sorted(stats.attempts.items())])
-        family("logystera_delivery_notifications_total", "counter",
-               "Notifications per channel by how they ended (gave_up and failed never reached the receiver).",
-               [({"channel": c, "result": r}, n) for (c, r), n in sorted(stats.notifications.items())])
-        family("logystera_delivery_records_total", "counter", "Records read, by kind.",
-               [({"kind": "valid"}, stats.records), ({"kind": "invalid"}, stats.invalid),
-                ({"kind": "duplicate"}, stats.duplicates)])
-        family("logystera_delivery_held", "gauge", "Notifications held by a channel's rate limit now.",
-               [({"channel": name}, runner.schedule.held) for name, runner in sorted(self.runners.items())])
-        family("logystera_delivery_in_flight", "gauge", "Calls in flight per channel.",
-               [({"channel": name}, runner.schedule.in_flight) for name, runner in sorted(self.runners.items())])
-        family("logystera_delivery_pending_records", "gauge", "Records read and not yet done on every channel.",
-               [({}, self._pending)])
-        return "\n".join(out) + "\n"
-
 
 _RESULTS = (
     ("delivered", "delivered"), ("collapsed", "collapsed"), ("gave_up", "gave up"), ("failed", "failed"),
     ("not_sent_resolved", "resolved not sent"), ("done_before", "done before"),
 )
 """How a (notification, channel) ended, in summary order."""
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -25,13 +25,13 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from dispatcher._privacy import hash_identity, network_prefix
-from schemas.factory import make_signal
+from schemas.errors import UsageError
+from schemas.factory import make_signal, ulid
 from schemas.records import Record, parse_record
 from schemas.signals import SITE_PATTERN
 
 Clock = Callable[[], float]
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _SITE_RE = re.compile(SITE_PATTERN)
 # Characters signals.md forbids in `path`, `file` and `job`: `@`, whitespace other than a plain space, control characters.
 _UNSAFE = re.compile(r"[@\x00-\x1f\x7f-\x9f]|[^\S ]")
@@ -41,7 +41,7 @@ _SPACES = re.compile(r"\s+")
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 
-class InvalidSignal(ValueError):
+class InvalidSignal(UsageError, ValueError):
     """A signal that breaks the contract; the message starts with the offending field (``data.outcome: ...``)."""
 
 
@@ -51,13 +51,7 @@ def new_id(ms: int | None = None) -> str:
     Lexicographic order follows creation time (to the millisecond), which keeps
     ids readable in logs; uniqueness comes from the random part.
     """
-    millis = int(time.time() * 1000) if ms is None else ms
-    value = ((millis & (2**48 - 1)) << 80) | secrets.randbits(80)
-    chars = []
-    for _ in range(26):
-        value, digit = divmod(value, 32)
-        chars.append(_CROCKFORD[digit])
-    return "".join(reversed(chars))
+    return ulid(int(time.time() * 1000) if ms is None else ms, secrets.randbits(80))
 
 
 def _first_unencodable(value: Any, path: str) -> str | None:

@@ -53,10 +53,12 @@ from operators.metrics import compile_metric
 from operators.notification import DEFAULT_LINK_BASE, Decision, Emitted
 from operators.routing import RoutingTable
 from operators.snapshot import SnapshotCodec
+from schemas.errors import Failure, LogysteraError, UsageError, root_cause
 from schemas.rules import MetricDefinition, Rule
 from sinks.callback import CallbackSink
-from sinks.clickhouse import EpochStoreSink, Store, StoreError, StoreSink
-from sinks.kafka import DEFAULT_TIMEOUT_S, KafkaDeliveryError, KafkaTopicSink, missing_topics, reported_once
+from sinks.clickhouse import EpochStoreSink, Store, StoreSink
+from sinks.kafka import DEFAULT_TIMEOUT_S, KafkaTopicSink, missing_topics
+from sinks.kafka_client import reported_once
 
 LINE_STRIDE = 10**12
 """A Kafka record's line number is ``partition × LINE_STRIDE + offset`` (``3000000000042``: partition 3, offset 42)."""
@@ -71,11 +73,11 @@ DECISIONS: tuple[Decision, ...] = ("fired", "renotified", "resolved", "suppresse
 """The reasons in the order the run summary shows them."""
 
 
-class LiveConfigError(Exception):
+class LiveConfigError(UsageError):
     """The live flow cannot start as configured (a missing topic, an unusable recovery directory)."""
 
 
-class KafkaReadError(Exception):
+class KafkaReadError(Failure):
     """The consumer reported an error reading the signals topic (the flow stops; a restart resumes)."""
 
 
@@ -214,7 +216,7 @@ def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[Metric
     """Run the live flow until SIGINT/SIGTERM (or the end of the topic with ``exit_at_end``).
 
     Raises :class:`LiveConfigError` when it cannot start as configured,
-    :class:`sinks.kafka.KafkaUnreachable` when the broker does not answer,
+    :class:`sinks.kafka_client.KafkaUnreachable` when the broker does not answer,
     and the :class:`KafkaReadError`, :class:`sinks.kafka.KafkaDeliveryError`
     or :class:`sinks.clickhouse.StoreError` that stopped it.
     """
@@ -264,7 +266,7 @@ def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[Metric
         totals.stopped_by_signal = True
     except Exception as error:
         # Bytewax wraps a step's exception; the sink or store that gave up is what the user needs to read.
-        cause = _cause(error)
+        cause = root_cause(error, LogysteraError)
         if cause is not None:
             raise cause from None
         raise
@@ -283,12 +285,3 @@ def _stop_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _cause(error: BaseException) -> KafkaReadError | KafkaDeliveryError | StoreError | None:
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, KafkaReadError | KafkaDeliveryError | StoreError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None

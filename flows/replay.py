@@ -22,9 +22,10 @@ from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS
 from operators.metrics import compile_metric
 from operators.notification import DEFAULT_LINK_BASE, Decision, Emitted
 from operators.routing import RoutingTable
+from schemas.errors import LogysteraError, root_cause
 from schemas.rules import MetricDefinition, Rule
 from sinks.callback import CallbackSink
-from sinks.clickhouse import Store, StoreSink, StoreUnavailable
+from sinks.clickhouse import Store, StoreSink
 
 _SORT_KEY = attrgetter("sort_key")
 
@@ -40,6 +41,8 @@ class ReplayResult:
 
     alerts: list[str] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    """The rejected lines in line order (empty when they were handed to ``on_rejects`` instead)."""
+    invalid: int = 0
     valid: int = 0
     late_lines: set[int] = field(default_factory=set)
     decisions: Counter[tuple[str, Decision]] = field(default_factory=Counter)
@@ -53,17 +56,7 @@ class ReplayResult:
     @property
     def totals_line(self) -> str:
         """The final stderr line of cli.md."""
-        return f"replayed {self.valid} signals, {len(self.rejects)} invalid, {len(self.late_lines)} late"
-
-
-def store_failure(error: BaseException) -> StoreUnavailable | None:
-    """The :class:`StoreUnavailable` somewhere in an exception's chain, if any."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, StoreUnavailable):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+        return f"replayed {self.valid} signals, {self.invalid} invalid, {len(self.late_lines)} late"
 
 
 def run_flow(flow: Dataflow, workers: int) -> None:
@@ -98,13 +91,17 @@ def replay(
     store: Store | None = None,
     metrics: list[MetricDefinition] | None = None,
     source: str | None = None,
+    on_rejects: Callable[[list[Reject]], None] | None = None,
 ) -> ReplayResult:
     """Run the detection flow over a file (``-`` = stdin) and return sorted results.
 
-    With a ``store``, everything the flow sees and decides is written to it as
+    Rejected lines are kept in the result, or with ``on_rejects`` handed to
+    it as they are found, in line order, and only counted: a file of a
+    million bad lines then holds no memory for them. With a ``store``, everything the flow sees and decides is written to it as
     well (signals, notifications and evidence, final metric buckets of
     ``metrics``, rejected lines, attributed to ``source``); a store that stays
-    unavailable stops the run with :class:`sinks.clickhouse.StoreUnavailable`.
+    unavailable stops the run with :class:`sinks.clickhouse.StoreUnavailable`
+    (a :class:`sinks.clickhouse.StoreError`).
     """
     result = ReplayResult()
     emitted: list[Emitted] = []
@@ -114,12 +111,20 @@ def replay(
         if on_alerts is not None:
             on_alerts(items)
 
+    def take_rejects(items: list[Reject]) -> None:
+        # One worker parses (the input is one partition) and its sink partition gets its items in order.
+        result.invalid += len(items)
+        if on_rejects is None:
+            result.rejects.extend(items)
+        else:
+            on_rejects(items)
+
     def take_stats(items: list[FlowStats]) -> None:
         for stats in items:
             result.add(stats)
 
     sinks = DetectSinks(
-        alerts=CallbackSink(take_alerts), rejects=CallbackSink(result.rejects.extend), stats=CallbackSink(take_stats),
+        alerts=CallbackSink(take_alerts), rejects=CallbackSink(take_rejects), stats=CallbackSink(take_stats),
         store=StoreSink(store) if store is not None else None,
     )
     options = DetectOptions(
@@ -130,12 +135,11 @@ def replay(
     try:
         run_flow(flow, workers)
     except Exception as error:
-        # Bytewax re-raises a step's exception wrapped; a store that gave up is the user-facing cause.
-        cause = store_failure(error)
+        # Bytewax re-raises a step's exception wrapped; the error a person must read (a store that gave up) is inside.
+        cause = root_cause(error, LogysteraError)
         if cause is not None:
             raise cause from None
         raise
     emitted.sort(key=_SORT_KEY)
     result.alerts = [alert.line for alert in emitted]
-    result.rejects.sort()
     return result

@@ -31,13 +31,14 @@ from uvicorn import Config
 from gateway.auth import SITE_PREFIX_BYTES, signature_headers, signature_matches, site_of
 from gateway.batch import check_signals, parse_batch
 from gateway.errors import Rejected
-from gateway.kafka import BrokerUnavailable, DeliveryHandle, KafkaWriter
+from gateway.kafka import DeliveryHandle, KafkaWriter
 from gateway.ledger import BatchLedger, Key
 from gateway.limits import ConnectionLimits, PendingBodies, guarded_protocol
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.registry import Registry, Site
 from gateway.ticker import Lease, Ticker
 from protocol.wire import ENDPOINT, MAX_BATCH_BYTES, MAX_BATCH_SIGNALS
+from sinks.kafka_client import KafkaUnreachable
 
 log = logging.getLogger("logystera.gateway")
 
@@ -234,11 +235,12 @@ class Gateway:
         """``200`` when the broker answers and the topic exists, ``503`` otherwise; also says whether this process ticks."""
         ticker = "off" if self.ticker is None else "leader" if self.ticker.leader else "standby"
         report: dict[str, Any] = {"status": "ok", "topic": self.writer.topic, "ticker": ticker}
+        if self.writer.fatal is not None:
+            report.update(status="unavailable", broker="unreachable", message=f"the producer failed: {self.writer.fatal}")
+            return JSONResponse(report, 503, {"retry-after": str(self.config.retry_after_s)})
         try:
-            if self.writer.fatal is not None:
-                raise BrokerUnavailable(f"the producer failed: {self.writer.fatal}")
             partitions = await asyncio.get_running_loop().run_in_executor(None, self.writer.partitions, self.config.health_timeout_s)
-        except BrokerUnavailable as error:
+        except KafkaUnreachable as error:
             report.update(status="unavailable", broker="unreachable", message=str(error))
             return JSONResponse(report, 503, {"retry-after": str(self.config.retry_after_s)})
         report.update(broker="reachable", partitions=partitions)

@@ -29,9 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gateway.auth import BATCH_ID_RE
 from gateway.errors import Rejected
 from gateway.registry import Site
-from schemas.records import compact_json, parse_lines
-from schemas.rule_loader import validation_problems
-from schemas.timestamps import TS_PATTERN, format_ts
+from schemas.excerpt import clip
+from schemas.problems import validation_problems
+from schemas.records import KeyedObject, compact_json, keyed_object, parse_lines
+from schemas.timestamps import TS_PATTERN, format_ts, ts_problem
 
 MAX_DEPTH = 16
 """Containers a body may nest: a valid batch needs 5 (body, ``signals``, a signal, ``data``, ``flags``)."""
@@ -82,10 +83,20 @@ def _nested_deeper(document: Any, limit: int) -> bool:
     return any(isinstance(value, dict | list) for value in level)
 
 
+def _repeated_key(signal: Any) -> str | None:
+    """The path of a key a signal gives twice (envelope or ``data``): re-encoding it would silently keep the last value."""
+    if isinstance(signal, KeyedObject) and signal.repeated is not None:
+        return clip(signal.repeated)
+    data = signal.get("data") if isinstance(signal, dict) else None
+    if isinstance(data, KeyedObject) and data.repeated is not None:
+        return f"data.{clip(data.repeated)}"
+    return None
+
+
 def parse_batch(body: bytes, site: Site, batch_id: str, max_signals: int) -> list[Any]:
     """The signals of a body whose signature holds for ``site`` and ``batch_id`` (the ``webhook-id``), not checked yet."""
     try:
-        document = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
+        document = json.loads(body.decode("utf-8"), parse_constant=_no_constants, object_pairs_hook=keyed_object)
     except UnicodeDecodeError:
         raise Rejected("invalid_json", "body: not UTF-8") from None
     except RecursionError:
@@ -94,6 +105,9 @@ def parse_batch(body: bytes, site: Site, batch_id: str, max_signals: int) -> lis
         raise Rejected("invalid_json", f"body: not valid JSON: {error}") from None
     if _nested_deeper(document, MAX_DEPTH):
         raise _too_deep()
+    if isinstance(document, KeyedObject) and document.repeated is not None:
+        # The signature covers the bytes, but another reader could take the first value where json keeps the last.
+        raise Rejected("invalid_batch", f"{clip(document.repeated)}: given more than once")
     signals = document.get("signals") if isinstance(document, dict) else None
     if isinstance(signals, list) and len(signals) > max_signals:
         raise Rejected("too_many_signals", f"signals: {len(signals)} signals, more than the {max_signals} a batch may hold")
@@ -101,6 +115,9 @@ def parse_batch(body: bytes, site: Site, batch_id: str, max_signals: int) -> lis
         envelope = BatchEnvelope.model_validate(document)
     except ValidationError as error:
         name, message = next(validation_problems(error))
+        sent_at = document.get("sent_at") if isinstance(document, dict) else None
+        if name == "sent_at" and isinstance(sent_at, str) and message.startswith("must match"):
+            message = ts_problem(sent_at)  # the pattern itself is 150 characters of regular expression
         raise Rejected("invalid_batch", f"{name}: {message}") from None
     if envelope.site != site.id:
         # The signature was checked for the site the body starts with; a later "site" member may not override it.
@@ -119,6 +136,10 @@ def check_signals(signals: list[Any], site: Site, latest_ts: int, max_future_s: 
     rejected: list[tuple[int, str, str]] = []
     candidates: list[tuple[int, bytes]] = []
     for index, signal in enumerate(signals):
+        repeated = _repeated_key(signal)
+        if repeated is not None:
+            rejected.append((index, "invalid", f"{repeated}: key given more than once"))
+            continue
         if isinstance(signal, dict):
             kind, owner = signal.get("type"), signal.get("site")
             if kind == "tick":

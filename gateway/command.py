@@ -14,15 +14,12 @@ import signal
 import socket
 from pathlib import Path
 
-from schemas.durations import parse_duration
+from schemas.durations import duration_option
+from schemas.errors import Problems
 
 
-class ConfigProblems(Exception):
-    """The gateway cannot start as configured; ``problems`` holds one line each (exit 2)."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__(problems[0])
-        self.problems = problems
+class ConfigProblems(Problems):
+    """The gateway cannot start as configured; ``problems`` holds one whole line each (exit 2)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,19 +29,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topic", default="signals", help="topic for signals and ticks (default: signals)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8088, help="port to listen on (default: 8088)")
-    parser.add_argument("--tick-interval", default="10s", metavar="DURATION", help="one tick per site this often (default: 10s)")
+    parser.add_argument("--tick-interval", type=duration_option, default="10s", metavar="DURATION",
+                        help="one tick per site this often (default: 10s)")
     parser.add_argument("--ticker-lock", default=".logystera/ticker.lock", metavar="PATH",
                         help="lease file shared by the gateways of this host: its holder writes the ticks")
     parser.add_argument("--no-ticker", action="store_true", help="never write ticks from this process")
-    parser.add_argument("--dedup-window", default="10m", metavar="DURATION", help="remember taken batch ids this long (default: 10m)")
-    parser.add_argument("--produce-timeout", default="5s", metavar="DURATION",
+    parser.add_argument("--dedup-window", type=duration_option, default="10m", metavar="DURATION",
+                        help="remember taken batch ids this long (default: 10m)")
+    parser.add_argument("--produce-timeout", type=duration_option, default="5s", metavar="DURATION",
                         help="wait this long for the broker before answering 503 (default: 5s)")
-    parser.add_argument("--max-future", default="5m", metavar="DURATION",
+    parser.add_argument("--max-future", type=duration_option, default="5m", metavar="DURATION",
                         help="refuse a signal whose ts is further ahead of this gateway's clock (default: 5m)")
-    parser.add_argument("--header-timeout", default="5s", metavar="DURATION",
+    parser.add_argument("--header-timeout", type=duration_option, default="5s", metavar="DURATION",
                         help="close a connection whose request head is not complete this long after it opened or was answered "
                              "(default: 5s)")
-    parser.add_argument("--body-timeout", default="10s", metavar="DURATION",
+    parser.add_argument("--body-timeout", type=duration_option, default="10s", metavar="DURATION",
                         help="answer 408 to a request whose body is not complete this long after its head (default: 10s)")
     parser.add_argument("--max-connections", type=int, default=512, metavar="N",
                         help="answer 503 to and close connections beyond this many open ones (default: 512)")
@@ -55,12 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
-def _duration_ms(option: str, value: str, problems: list[str]) -> int:
-    try:
-        ms = parse_duration(value)
-    except ValueError as error:
-        problems.append(f"logystera: error: {option}: {error}")
-        return 0
+def _positive(option: str, ms: int, problems: list[str]) -> int:
+    """A duration option's milliseconds (argparse parsed them), after checking that they are more than 0."""
     if ms <= 0:
         problems.append(f"logystera: error: {option}: must be more than 0")
     return ms
@@ -82,20 +77,21 @@ def run_gateway(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import Gateway, GatewayConfig, uvicorn_config
-    from gateway.kafka import BrokerUnavailable, KafkaWriter
+    from gateway.kafka import KafkaWriter
     from gateway.registry import RegistryError, load_registry
+    from sinks.kafka_client import KafkaUnreachable
 
     problems: list[str] = []
-    tick_ms = _duration_ms("--tick-interval", args.tick_interval, problems)
-    if tick_ms and (tick_ms < 1000 or tick_ms % 1000):
+    tick_ms = args.tick_interval
+    if tick_ms < 1000 or tick_ms % 1000:
         problems.append("logystera: error: --tick-interval: must be a whole number of seconds, at least 1s")
-    dedup_ms = _duration_ms("--dedup-window", args.dedup_window, problems)
-    produce_ms = _duration_ms("--produce-timeout", args.produce_timeout, problems)
-    max_future_ms = _duration_ms("--max-future", args.max_future, problems)
+    dedup_ms = _positive("--dedup-window", args.dedup_window, problems)
+    produce_ms = _positive("--produce-timeout", args.produce_timeout, problems)
+    max_future_ms = _positive("--max-future", args.max_future, problems)
     if max_future_ms % 1000:
         problems.append("logystera: error: --max-future: must be a whole number of seconds")
-    header_ms = _duration_ms("--header-timeout", args.header_timeout, problems)
-    body_ms = _duration_ms("--body-timeout", args.body_timeout, problems)
+    header_ms = _positive("--header-timeout", args.header_timeout, problems)
+    body_ms = _positive("--body-timeout", args.body_timeout, problems)
     if args.max_connections < 1:
         problems.append("logystera: error: --max-connections: must be at least 1")
     if args.max_pending_mib < 1:
@@ -130,8 +126,8 @@ def run_gateway(args: argparse.Namespace) -> int:
             log.info("topic %r has %d partitions", args.topic, partitions)
         else:
             log.warning("topic %r does not exist yet: create it (GET /healthz answers 503 until then)", args.topic)
-    except BrokerUnavailable as error:
-        log.warning("broker %s not reachable yet (%s); batches get 503 until it is", args.bootstrap, error)
+    except KafkaUnreachable as error:
+        log.warning("%s; batches get 503 until it answers", error)
 
     config = GatewayConfig(
         tick_interval_ms=tick_ms,

@@ -1,6 +1,7 @@
 """Writing records to Kafka and knowing, record by record, which ones the broker took.
 
-One idempotent producer (``enable.idempotence``, ``acks=all``) per gateway
+One idempotent producer (``enable.idempotence``, ``acks=all``: the
+guarantees of every Logystera producer, :mod:`sinks.kafka_client`) per gateway
 process carries signals and ticks alike, keyed by site, so a site's records
 share one partition and keep their order. :meth:`KafkaWriter.enqueue` hands
 a group of records to librdkafka; a :class:`DeliveryHandle` collects their
@@ -25,22 +26,12 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from sinks.kafka_client import PRODUCER_GUARANTEES, list_topics, producer_config, reported_once
+
 log = logging.getLogger("logystera.gateway")
 
-GUARANTEES: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
-"""Settings a configuration may not override: every acknowledgement to a site rests on them."""
-
-DEFAULTS: dict[str, Any] = {
-    "linger.ms": 5,
-    # Java clients' default partitioner: a site maps to the same partition whichever client writes it.
-    "partitioner": "murmur2_random",
-    # A misspelt --topic must get 503s, not become a new empty topic on a broker that auto-creates topics.
-    "allow.auto.create.topics": False,
-}
-
-
-class BrokerUnavailable(Exception):
-    """The broker did not answer a metadata request in time."""
+DEFAULTS: dict[str, Any] = {"linger.ms": 5}
+"""The gateway's own starting point, on top of every producer's (:data:`sinks.kafka_client.PRODUCER_DEFAULTS`)."""
 
 
 class DeliveryHandle:
@@ -116,17 +107,18 @@ class KafkaWriter:
         """Build the producer; a :class:`ValueError` names an option librdkafka refuses or one that would weaken delivery."""
         options = dict(options or {})
         for name in options:
-            if name in GUARANTEES or name == "bootstrap.servers":
+            if name in PRODUCER_GUARANTEES or name == "bootstrap.servers":
                 raise ValueError(f"{name}: set by the gateway, cannot be changed")
-        config = {**DEFAULTS, **options, **GUARANTEES, "bootstrap.servers": bootstrap, "error_cb": self._on_error, "log_level": 2}
+        config = {**producer_config(bootstrap, {**DEFAULTS, **options}),
+                  **reported_once(lambda text: log.warning("Kafka: %s", text), fatal=self._on_fatal)}
         try:
             self._producer = Producer(config)
         except (KafkaException, ValueError, TypeError) as error:
             detail = error.args[0].str() if isinstance(error, KafkaException) else str(error)
             raise ValueError(f"Kafka producer: {detail}") from None
         self.topic = topic
+        self.bootstrap = bootstrap
         self.fatal: str | None = None
-        self._last_error: int | None = None
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -140,14 +132,9 @@ class KafkaWriter:
         while not self._stop.is_set():
             self._producer.poll(0.05)
 
-    def _on_error(self, error: KafkaError) -> None:
-        # librdkafka repeats transport errors while a broker is away: log each kind once until it changes.
-        if error.fatal():
-            self.fatal = error.str()
-            log.error("Kafka producer failed for good, restart the gateway: %s", error.str())
-        elif error.code() != self._last_error:
-            log.warning("Kafka: %s", error.str())
-        self._last_error = error.code()
+    def _on_fatal(self, text: str) -> None:
+        self.fatal = text
+        log.error("Kafka producer failed for good, restart the gateway: %s", text)
 
     def enqueue(self, handle: DeliveryHandle, records: Sequence[tuple[str, bytes]]) -> None:
         """Hand ``(key, value)`` records, in order, to librdkafka; their reports go to ``handle`` (same order as its ids)."""
@@ -166,12 +153,8 @@ class KafkaWriter:
                 return
 
     def partitions(self, timeout: float) -> int:
-        """Partitions of the topic (0 when it does not exist), from a fresh metadata request; :class:`BrokerUnavailable` if none comes."""
-        try:
-            metadata = self._producer.list_topics(timeout=timeout)
-        except KafkaException as error:
-            raise BrokerUnavailable(error.args[0].str()) from None
-        found = metadata.topics.get(self.topic)
+        """Partitions of the topic (0 when it does not exist), from a fresh metadata request; :class:`KafkaUnreachable` if none comes."""
+        found = list_topics(self._producer, self.bootstrap, timeout).get(self.topic)
         return 0 if found is None or found.error is not None else len(found.partitions)
 
     def close(self, timeout: float) -> int:

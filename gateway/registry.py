@@ -27,18 +27,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from protocol.wire import secret_bytes
-from schemas.rule_loader import StrictYamlLoader, validation_problems
+from schemas.errors import Problems
+from schemas.problems import StrictYamlLoader, validation_problems
 from schemas.signals import SIGNAL_TYPES, SITE_PATTERN
 
 SignalType = Literal[SIGNAL_TYPES]  # type: ignore[valid-type]
 
 
-class RegistryError(Exception):
-    """The registry file has problems; ``problems`` holds one formatted line each."""
+class RegistryError(Problems):
+    """The registry file has problems; ``problems`` holds one formatted line each (all printed, exit 2)."""
 
     def __init__(self, problems: list[str]) -> None:
-        super().__init__(problems[0] if len(problems) == 1 else f"{len(problems)} problems in the site registry")
-        self.problems = problems
+        super().__init__(problems, None if len(problems) == 1 else f"{len(problems)} problems in the site registry")
 
 
 class SiteEntry(BaseModel):

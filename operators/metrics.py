@@ -11,6 +11,7 @@ for a bucket that can no longer change is late and counted, never added.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -42,6 +43,21 @@ def label_text(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def summand(value: int | float | None) -> float:
+    """What a ``{sum: field}`` metric adds for one signal: the field as a float, 0 when absent.
+
+    Validation bounds every integer to ±(2^53 − 1), which floats hold exactly; should a bound ever be missed,
+    an integer beyond the float range adds ±inf to its bucket (stored, visibly wrong) instead of raising
+    ``OverflowError`` inside the detection step, which would stop it on every restart at the same record.
+    """
+    if value is None:
+        return 0.0
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,7 +142,7 @@ class SiteMetrics:
                 continue
             start = ts - ts % metric.resolution
             key = (start, metric.name, metric.labels_of(data))
-            amount = 1.0 if metric.sum_field is None else float(getattr(data, metric.sum_field, None) or 0)
+            amount = 1.0 if metric.sum_field is None else summand(getattr(data, metric.sum_field, None))
             bucket = self.open.get(key)
             if bucket is None:
                 self.open[key] = [amount, 1]

@@ -38,6 +38,7 @@ from operators.engine import RuleRunner
 from operators.metrics import CompiledMetric, SiteMetrics
 from operators.routing import RoutingTable
 from operators.site import SiteDetector
+from schemas.errors import Failure
 from schemas.rules import MetricDefinition, Rule
 
 FORMAT = 2  # 2: fingerprints carry ``deadline`` (the deadline of their last evaluation)
@@ -69,7 +70,7 @@ class Stale(NamedTuple):
     name: str
 
 
-class SnapshotError(Exception):
+class SnapshotError(Failure):
     """The running code cannot snapshot a detector (a shape this module does not know)."""
 
 

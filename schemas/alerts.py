@@ -33,12 +33,14 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StrictStr,
+    ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
     field_validator,
 )
 from pydantic_core import PydanticCustomError, core_schema
 
+from schemas.problems import first_problem
 from schemas.records import compact_json
 from schemas.rules import CHANNEL_NAME_PATTERN, RULE_ID_PATTERN
 from schemas.signals import ENVELOPES, MAX_SIGNAL_BYTES, PAYLOADS, SIGNAL_TYPES, SiteId
@@ -252,6 +254,14 @@ class ReceivedRecord:
         """Validate one JSON line (surrounding whitespace dropped); raises :class:`pydantic.ValidationError`."""
         raw = line.strip()
         return cls(NotificationRecord.model_validate_json(raw), raw)
+
+
+def parse_notification(text: str) -> ReceivedRecord | str:
+    """The validated record with the bytes it came as (parsed once), or why it is not a valid notification record (one line)."""
+    try:
+        return ReceivedRecord.parse(text.encode("utf-8"))
+    except ValidationError as error:
+        return first_problem(error)
 
 
 # -- the link ----------------------------------------------------------------------------------------------------

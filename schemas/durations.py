@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, WithJsonSchema
 
 from schemas.excerpt import excerpt
-from schemas.fields import MAX_INTEGER
+from schemas.signals import MAX_SAFE_INTEGER
 
 DURATION_PATTERN = r"^[0-9]+(ms|s|m|h|d)$"
 _DURATION_RE = re.compile(DURATION_PATTERN)
@@ -28,11 +29,19 @@ def parse_duration(value: Any) -> int:
         if match:
             unit = match.group(1)
             digits = value[: -len(unit)]
-            ms = int(digits) * _UNIT_MS[unit] if len(digits.lstrip("0")) <= len(str(MAX_INTEGER)) else MAX_INTEGER + 1
-            if ms > MAX_INTEGER:
+            ms = int(digits) * _UNIT_MS[unit] if len(digits.lstrip("0")) <= len(str(MAX_SAFE_INTEGER)) else MAX_SAFE_INTEGER + 1
+            if ms > MAX_SAFE_INTEGER:
                 raise ValueError(f"{excerpt(value)} is longer than 2^53 − 1 milliseconds")
             return ms
     raise ValueError(f"{excerpt(value)} is not a duration like 90s, 15m, 1h or 1d")
+
+
+def duration_option(text: str) -> int:
+    """An argparse ``type`` for every duration option (``--timeout 10s``): milliseconds, or a usage error naming the option."""
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def format_duration(ms: int) -> str:

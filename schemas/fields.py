@@ -16,9 +16,6 @@ from typing import Any, Literal
 
 from schemas.signals import PAYLOADS
 
-MAX_INTEGER = 2**53 - 1
-"""Every integer lies within ±(2^53 − 1) (signals.md): the range every JSON parser represents exactly."""
-
 
 @dataclass(frozen=True)
 class FieldSpec:

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Container, Iterable
+from collections.abc import Callable, Container, Iterable
 from operator import itemgetter
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from schemas.signals import MAX_SIGNAL_BYTES, SIGNAL_ADAPTER, SITE_PATTERN
-from schemas.timestamps import MILLIS, SECOND_STARTS, TimestampError, parse_ts, parse_ts_checked
+from schemas.problems import first_problem
+from schemas.signals import MAX_SIGNAL_BYTES, SAFE_PATH_PATTERN, SIGNAL_ADAPTER, SITE_PATTERN
+from schemas.timestamps import MILLIS, SECOND_STARTS, TS_PATTERN, TimestampError, parse_ts, parse_ts_checked, ts_problem
 
 
 class Record:
@@ -64,32 +65,11 @@ def compact_size(raw: bytes) -> int:
     return len(compact_json(json.loads(raw)).encode("utf-8"))
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    """One readable line for the first problem of a signal, plus how many more there are."""
-    problems = error.errors(include_url=False)
-    first = problems[0]
-    kind = first["type"]
-    if kind == "json_invalid":
-        return f"not valid JSON: {first['ctx'].get('error', first['msg'])}" if "ctx" in first else "not valid JSON"
-    loc = [str(part) for part in first["loc"]]
-    if kind == "union_tag_invalid":
-        reason = f"type: unknown signal type {first['ctx']['tag']!r}"
-    elif kind == "union_tag_not_found":
-        reason = "type: field required"
-    elif len(loc) <= 1 and kind in ("model_type", "model_attributes_type", "dict_type"):
-        reason = "not a JSON object"
-    elif kind in ("model_type", "model_attributes_type"):
-        reason = f"{'.'.join(loc[1:])}: must be an object"
-    else:
-        path = ".".join(loc[1:]) if len(loc) > 1 else ".".join(loc)
-        message = {
-            "extra_forbidden": "field not allowed",
-            "missing": "field required",
-        }.get(kind, first["msg"][0].lower() + first["msg"][1:])
-        reason = f"{path}: {message}"
-    if len(problems) > 1:
-        reason += f" (+{len(problems) - 1} more)"
-    return reason
+_PATTERN_WORDS: dict[str, Callable[[Any], str]] = {
+    TS_PATTERN: lambda text: ts_problem(text) if isinstance(text, str) else "not a timestamp",
+    SAFE_PATH_PATTERN: lambda _: "must not contain ?, #, @, control characters or whitespace other than plain spaces",
+}
+"""Patterns whose mismatch is told in words: the regular expression itself says little (ts's is 150 characters)."""
 
 
 _validate_json = SIGNAL_ADAPTER.validator.validate_json
@@ -113,8 +93,8 @@ def _oversized(raw: bytes) -> str | None:
     # so the exact size is computed only for lines that could be over the limit.
     try:
         size = compact_size(raw)
-    except (ValueError, UnicodeError):
-        return None  # not JSON: validation names the problem
+    except (ValueError, UnicodeError, RecursionError):
+        return None  # not JSON, or nested deeper than Python parses: validation names the problem
     if size > MAX_SIGNAL_BYTES:
         return f"signal is {size} bytes in compact JSON, over the {MAX_SIGNAL_BYTES}-byte limit"
     return None
@@ -146,15 +126,24 @@ def parse_lines(
                 rejects.append((line, reason))
                 continue
         try:
-            site, type_, ts_text, id_, data, seq = envelope_fields(validate(raw).__dict__)
+            model = validate(raw)
+            site, type_, ts_text, id_, data, seq = envelope_fields(model.__dict__)
             second = second_start(ts_text[:19])  # parse_ts's usual path, inlined
             ts = second + millis[ts_text[20:23]] if second is not None and len(ts_text) == 24 else to_ms(ts_text)
         except ValidationError as error:
-            rejects.append((line, describe_validation_error(error)))
+            rejects.append((line, first_problem(error, tagged=True, pattern_words=_PATTERN_WORDS)))
             continue
         except TimestampError as error:
             rejects.append((line, f"ts: {error}"))
             continue
+        # Validation keeps the last of repeated keys: a line with more keys than the model has fields set repeats one.
+        # Each key is followed by one ':', and ts holds two; other ':' are in strings (see _repeated_key).
+        keys = len(model.__pydantic_fields_set__) + len(data.__pydantic_fields_set__)
+        if raw.count(b":") != keys + 2 or _BACKSLASH in raw:
+            repeated = _repeated_key(raw, data, keys)
+            if repeated is not None:
+                rejects.append((line, repeated))
+                continue
         record = make(line, site, type_, ts, id_, data, raw, seq)
         records.append(record)
         if type_ in routed:
@@ -164,6 +153,54 @@ def parse_lines(
             else:
                 group.append(record)
     return records, rejects
+
+
+_BACKSLASH = ord("\\")
+"""An int: ``int in bytes`` is a plain ``memchr``, ~10x faster than ``bytes in bytes`` on a line (measured)."""
+
+
+class KeyedObject(dict[str, Any]):
+    """A JSON object that remembers the first key it was given twice (``json.loads`` would keep the last value).
+
+    ``json.loads(text, object_pairs_hook=keyed_object)`` builds these: a reader that re-encodes signals before
+    :func:`parse_lines` sees them (the gateway) can find repeated keys the re-encoding would hide.
+    """
+
+    repeated: str | None = None
+
+
+def keyed_object(pairs: list[tuple[str, Any]]) -> KeyedObject:
+    """``object_pairs_hook`` for ``json.loads``: a :class:`KeyedObject` of ``pairs``."""
+    built = KeyedObject(pairs)
+    if len(built) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                built.repeated = key
+                break
+            seen.add(key)
+    return built
+
+
+def _repeated_key(raw: bytes, data: BaseModel, keys: int) -> str | None:
+    """The reason to reject a valid line that repeats a key (envelope or ``data``), or None if it repeats none.
+
+    Called when the cheap count in :func:`parse_lines` does not settle it. Without escapes every ``:`` of the line
+    is literal: one after each key, two in ``ts``, none in ``id``, ``site`` or ``type`` (their patterns), and the
+    rest in the payload's strings — so counting those settles it. Otherwise the line is parsed again, keeping every
+    key (only lines with escapes or a repeated key get here).
+    """
+    if _BACKSLASH not in raw:
+        in_strings = sum(value.count(":") for value in data.__dict__.values() if type(value) is str)
+        if raw.count(b":") == keys + 2 + in_strings:
+            return None
+    envelope = json.loads(raw, object_pairs_hook=keyed_object)
+    if envelope.repeated is not None:
+        return f"{envelope.repeated}: key given more than once"
+    payload = envelope.get("data")
+    if isinstance(payload, KeyedObject) and payload.repeated is not None:
+        return f"data.{payload.repeated}: key given more than once"
+    return None
 
 
 _SITE_RE = re.compile(SITE_PATTERN)
@@ -177,7 +214,7 @@ def salvage_site_and_ts(raw: bytes) -> tuple[str, int | None]:
     """
     try:
         envelope = json.loads(raw)
-    except (ValueError, UnicodeError):
+    except (ValueError, UnicodeError, RecursionError):  # a rejected line may be anything, nested arrays included
         return "", None
     if not isinstance(envelope, dict):
         return "", None

@@ -22,6 +22,7 @@ from pydantic import (
 
 from schemas.durations import Duration, Window
 from schemas.excerpt import excerpt
+from schemas.problems import FieldProblems
 from schemas.schedule import check_schedule, load_zone
 from schemas.signals import SIGNAL_TYPES
 
@@ -79,19 +80,6 @@ class DistinctParams(BaseModel):
     field: str
     count: PositiveInt
     window: Window
-
-
-class FieldProblems(ValueError):
-    """Mistakes a model validator found in named fields of its model: ``(field, message)`` pairs.
-
-    A cross-field check runs on the whole block, so pydantic places its error
-    at the block; the loader reads the pairs to name each field instead
-    (:func:`schemas.rule_loader.validation_problems`).
-    """
-
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        super().__init__("; ".join(f"{name}: {message}" for name, message in problems))
-        self.problems = problems
 
 
 def _check_zone(value: str) -> str:
@@ -294,7 +282,7 @@ class _UrlChannel(_Channel):
     @model_validator(mode="after")
     def _one_url(self) -> _UrlChannel:
         if (self.url is None) == (self.url_env is None):
-            # "field: message" so that the loader names the field (rule_loader.validation_problems).
+            # "field: message" so that the loader names the field (problems.validation_problems).
             raise ValueError("url: give exactly one of url or url_env")
         return self
 

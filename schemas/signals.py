@@ -20,16 +20,21 @@ STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 Hash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 # `path`, `file` and `job`: no `?`, `#`, `@`, no whitespace but plain spaces, no control characters.
-_SAFE_PATH = r"^(?:[^?#@\s\x00-\x1f\x7f-\x9f]| )*$"
-NonNegative = Annotated[int, Field(ge=0)]
+SAFE_PATH_PATTERN = r"^(?:[^?#@\s\x00-\x1f\x7f-\x9f]| )*$"
+MAX_SAFE_INTEGER = 2**53 - 1
+"""Every integer of a signal lies within ±this (signals.md): the range every JSON parser represents exactly, which
+every store column holds (``seq`` is ``UInt64``) and every float sum adds exactly. Each ``int`` field below carries
+it or a narrower range; ``tests/schemas`` checks that none is left unbounded."""
+SafeInt = Annotated[int, Field(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
+NonNegative = Annotated[int, Field(ge=0, le=MAX_SAFE_INTEGER)]
 
 
 Str32 = Annotated[str, Field(max_length=32)]
 Str64 = Annotated[str, Field(max_length=64)]
 Str128 = Annotated[str, Field(max_length=128)]
 Str256 = Annotated[str, Field(max_length=256)]
-SafePath128 = Annotated[str, Field(max_length=128, pattern=_SAFE_PATH)]
-SafePath256 = Annotated[str, Field(max_length=256, pattern=_SAFE_PATH)]
+SafePath128 = Annotated[str, Field(max_length=128, pattern=SAFE_PATH_PATTERN)]
+SafePath256 = Annotated[str, Field(max_length=256, pattern=SAFE_PATH_PATTERN)]
 
 
 class AuthData(BaseModel):
@@ -125,7 +130,7 @@ class FileEditData(BaseModel):
     model_config = STRICT
     path: SafePath256
     change: Literal["created", "modified", "deleted"]
-    size_delta: int
+    size_delta: SafeInt
     flags: Annotated[list[FileFlag], Field(max_length=8, json_schema_extra={"uniqueItems": True})]
 
     @field_validator("flags")

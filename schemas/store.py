@@ -47,6 +47,11 @@ class Migration:
     statements: tuple[str, ...]
 
 
+LAST_DATETIME_S = 2**32 - 1
+"""The last second a ``DateTime`` column holds (2106-02-07T06:28:15Z); ``DateTime64(3)`` columns hold 1900–2299,
+which covers every ``ts`` the contract accepts (1970–2199)."""
+_LAST_DATETIME = f"toDateTime64({LAST_DATETIME_S}, 3, 'UTC')"
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "signals, alerts, evidence, metrics, rejected, deliveries and their deduplicated views", (
         """CREATE TABLE IF NOT EXISTS {db}.signals (
@@ -139,6 +144,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         """CREATE VIEW IF NOT EXISTS {db}.rejected_hourly AS
             SELECT hour, site, reason, count() AS rejected FROM {db}.rejected FINAL GROUP BY hour, site, reason""",
         "CREATE VIEW IF NOT EXISTS {db}.deliveries_final AS SELECT * FROM {db}.deliveries FINAL",
+    )),
+    # toDateTime() of an instant after 2106-02-07 wraps around (DateTime is 32-bit seconds): version 1's TTL put
+    # a signal of 2150 in 2013, so the next merge deleted it. Clamped at DateTime's last second, it stays.
+    Migration(2, "retention (TTL) of signals and metrics without wrap-around for event times after 2106", (
+        f"ALTER TABLE {{db}}.signals MODIFY TTL toDateTime(least(ts + INTERVAL {{ttl_days}} DAY, {_LAST_DATETIME}))",
+        f"ALTER TABLE {{db}}.metrics MODIFY TTL toDateTime(least(bucket_start + INTERVAL {{ttl_days}} DAY, {_LAST_DATETIME}))",
     )),
 )
 
@@ -266,9 +277,16 @@ def rejection_reason(reason: str) -> str:
     return _POSITION.sub("", _QUOTED.sub("'…'", reason))[:200]
 
 
+_LAST_HOUR_S = LAST_DATETIME_S - LAST_DATETIME_S % 3600
+
+
 def rejected_row(source: str, line: int, site: str, reason: str, at_ms: int) -> tuple[Any, ...]:
-    """One rejected input line, attributed to the hour of ``at_ms``."""
-    return (source, line, site, rejection_reason(reason), (at_ms - at_ms % 3_600_000) // 1000)
+    """One rejected input line, attributed to the hour of ``at_ms``.
+
+    ``hour`` is a ``DateTime`` (32-bit seconds): an instant after its last hour (2106-02-07T06:00Z; ``ts`` may
+    run to 2199) is attributed to that hour rather than failing the insert of every row buffered with it.
+    """
+    return (source, line, site, rejection_reason(reason), min((at_ms - at_ms % 3_600_000) // 1000, _LAST_HOUR_S))
 
 
 ROW_COLUMNS = {

@@ -40,7 +40,7 @@ from pathlib import Path
 from random import Random
 from typing import Any
 
-from schemas.factory import identity_hash, make_signal, make_tick, signal_line
+from schemas.factory import identity_hash, make_signal, make_tick, signal_line, ulid
 from schemas.records import compact_json
 from schemas.timestamps import format_ts, parse_ts_checked
 
@@ -53,7 +53,6 @@ INVALID_SHARE = 0.005
 LATE_ALLOWED_SHARE = 0.004
 LATE_SHARE = 0.0004
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _SITE_PREFIXES = ("shop", "blog", "news", "docs", "forum", "store", "agency", "school", "clinic", "studio")
 _PLUGINS = (
     "woocommerce", "akismet", "jetpack", "yoast-seo", "contact-form-7", "elementor", "wordfence",
@@ -496,11 +495,6 @@ class _Plan:
             yield (t, _BACKGROUND, k, draw(rng), _TYPE_TABLE.draw(rng), None)
 
 
-def _ulid(ts: int, rng: Random) -> str:
-    value = (ts << 80) | rng.getrandbits(80)
-    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
-
-
 def _invalid(envelope: dict[str, Any], rng: Random) -> str:
     """One of the ways a line can be wrong (the flow must reject each, never drop it silently)."""
     roll = rng.random()
@@ -566,7 +560,7 @@ def generate_corpus(n_signals: int, n_sites: int, seed: int = 1, duration_s: int
         if rng.random() < 0.02:
             # Some integrations send microseconds (truncated to milliseconds on input).
             stamp = format_ts(ts)[:-1] + f"{rng.randrange(1000):03d}Z"
-        envelope = make_signal(site.name, type_, stamp, _ulid(ts, rng), site.seq if rng.random() < 0.9 else None, **data)
+        envelope = make_signal(site.name, type_, stamp, ulid(ts, rng.getrandbits(80)), site.seq if rng.random() < 0.9 else None, **data)
         yield _invalid(envelope, rng) if invalid else compact_json(envelope)
 
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import calendar
 import heapq
-import ipaddress
 import re
 import sys
 from collections import Counter
@@ -52,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schemas.factory import identity_hash, make_signal, make_tick, signal_line
+from schemas.factory import identity_hash, make_signal, make_tick, network_prefix, signal_line
 
 ASSUMED_YEAR = 2026
 """The year stamped on the loghub sample's lines (the log has none; see the module docstring)."""
@@ -130,13 +129,11 @@ class ConversionStats:
 
 
 def network_source(address: str, site_key: str) -> str:
-    """An address as a network prefix (IPv4 /24, IPv6 /48); a host name as its keyed hash."""
+    """An address as its network prefix (:func:`schemas.factory.network_prefix`); a host name as its keyed hash."""
     try:
-        ip = ipaddress.ip_address(address)
+        return network_prefix(address)
     except ValueError:
         return identity_hash(address.lower(), site_key)
-    prefix = 24 if ip.version == 4 else 48
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
 def _method(name: str) -> str:

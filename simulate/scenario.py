@@ -30,7 +30,6 @@ real network.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import heapq
 import math
@@ -41,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from schemas.factory import identity_hash, make_signal, make_tick, signal_line
+from schemas.factory import identity_hash, make_signal, make_tick, signal_line, ulid
 from schemas.timestamps import parse_ts_checked
 
 DAY_START = "2026-11-28T00:00:00.000Z"
@@ -329,18 +328,9 @@ def _value_hash(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-_CROCKFORD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", "0123456789ABCDEFGHJKMNPQRSTVWXYZ")
-
-
 def _ulid(ts: int, *salt: object) -> str:
-    """A ULID-shaped id: 48-bit time, then 80 bits derived from ``salt`` (deterministic, not random).
-
-    The 128 bits are laid out as ULID's 130-bit text (two leading zero bits)
-    in 17 bytes, base32-encoded, and mapped to Crockford's alphabet.
-    """
-    tail = int.from_bytes(hashlib.sha256(":".join(map(str, salt)).encode()).digest()[:10], "big")
-    value = (ts << 80) | tail
-    return base64.b32encode((value << 6).to_bytes(17, "big"))[:26].decode().translate(_CROCKFORD)
+    """A ULID whose 80 bits after the time are derived from ``salt`` (deterministic, not random)."""
+    return ulid(ts, int.from_bytes(hashlib.sha256(":".join(map(str, salt)).encode()).digest()[:10], "big"))
 
 
 @dataclass(frozen=True)

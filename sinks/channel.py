@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Protocol
 import httpx
 
 from protocol.wire import parse_retry_after
+from schemas.errors import LogysteraError, UsageError
 
 if TYPE_CHECKING:
     from schemas.alerts import ReceivedRecord
@@ -48,11 +49,11 @@ _ERROR_CHARS = 200
 _TOKEN_CHARS = 16
 
 
-class ChannelError(Exception):
+class ChannelError(LogysteraError):
     """Root of channel errors (see the module docstring)."""
 
 
-class ChannelConfigError(ChannelError):
+class ChannelConfigError(ChannelError, UsageError):
     """A channel cannot be opened; the message is one line naming the channel and the environment variable."""
 
 

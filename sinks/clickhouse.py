@@ -6,7 +6,8 @@ DSNs:
   default: the ClickHouse engine in this process, data in ``dir``. chDB opens one data directory per process, and a
   directory is meant for one process at a time: the process that runs the flow
   is the single writer; analysts read through ``logystera sql`` while no flow
-  runs, or query a copy of the directory.
+  runs, or query a copy of the directory. A directory another process holds
+  is :class:`StoreLocked` at once, never retried.
 - ``http://user:password@host:8123/database`` (or ``https://``) — a ClickHouse
   server, as in production.
 
@@ -33,6 +34,7 @@ from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkParti
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from typing_extensions import override
 
+from schemas.errors import Failure, LogysteraError, UsageError
 from schemas.store import MIGRATIONS, MIGRATIONS_TABLE, ROW_COLUMNS, Columns
 
 DEFAULT_DATABASE = "logystera"
@@ -43,16 +45,20 @@ replacing them within each inserted block as well took about a quarter of chDB's
 _LOW_CARDINALITY = re.compile(r"LowCardinality\((\w+(?:\([^()]*\))?)\)")
 
 
-class StoreError(Exception):
+class StoreError(LogysteraError):
     """Root of storage errors: ``StoreConfigError`` (a bad DSN) and ``StoreUnavailable`` (gave up)."""
 
 
-class StoreConfigError(StoreError):
+class StoreConfigError(StoreError, UsageError):
     """The DSN cannot be used."""
 
 
-class StoreUnavailable(StoreError):
+class StoreUnavailable(StoreError, Failure):
     """The store kept failing for longer than the configured patience."""
+
+
+class StoreLocked(StoreError, Failure):
+    """The chDB directory is open in another process: not retried, since only that process can let go of it."""
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,35 @@ def _locked_by_another_process(directory: Path) -> bool:
     return False
 
 
+def _open_in_this_process(path: Path) -> bool:
+    """Whether this process holds ``path`` open (Linux's ``/proc/self/fd``; elsewhere: not known, False)."""
+    import os
+
+    try:
+        descriptors = os.listdir("/proc/self/fd")
+    except OSError:
+        return False
+    for descriptor in descriptors:
+        try:
+            if os.readlink(f"/proc/self/fd/{descriptor}") == str(path):
+                return True
+        except OSError:  # closed since the listing
+            continue
+    return False
+
+
+def _held_elsewhere(address: StoreAddress, directory: Path) -> StoreLocked | None:
+    """The error to raise if another process holds ``directory`` (retrying cannot help while it runs).
+
+    The lock is on the ``status`` file chDB keeps open; when this process has it open, the lock is its own
+    (another store on the same directory, or chDB used directly) and chDB itself decides.
+    """
+    if _open_in_this_process(directory / "status") or not _locked_by_another_process(directory):
+        return None
+    return StoreLocked(f"store {address}: {directory} is in use by another process "
+                       "(a chDB directory is opened by one process at a time)")
+
+
 def _connect(address: StoreAddress) -> Any:
     import clickhouse_connect
 
@@ -173,12 +208,17 @@ def _connect(address: StoreAddress) -> Any:
         # clickhouse-connect reads chdb://a/b as host "a": hand it an absolute path.
         directory = Path(address.path).resolve()
         directory.mkdir(parents=True, exist_ok=True)
+        # Checked before chDB tries, which would log its failure in a dozen lines and say only
+        # "Error initializing EmbeddedServer".
+        locked = _held_elsewhere(address, directory)
+        if locked is not None:
+            raise locked
         try:
             return clickhouse_connect.get_client(dsn=f"chdb://{directory}")
         except ClickHouseError:
-            # chDB says only "Error initializing EmbeddedServer"; the usual cause deserves its own words.
-            if _locked_by_another_process(directory):
-                raise OSError(f"{directory} is in use by another process (a chDB directory is opened by one process at a time)") from None
+            locked = _held_elsewhere(address, directory)  # taken between the check and the open
+            if locked is not None:
+                raise locked from None
             raise
     return clickhouse_connect.get_client(
         host=address.host, port=address.port, username=address.username, password=address.password,

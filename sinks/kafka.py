@@ -13,71 +13,39 @@ flow; under Bytewax recovery the restart re-emits everything after the last
 completed epoch, so nothing is lost, and consumers may see a record twice
 (``(alert_id, seq)`` identifies a notification). Under backpressure (a slow
 or unreachable broker) the worker blocks in the batch for up to ``timeout``.
+The producer's settings are every Logystera producer's
+(:mod:`sinks.kafka_client`).
 :func:`missing_topics` is the start-up check: a wrong address or a missing
 topic fails at start, not at the first record.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 from typing_extensions import override
 
+from schemas.errors import Failure
+from sinks.kafka_client import list_topics, producer_config, reported_once
+
 X = TypeVar("X")
 
-PRODUCER_CONFIG: dict[str, Any] = {
-    "enable.idempotence": True,
-    "acks": "all",
-    # Java clients' default partitioner, as the gateway uses: a site's key maps to the same partition everywhere.
-    "partitioner": "murmur2_random",
-    # A misspelt topic must fail, not become a new empty topic on a broker that auto-creates them.
-    "allow.auto.create.topics": False,
-}
 DEFAULT_TIMEOUT_S = 30.0
 
 
-def reported_once(report: Callable[[str], None] = lambda text: print(f"kafka: {text}", file=sys.stderr)) -> dict[str, Any]:
-    """Client settings that report each kind of librdkafka error once, until it changes.
-
-    librdkafka logs every failed connection attempt, hundreds of lines a second
-    while a broker is away; the errors still reach ``report``, one line per kind.
-    """
-    last: list[int | None] = [None]
-
-    def on_error(error: KafkaError) -> None:
-        if error.code() != last[0]:
-            report(error.str())
-        last[0] = error.code()
-
-    return {"log_level": 2, "error_cb": on_error}
-
-
-class KafkaDeliveryError(Exception):
+class KafkaDeliveryError(Failure):
     """Records were not acknowledged by the broker in time (or were refused)."""
 
 
-class KafkaUnreachable(Exception):
-    """The broker did not answer a metadata request in time."""
-
-
 def missing_topics(bootstrap: str, topics: Iterable[str], timeout: float = 10.0) -> list[str]:
-    """The ``topics`` the cluster does not have.
-
-    Lists every topic instead of asking for the ones named: a metadata request
-    naming a topic creates it on brokers that auto-create topics, which would
-    turn a misspelt name into a new, empty topic.
-    """
-    try:
-        metadata = AdminClient({"bootstrap.servers": bootstrap, **reported_once(lambda _text: None)}).list_topics(timeout=timeout)
-    except KafkaException as error:
-        raise KafkaUnreachable(f"Kafka at {bootstrap} did not answer within {timeout:g}s ({error.args[0].str()})") from None
-    return [topic for topic in topics if topic not in metadata.topics]
+    """The ``topics`` the cluster does not have; :class:`sinks.kafka_client.KafkaUnreachable` if it does not answer."""
+    found = list_topics(AdminClient({"bootstrap.servers": bootstrap, **reported_once(lambda _text: None)}), bootstrap, timeout)
+    return [topic for topic in topics if topic not in found]
 
 
 class _ProducerPartition(StatelessSinkPartition[X]):
@@ -138,9 +106,7 @@ class KafkaTopicSink(DynamicSink[X], Generic[X]):
         self.timeout = timeout
         self._message = message
         self._config = {
-            **PRODUCER_CONFIG,
-            "bootstrap.servers": bootstrap,
-            "message.timeout.ms": max(1, int(timeout * 1000)),
+            **producer_config(bootstrap, {"message.timeout.ms": max(1, int(timeout * 1000))}),
             **reported_once(),
         }
 

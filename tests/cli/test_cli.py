@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from cli.main import main
 from schemas.alerts import NotificationRecord
 from schemas.factory import make_signal, signal_line
 from schemas.records import compact_json
@@ -372,3 +373,18 @@ def test_schema_alerts() -> None:
     assert list(document["properties"]) == list(NotificationRecord.model_fields)
     assert document["properties"]["alert_id"]["pattern"] == "^[0-9a-f]{32}$"
     assert document["properties"]["status"]["enum"] == ["firing", "resolved"]
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("rules: .\ntests: []\n", "tests: must have at least 1 item(s)"),
+    ("rules: .\nrules: ..\ntests: []\n", "not valid YAML: duplicate key 'rules'"),
+    ("rules: .\ntest: []\n", "tests: required"),
+])
+def test_a_rule_test_file_that_cannot_run_is_one_line_in_the_loaders_words(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, problem: str) -> None:
+    path = tmp_path / "broken_test.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert main(["rules", "test", str(path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"ERROR {path}: {problem}"), err
+    assert len(err) == 1 and "Traceback" not in err[0]

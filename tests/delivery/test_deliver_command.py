@@ -118,7 +118,7 @@ def test_a_file_is_delivered_with_invalid_lines_reported_and_a_summary(tmp_path:
     assert result.stderr.splitlines() == [
         "line 2: not valid JSON: key must be a string at line 1 column 2",
         "line 4: seq: input should be a valid integer",
-        "line 7: extra: extra inputs are not permitted",
+        "line 7: extra: field not allowed",
         "line 8: not valid JSON: expected value at line 1 column 1",
         "channel oncall: 2 delivered, 0 collapsed, 0 gave up, 0 failed, 1 resolved not sent, 0 done before; 2 attempts",
         "delivery: 3 records, 4 invalid, 0 duplicate, 0 not done: "
@@ -175,7 +175,7 @@ ONE_SOURCE = "logystera: error: give either a file of notification records or --
     (["x.jsonl", "--bootstrap", "127.0.0.1:1"], True, ONE_SOURCE),
     (["missing.jsonl"], True, "logystera: error: missing.jsonl: no such file"),
     (["ALERTS"], False, "logystera: error: channel oncall: url_env: environment variable ONCALL_URL is not set"),
-    (["ALERTS", "--backoff", "soon"], True, "logystera: error: 'soon' is not a duration like 90s, 15m, 1h or 1d"),
+    (["ALERTS", "--backoff", "soon"], True, "logystera: error: argument --backoff: 'soon' is not a duration like 90s, 15m, 1h or 1d"),
     (["ALERTS", "--max-attempts", "0"], True, "logystera: error: --max-attempts must be at least 1"),
     (["ALERTS", "--store", "chdb://"], True, "logystera: error: --store: chdb DSN needs a directory, e.g. chdb:///var/lib/logystera"),
 ], ids=["no-source", "two-sources", "no-file", "no-env", "bad-duration", "no-attempts", "bad-store"])

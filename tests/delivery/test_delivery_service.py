@@ -18,8 +18,9 @@ import pytest
 
 from delivery.attempt_log import AttemptLog, Earlier, with_carried_counts
 from delivery.channels import open_sender
+from delivery.metrics import DeliveryMetrics
 from delivery.schedule import COLLAPSED_INTO, DELIVERED, GAVE_UP, HELD, RATE_LIMITED, RETRYING, DeliveryPolicy
-from delivery.service import UNKNOWN_CHANNEL, DeliveryService
+from delivery.service import MAX_SEEN_ALERTS, UNKNOWN_CHANNEL, DeliveryService
 from schemas.rules import EmailChannel, SlackChannel, TeamsChannel, WebhookChannel
 from sinks.clickhouse import Store
 from tests.support.factories import ALERT_ID, make_notification, received, resolved_notification
@@ -62,12 +63,13 @@ async def until(predicate: Callable[[], bool], what: str) -> None:
 def deliver(
     store: Store, channels: list[Any], batches: list[list[dict[str, Any]]], *, policy: DeliveryPolicy = FAST,
     timeout: float = 5.0, during: During | None = None, drain: bool = True, environ: dict[str, str] | None = None,
+    max_seen: int = MAX_SEEN_ALERTS,
 ) -> DeliveryService:
     """Run a service over ``batches`` (each submitted when the one before is done), then stop it; the stopped service."""
 
     async def main() -> DeliveryService:
         senders = [open_sender(channel, environ or ENV, timeout=timeout) for channel in channels]
-        service = DeliveryService(senders, AttemptLog(store, interval=0.02), policy)
+        service = DeliveryService(senders, AttemptLog(store, interval=0.02), policy, max_seen=max_seen)
         service.start()
         try:
             for index, batch in enumerate(batches):
@@ -141,7 +143,7 @@ def test_a_permanent_4xx_is_not_retried_and_gives_up_at_once(store: Store) -> No
         service = deliver(store, [webhook("oncall", hook.url)], [[notification(1)]])
         assert len(hook.received) == 1
     assert attempts(store) == [(1, 1, "oncall", 1, GAVE_UP, 404, "HTTP 404: no such hook (not retryable)")]
-    assert 'logystera_delivery_notifications_total{channel="oncall",result="gave_up"} 1' in service.metrics_text()
+    assert b'logystera_delivery_notifications_total{channel="oncall",result="gave_up"} 1.0' in DeliveryMetrics(service).exposition()
     assert "0 delivered, 0 collapsed, 1 gave up" in service.summary()[0]
 
 
@@ -214,6 +216,45 @@ def test_a_restart_skips_what_was_finished_and_continues_attempt_numbers(store: 
     assert after[:tried] == before[:tried] and after[-1] == (1, 1, "good", 1, DELIVERED, 204, "")
     assert after[tried] == (1, 1, "down", tried + 1, DELIVERED, 204, "")
     assert dict(second.stats.notifications) == {("good", "done_before"): 1, ("down", "delivered"): 1}
+
+
+def test_the_memory_of_seen_notifications_is_bounded_and_a_forgotten_duplicate_is_answered_by_the_log(store: Store) -> None:
+    # Remember 3 alerts. 1..5 delivered (1 and 2 forgotten); then 5 again (remembered: a duplicate), 5 seq 1 after seq 2
+    # (older than one handed out: a duplicate too) and 1 again (forgotten: handed out, the log says done before, no call).
+    batches = [[notification(n)] for n in range(1, 6)] + [[notification(5)], [notification(5, 2), notification(5, 1)],
+                                                          [notification(1)]]
+    with WebhookReceiver(secret=SECRET) as hook:
+        service = deliver(store, [webhook("oncall", hook.url)], batches, max_seen=3)
+    assert sorted(r.headers["webhook-id"] for r in hook.received) == sorted(
+        [f"{alert(n)}:1" for n in range(1, 6)] + [f"{alert(5)}:2"])
+    assert service.remembered <= 3
+    assert (service.stats.records, service.stats.duplicates) == (9, 2)
+    assert service.stats.notifications[("oncall", "done_before")] == 1
+
+
+def test_an_alert_in_progress_is_never_forgotten(store: Store) -> None:
+    # Remember 1 alert; alert 1 is retrying (receiver down) while 2 and 3 pass: a copy of alert 1 is still a duplicate.
+    down = WebhookReceiver(secret=SECRET)
+    good = WebhookReceiver(secret=SECRET)
+
+    async def others_pass(service: DeliveryService) -> None:
+        await until(lambda: service.stats.attempts[("down", RETRYING)] >= 1, "alert 1 retrying")
+        await service.submit([(received(notification(2, deliver=["good"])), None),
+                              (received(notification(3, deliver=["good"])), None),
+                              (received(notification(1, deliver=["down"])), None)])
+        await until(lambda: service.stats.attempts[("good", DELIVERED)] == 2, "alerts 2 and 3 delivered")
+        down.start()
+
+    good.start()
+    try:
+        service = deliver(store, [webhook("down", down.url), webhook("good", good.url)],
+                          [[notification(1, deliver=["down"])]], during=others_pass, max_seen=1)
+    finally:
+        good.stop()
+        down.stop()
+    assert service.stats.duplicates == 1
+    assert [r.headers["webhook-id"] for r in down.received] == [f"{alert(1)}:1"]
+    assert service.stats.notifications[("down", "delivered")] == 1
 
 
 def test_fan_out_to_every_channel_type(store: Store, tmp_path: Any) -> None:

@@ -99,7 +99,7 @@ def test_the_gateway_command_refuses_a_bad_registry_with_exit_2_and_never_prints
     ("options", "expected"),
     [
         (["--tick-interval", "1500ms"], "logystera: error: --tick-interval: must be a whole number of seconds, at least 1s"),
-        (["--tick-interval", "often"], "logystera: error: --tick-interval: 'often' is not a duration like 90s, 15m, 1h or 1d"),
+        (["--tick-interval", "often"], "logystera: error: argument --tick-interval: 'often' is not a duration like 90s, 15m, 1h or 1d"),
         (["--dedup-window", "0s"], "logystera: error: --dedup-window: must be more than 0"),
         (["--kafka-option", "acks=1"], "logystera: error: --kafka-option: acks: set by the gateway, cannot be changed"),
         (["--kafka-option", "no.such.setting=1"],
@@ -107,7 +107,7 @@ def test_the_gateway_command_refuses_a_bad_registry_with_exit_2_and_never_prints
         (["--kafka-option", "linger.ms"], "logystera: error: --kafka-option: 'linger.ms' is not KEY=VALUE"),
         (["--max-future", "1500ms"], "logystera: error: --max-future: must be a whole number of seconds"),
         (["--header-timeout", "0s"], "logystera: error: --header-timeout: must be more than 0"),
-        (["--body-timeout", "soon"], "logystera: error: --body-timeout: 'soon' is not a duration like 90s, 15m, 1h or 1d"),
+        (["--body-timeout", "soon"], "logystera: error: argument --body-timeout: 'soon' is not a duration like 90s, 15m, 1h or 1d"),
         (["--max-connections", "0"], "logystera: error: --max-connections: must be at least 1"),
         (["--max-pending-mib", "0"], "logystera: error: --max-pending-mib: must be at least 1 (one batch body may be 1 MiB)"),
     ],

@@ -20,17 +20,8 @@ import yaml
 
 from gateway.registry import RegistryError, load_registry
 from schemas.excerpt import LIMIT, clip, excerpt
-from schemas.rule_loader import (
-    MAX_ALIAS_NODES,
-    MAX_DEFINITIONS,
-    MAX_FILE_BYTES,
-    MAX_FILES,
-    MAX_YAML_DEPTH,
-    MAX_YAML_NODES,
-    RuleLoadError,
-    StrictYamlLoader,
-    load_rules,
-)
+from schemas.problems import MAX_ALIAS_NODES, MAX_YAML_DEPTH, MAX_YAML_NODES, StrictYamlLoader
+from schemas.rule_loader import MAX_DEFINITIONS, MAX_FILE_BYTES, MAX_FILES, RuleLoadError, load_rules
 
 INVALID = Path(__file__).parents[1] / "rules" / "invalid"
 LOGYSTERA = shutil.which("logystera", path=str(Path(sys.executable).parent)) or shutil.which("logystera")

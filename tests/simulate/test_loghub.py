@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import simulate
+from dispatcher import network_prefix
 from flows.replay import replay
 from schemas.factory import identity_hash
 from schemas.records import parse_record
@@ -176,6 +177,19 @@ def test_real_attacks_fire_the_auth_rules(tmp_path: Path) -> None:
         ("09:12:18", "103.99.0.0/24"), ("09:14:32", "187.141.143.0/24"), ("10:55:07", "183.62.140.0/24"),
     ]
     assert "login-lockouts" not in firing  # sshd disconnects after MaxAuthTries; it does not lock accounts
+
+
+@pytest.mark.parametrize("address", [
+    "203.0.113.7", "::ffff:203.0.113.7", "[::ffff:203.0.113.7]", "2001:db8:1234:5678::1", "fe80::1%eth0", "10.0.0.255",
+])
+def test_the_converter_and_the_dispatcher_keep_the_same_network_of_an_address(address: str) -> None:
+    # One privacy contract, one implementation: an IPv4-mapped IPv6 address is its IPv4 /24 in both.
+    assert network_source(address, SITE) == network_prefix(address)
+    assert network_source("::ffff:203.0.113.7", SITE) == "203.0.113.0/24"
+
+
+def test_a_host_name_is_hashed_not_kept() -> None:
+    assert network_source("Host.Example", SITE) == identity_hash("host.example", SITE)
 
 
 def test_the_samples_ship_inside_the_package_unchanged_with_their_notice() -> None:
