@@ -21,6 +21,7 @@ later record.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -72,15 +73,29 @@ def _too_deep() -> Rejected:
     return Rejected("invalid_json", f"body: nested more than {MAX_DEPTH} levels deep")
 
 
-def _nested_deeper(document: Any, limit: int) -> bool:
-    """Whether a parsed JSON value has containers more than ``limit`` levels deep, found level by level (no recursion)."""
-    level = [document]
+def _shape(document: Any, limit: int) -> tuple[bool, int]:
+    """Whether a parsed JSON value nests containers more than ``limit`` levels deep, and how many keys its objects hold.
+
+    Walked level by level (no recursion), keeping only containers from one level to the next; the value comes from
+    a plain ``json.loads``, so every container is exactly a ``dict`` or a ``list``.
+    """
+    level: list[Any] = [document] if type(document) in (dict, list) else []
+    keys = 0
     for _ in range(limit):
-        level = [child for value in level if isinstance(value, dict | list)
-                 for child in (value.values() if isinstance(value, dict) else value)]
         if not level:
-            return False
-    return any(isinstance(value, dict | list) for value in level)
+            return False, keys
+        below: list[Any] = []
+        for value in level:
+            if type(value) is dict:
+                keys += len(value)
+                value = value.values()
+            below += [child for child in value if type(child) is dict or type(child) is list]
+        level = below
+    return bool(level), keys
+
+
+_KEY_ENDS = re.compile(rb'"[ \t\n\r]*:')
+"""Where a key can end: every key of a JSON text is followed by one (strings may hold more)."""
 
 
 def _repeated_key(signal: Any) -> str | None:
@@ -96,15 +111,22 @@ def _repeated_key(signal: Any) -> str | None:
 def parse_batch(body: bytes, site: Site, batch_id: str, max_signals: int) -> list[Any]:
     """The signals of a body whose signature holds for ``site`` and ``batch_id`` (the ``webhook-id``), not checked yet."""
     try:
-        document = json.loads(body.decode("utf-8"), parse_constant=_no_constants, object_pairs_hook=keyed_object)
+        text = body.decode("utf-8")
+        document = json.loads(text, parse_constant=_no_constants)
     except UnicodeDecodeError:
         raise Rejected("invalid_json", "body: not UTF-8") from None
     except RecursionError:
         raise _too_deep() from None
     except ValueError as error:
         raise Rejected("invalid_json", f"body: not valid JSON: {error}") from None
-    if _nested_deeper(document, MAX_DEPTH):
+    too_deep, keys = _shape(document, MAX_DEPTH)
+    if too_deep:
         raise _too_deep()
+    if body.count(b'":') != keys and len(_KEY_ENDS.findall(body)) != keys:
+        # Every key ends in a match and strings may add more; a repeated key leaves its object one key short. Equal
+        # counts prove no key repeats (the usual case: compact JSON, where '":' alone already counts the keys);
+        # otherwise parse again keeping each object's repeated key.
+        document = json.loads(text, parse_constant=_no_constants, object_pairs_hook=keyed_object)
     if isinstance(document, KeyedObject) and document.repeated is not None:
         # The signature covers the bytes, but another reader could take the first value where json keeps the last.
         raise Rejected("invalid_batch", f"{clip(document.repeated)}: given more than once")

@@ -133,18 +133,23 @@ def test_a_signal_that_repeats_a_key_is_refused_naming_the_key(gateway: RunningG
                                                                topic: str) -> None:
     # Re-encoding would keep the last value silently, while another reader of the same bytes could take the first.
     good = mail(0, site="blog")
+    quoted = mail(3, site="blog")
+    quoted["data"]["transport"] = 'smtp":relay'  # a string that looks like the end of a key: not a repeat
     line = json.dumps(mail(1, site="blog"), separators=(",", ":"))
     repeats = [
         line.replace('"site":"blog"', '"site":"blog","site":"blog"', 1),
         line.replace('"outcome":"failed"', '"outcome":"sent","outcome":"failed"', 1),
+        line.replace('"outcome":"failed"', '"outcome" : "sent" , "outcome"\t:"failed"', 1),  # JSON whitespace around the colon
     ]
-    body = encode_batch("blog", "batch-repeats", SENT_AT, [json.dumps(good, separators=(",", ":")), *repeats])
+    body = encode_batch("blog", "batch-repeats", SENT_AT, [json.dumps(good, separators=(",", ":")), *repeats,
+                                                           json.dumps(quoted, separators=(",", ":"))])
     response = sender.post("blog", [], batch_id="batch-repeats", body=body)
     assert response.status_code == 200
     assert response.json()["rejected"] == [{"index": 1, "reason": "site: key given more than once"},
-                                           {"index": 2, "reason": "data.outcome: key given more than once"}]
-    assert values(shared_broker.read_all(topic)) == [good]
-    assert gateway.metric("logystera_gateway_signals_rejected_total", reason="invalid") == 2
+                                           {"index": 2, "reason": "data.outcome: key given more than once"},
+                                           {"index": 3, "reason": "data.outcome: key given more than once"}]
+    assert values(shared_broker.read_all(topic)) == [good, quoted]
+    assert gateway.metric("logystera_gateway_signals_rejected_total", reason="invalid") == 3
 
 
 def test_a_batch_of_only_bad_signals_is_taken_and_writes_nothing(gateway: RunningGateway, sender: Sender, shared_broker: Broker,
