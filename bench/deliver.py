@@ -36,7 +36,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -45,6 +44,8 @@ from delivery.attempt_log import AttemptLog  # noqa: E402
 from delivery.channels import open_sender  # noqa: E402
 from delivery.schedule import DeliveryPolicy  # noqa: E402
 from delivery.service import DeliveryService  # noqa: E402
+from schemas.alerts import ReceivedRecord, parse_notification  # noqa: E402
+from schemas.records import compact_json  # noqa: E402
 from schemas.rules import WebhookChannel  # noqa: E402 - after the path is set
 from sinks.clickhouse import Store  # noqa: E402
 from tests.support.factories import make_notification  # noqa: E402
@@ -83,13 +84,16 @@ def channel(name: str, url: str) -> WebhookChannel:
                                           "rate_limit": {"per": "1s", "max": 1_000_000}})
 
 
-def notifications(count: int, deliver: list[str], offset: int = 0) -> list[dict[str, Any]]:
+def notifications(count: int, deliver: list[str], offset: int = 0) -> list[ReceivedRecord]:
+    """Records of distinct alerts, parsed from their JSON lines as ``logystera deliver`` parses them (not timed)."""
     template = make_notification(deliver=deliver)
-    return [{**template, "alert_id": f"{offset + n:032x}", "link": f"http://localhost:8080/alerts/{offset + n:032x}"}
-            for n in range(count)]
+    records = [{**template, "alert_id": f"{offset + n:032x}", "link": f"http://localhost:8080/alerts/{offset + n:032x}"}
+               for n in range(count)]
+    parsed = [parse_notification(compact_json(record)) for record in records]
+    return [record for record in parsed if isinstance(record, ReceivedRecord)]
 
 
-def run(store: Store, channels: list[WebhookChannel], records: list[dict[str, Any]], concurrency: int) -> float:
+def run(store: Store, channels: list[WebhookChannel], records: list[ReceivedRecord], concurrency: int) -> float:
     """Submit everything at once, wait until every record is done; the wall time (s)."""
 
     async def main() -> float:
@@ -146,7 +150,7 @@ def isolation(store: Store, pairs: int, slow_s: float) -> None:
             submitted = time.time() * 1000
             channels = [channel("slow", slow_url), channel("healthy", healthy_url)] if with_slow else [channel("healthy", healthy_url)]
             run(store, channels, records, concurrency=4)
-        found = rows(store, names, {record["alert_id"] for record in records})
+        found = rows(store, names, {notification.record.alert_id for notification in records})
         for name in names:
             calls = found[name]
             assert len(calls) == pairs and {outcome for *_, outcome in calls} == {"delivered"}, (name, calls)

@@ -30,9 +30,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from flows.detect import Alert
 from flows.replay import ReplayResult, replay
 from flows.sources import DEFAULT_CHUNK_LINES
+from operators.notification import Emitted
 from schemas.rules import Rule
 from simulate.scenario import DAY_START, SITES, write_scenario
 from sinks.clickhouse import Store
@@ -163,7 +163,7 @@ def _release(pipe: Path, feeder: threading.Thread, stop: threading.Event) -> Non
 
 def replay_with_progress(
     signals: Path, total: int, rules: list[Rule], workers: int, console: Console,
-    on_alerts: Callable[[list[Alert]], None], **options: Any,
+    on_alerts: Callable[[list[Emitted]], None], **options: Any,
 ) -> ReplayResult:
     """:func:`flows.replay.replay` over ``signals``, reporting how many lines the flow has been given."""
     options.setdefault("source", signals.name)
@@ -250,9 +250,9 @@ def run_demo(data_dir: Path, workers: int = 1, console: Console | None = None, s
     out.line(f"Replaying through the detection flow with {len(rules)} rules from {RULES_DIR} "
              f"({workers} worker{'s' if workers != 1 else ''}); alerts as they fire:")
 
-    def show(batch: list[Alert]) -> None:
-        for _, line in sorted(batch, key=lambda alert: alert[0]):
-            out.line(alert_line(json.loads(line)))
+    def show(batch: list[Emitted]) -> None:
+        for alert in sorted(batch, key=lambda alert: alert.sort_key):
+            out.line(alert_line(alert.record.model_dump()))
 
     opened = None if store == "none" else Store.open(store)
     started = time.perf_counter()

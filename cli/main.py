@@ -141,6 +141,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         delivery_timeout=args.delivery_timeout / 1000, exit_at_end=args.exit_at_end,
     )
     totals = run_detect(settings, ruleset.enabled_rules, ruleset.metrics, store)
+    print(totals.decisions_line, file=sys.stderr)
     print(totals.line, file=sys.stderr)
     return 0
 

@@ -12,11 +12,10 @@ import contextlib
 import os
 import sys
 import threading
-from collections.abc import Mapping
-from typing import Any, TextIO
+from typing import TextIO
 
 from delivery.service import DeliveryService
-from schemas.alerts import parse_notification
+from schemas.alerts import ReceivedRecord, parse_notification
 
 CHUNK_LINES = 500
 READ_BYTES = 1 << 16
@@ -27,7 +26,7 @@ async def deliver_file(service: DeliveryService, path: str, err: TextIO) -> None
     reader = LineReader(sys.stdin.fileno() if path == "-" else os.open(path, os.O_RDONLY), close=path != "-")
     number = 0
     while (lines := await reader.batch(CHUNK_LINES)) is not None:
-        batch: list[tuple[Mapping[str, Any], None]] = []
+        batch: list[tuple[ReceivedRecord, None]] = []
         for text in lines:
             number += 1
             if not text.strip():

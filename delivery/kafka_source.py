@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from delivery.service import DeliveryService, unless_stopped
-from schemas.alerts import parse_notification
+from schemas.alerts import ReceivedRecord, parse_notification
 from schemas.errors import Failure, UsageError
 from sinks.kafka_client import consumer_config, list_topics
 
@@ -70,7 +70,7 @@ async def deliver_kafka(service: DeliveryService, bootstrap: str, topic: str, gr
         last_commit = {tp.partition: tp.offset for tp in committed}  # the first commit records every partition's start too
         while not stop.is_set():
             messages = await asyncio.to_thread(consumer.consume, KAFKA_BATCH, KAFKA_POLL_S)
-            batch: list[tuple[Mapping[str, Any], Callable[[], None]]] = []
+            batch: list[tuple[ReceivedRecord, Callable[[], None]]] = []
             for message in messages:
                 problem = message.error()
                 if problem is not None:

@@ -41,13 +41,14 @@ from __future__ import annotations
 import heapq
 import random as _random
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from protocol.resilience import Backoff
 
 if TYPE_CHECKING:
+    from schemas.alerts import ReceivedRecord
     from sinks.channel import SendResult
 
 DELIVERED, FAILED, RETRYING, RATE_LIMITED, GAVE_UP = "delivered", "failed", "retrying", "rate_limited", "gave_up"
@@ -121,7 +122,7 @@ class Item:
     ``collapsed`` is how many earlier notifications of its alert it stands for.
     """
 
-    notification: Mapping[str, Any]
+    notification: ReceivedRecord
     attempt: int = 0
     calls: int = 0
     collapsed: int = 0
@@ -130,12 +131,12 @@ class Item:
     @property
     def alert_id(self) -> str:
         """The alert (episode) the notification belongs to."""
-        return str(self.notification["alert_id"])
+        return self.notification.record.alert_id
 
     @property
     def seq(self) -> int:
         """Its place in the episode."""
-        return int(self.notification["seq"])
+        return self.notification.record.seq
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,12 +37,13 @@ import random as _random
 import sys
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from delivery.attempt_log import AttemptLog, Earlier
 from delivery.schedule import COLLAPSED_INTO, FAILED, Attempt, ChannelSchedule, DeliveryPolicy, Item, Send
+from schemas.alerts import ReceivedRecord
 from sinks.channel import ChannelSender
 
 Done = Callable[[], None]
@@ -290,15 +291,15 @@ class DeliveryService:
 
     # -- input -------------------------------------------------------------------------------------
 
-    async def submit(self, records: Sequence[tuple[Mapping[str, Any], Done | None]]) -> None:
+    async def submit(self, records: Sequence[tuple[ReceivedRecord, Done | None]]) -> None:
         """Deliver validated notification records; each ``on_done`` runs when its record is done."""
         while self._pending >= self.max_pending:
             self._changed.clear()
             await self._changed.wait()
-        fresh: list[tuple[Mapping[str, Any], Done | None]] = []
+        fresh: list[tuple[ReceivedRecord, Done | None]] = []
         for notification, on_done in records:
             self.stats.records += 1
-            if not self._first_time(notification["alert_id"], notification["seq"]):
+            if not self._first_time(notification.record.alert_id, notification.record.seq):
                 self.stats.duplicates += 1
                 if on_done is not None:
                     on_done()
@@ -306,15 +307,15 @@ class DeliveryService:
             fresh.append((notification, on_done))
         if not fresh:
             return
-        earlier = await self.log.earlier(notification["alert_id"] for notification, _ in fresh)
+        earlier = await self.log.earlier(notification.record.alert_id for notification, _ in fresh)
         now = self.clock()
         for notification, on_done in fresh:
             self._pending += 1
-            self._active[notification["alert_id"]] += 1
-            record = _Record(self, notification["alert_id"], on_done)
-            for channel in dict.fromkeys(notification["deliver"]):
-                self._hand_out(notification, channel, earlier.get((channel, notification["alert_id"], notification["seq"])),
-                               record, now)
+            alert_id, seq = notification.record.alert_id, notification.record.seq
+            self._active[alert_id] += 1
+            record = _Record(self, alert_id, on_done)
+            for channel in dict.fromkeys(notification.record.deliver):
+                self._hand_out(notification, channel, earlier.get((channel, alert_id, seq)), record, now)
             record.channel_done()  # the hand-out is over: done as soon as every channel is
 
     def _first_time(self, alert_id: str, seq: int) -> bool:
@@ -343,13 +344,13 @@ class DeliveryService:
                 del seen[oldest]
         return True
 
-    def _hand_out(self, notification: Mapping[str, Any], channel: str, earlier: Earlier | None, record: _Record,
+    def _hand_out(self, notification: ReceivedRecord, channel: str, earlier: Earlier | None, record: _Record,
                   now: float) -> None:
         if earlier is not None and earlier.finished:
             self.stats.notifications[(channel, "done_before")] += 1
             return
         runner = self.runners.get(channel)
-        if runner is not None and notification["status"] == "resolved" and not runner.sender.config.send_resolved:
+        if runner is not None and notification.record.status == "resolved" and not runner.sender.config.send_resolved:
             self.stats.notifications[(channel, "not_sent_resolved")] += 1
             return
         record.remaining += 1

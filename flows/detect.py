@@ -2,9 +2,10 @@
 
 ``build_detect_flow`` only wires: validation lives in :mod:`schemas.records`,
 routing in :mod:`operators.routing`, detection in :mod:`operators.engine`.
-Invalid lines go down their own branch to ``rejects_sink`` (counted and
-reported, never dropped). Decisions never use Bytewax's clock-driven windows
-or wake-ups: time comes only from the records.
+Each output is a typed stream of :class:`DetectOutputs`; invalid lines go
+down their own, ``rejects`` (counted and reported, never dropped). Decisions
+never use Bytewax's clock-driven windows or wake-ups: time comes only from
+the records.
 
 The Bytewax key is the site: one state per site (:class:`SiteDetector`) holds
 a :class:`RuleRunner` per rule, and a record is handed to the runners of the
@@ -18,11 +19,12 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
@@ -31,7 +33,7 @@ from typing_extensions import override
 from flows.sources import Line
 from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS
 from operators.metrics import CompiledMetric, MetricPoint
-from operators.notification import DEFAULT_LINK_BASE, Notification
+from operators.notification import DEFAULT_LINK_BASE, Decision, Emitted, Notification, decision_counts
 from operators.routing import RoutingTable
 from operators.site import SiteDetector
 from operators.snapshot import SnapshotCodec
@@ -41,16 +43,47 @@ from sinks.clickhouse import StoreItem
 
 Reject = tuple[int, str]
 """A rejected input line: its number and the one-line reason."""
-Alert = tuple[tuple[Any, ...], str]
-"""A notification: its output sort key and its compact JSON record."""
 
 _line_of, _ts_of = attrgetter("line"), attrgetter("ts")
+
+
+@dataclass(frozen=True, slots=True)
+class FlowStats:
+    """What the flow counts besides its outputs, in pieces the receiver adds up.
+
+    ``valid`` records of a chunk; ``late``: lines late for at least one rule
+    they were routed to; ``decisions`` by (rule id, reason), as
+    :func:`operators.notification.decision_counts` counts them.
+    """
+
+    valid: int = 0
+    late: list[int] = field(default_factory=list)
+    decisions: dict[tuple[str, Decision], int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """What :class:`ParseAndRoute` makes of one chunk."""
+
+    rejects: list[Reject]
+    valid: int
+    work: list[tuple[str, list[Record]]]  # the routed records per site, in file order: the detect step's input
+    store: list[StoreItem]  # signals and rejected rows, with a store
+
+
+@dataclass(frozen=True, slots=True)
+class Detected:
+    """What one site's detector made of one batch (or, ``metrics`` only, at the end of the input)."""
+
+    alerts: list[Emitted]
+    stats: FlowStats | None
+    metrics: list[StoreItem]
 
 
 class ParseAndRoute:
     """Validate a chunk of lines and group the routed records per site, keeping file order.
 
-    With ``store_source`` set it also emits the rows for the store: every
+    With ``store_source`` set it also makes the rows for the store: every
     valid signal, and every rejected line (without its content) attributed to
     its own ``ts`` or, when it has none, to the latest valid ``ts`` before it.
     That attribution depends only on the input order, never on chunking: this
@@ -64,20 +97,18 @@ class ParseAndRoute:
         self.routed = set(table.by_type).union(metric_types)
         self.latest_ts = 0
 
-    def __call__(self, chunk: list[Line]) -> Iterable[tuple[str, Any]]:
-        """Tagged outputs: ``reject`` per bad line, one ``valid`` count, ``work`` per site, ``store`` rows."""
+    def __call__(self, chunk: list[Line]) -> Parsed:
+        """The chunk's rejects, valid count, records per site and (with a store) rows."""
         by_site: dict[str, list[Record]] = {}
         records, rejects = parse_lines(chunk, self.routed, by_site)
-        out: list[tuple[str, Any]] = [("reject", reject) for reject in rejects]
-        out.append(("valid", len(records)))
-        out.extend(("work", item) for item in by_site.items())
+        store: list[StoreItem] = []
         if self.store_source is not None:
-            out.append(("store", ("signals", signal_columns(records))))
+            store.append(("signals", signal_columns(records)))
             if rejects:
-                out.append(("store", ("rejected", self._rejected_rows(chunk, records, rejects))))
+                store.append(("rejected", self._rejected_rows(chunk, records, rejects)))
             if records:
                 self.latest_ts = max(self.latest_ts, max(map(_ts_of, records)))
-        return out
+        return Parsed(rejects, len(records), list(by_site.items()), store)
 
     def _rejected_rows(self, chunk: list[Line], records: list[Record], rejects: list[Reject]) -> list[tuple[Any, ...]]:
         assert self.store_source is not None
@@ -99,7 +130,7 @@ class ParseAndRoute:
         return rows
 
 
-class DetectLogic(StatefulBatchLogic[list[Record], tuple[str, Any], Any]):
+class DetectLogic(StatefulBatchLogic[list[Record], Detected, Any]):
     """Bytewax state for one site: its :class:`SiteDetector`, fed in arrival order."""
 
     def __init__(
@@ -114,8 +145,9 @@ class DetectLogic(StatefulBatchLogic[list[Record], tuple[str, Any], Any]):
         self.detector: SiteDetector | None = None if resume is None or snapshots is None else snapshots.load(resume)
 
     @override
-    def on_batch(self, values: list[list[Record]]) -> tuple[list[tuple[str, Any]], bool]:
-        # Called once per site and chunk: builds only what the batch needs (no metric points without metrics).
+    def on_batch(self, values: list[list[Record]]) -> tuple[list[Detected], bool]:
+        # Called once per site and chunk: builds only what the batch needs (no metric points without metrics,
+        # nothing at all for the usual batch that makes no notification, is not late and closes no bucket).
         out: list[Notification] = []
         points: list[MetricPoint] | None = [] if self.metrics else None
         detector = self.detector
@@ -124,22 +156,22 @@ class DetectLogic(StatefulBatchLogic[list[Record], tuple[str, Any], Any]):
         late: list[int] = []
         for records in values:
             late += detector.process_all(records, out, points)
-        emitted: list[tuple[str, Any]] = [("late", line) for line in late]
-        if out:
-            link_base = self.link_base
-            emitted.extend(("alert", (n.sort_key(), n.to_json(link_base))) for n in out)
-        if points:
-            emitted.append(("store", ("metrics", [metric_row(point) for point in points])))
-        return emitted, StatefulBatchLogic.RETAIN
+        if not (out or late or points):
+            return [], StatefulBatchLogic.RETAIN
+        link_base = self.link_base
+        alerts = [notification.emitted(link_base) for notification in out]
+        stats = FlowStats(late=late, decisions=decision_counts(alerts)) if out or late else None
+        metrics: list[StoreItem] = [("metrics", [metric_row(point) for point in points])] if points else []
+        return [Detected(alerts, stats, metrics)], StatefulBatchLogic.RETAIN
 
     @override
-    def on_eof(self) -> tuple[list[tuple[str, Any]], bool]:
+    def on_eof(self) -> tuple[list[Detected], bool]:
         # The input has ended: every open metric bucket is final. Not under recovery (snapshots): there the
         # end of the input is a pause, and the buckets stay open in the snapshot for the next run to finish.
         if self.detector is None or not self.metrics or self.snapshots is not None:
             return [], StatefulBatchLogic.RETAIN
         points = self.detector.flush_metrics()
-        return [("store", ("metrics", [metric_row(point) for point in points]))], StatefulBatchLogic.RETAIN
+        return [Detected([], None, [("metrics", [metric_row(point) for point in points])])], StatefulBatchLogic.RETAIN
 
     @override
     def snapshot(self) -> bytes | None:
@@ -149,63 +181,96 @@ class DetectLogic(StatefulBatchLogic[list[Record], tuple[str, Any], Any]):
         return self.snapshots.dump(self.detector)
 
 
-def _tagged(step_id: str, stream: Any, tag: str) -> Any:
-    return op.filter_map(step_id, stream, lambda item: item[1] if item[0] == tag else None)
+@dataclass(frozen=True)
+class DetectOptions:
+    """How the flow detects and what it writes besides notifications.
+
+    ``metrics`` and ``store_source`` (the input's name in ``rejected``) count
+    only with a store. With ``snapshots`` (a flow run with Bytewax recovery),
+    each site's detector is snapshotted at the end of every epoch that
+    touched it and restored from that on resume; the codec must be made for
+    this flow's rules, ``lateness`` and (stored) ``metrics``.
+    """
+
+    lateness: int = DEFAULT_ALLOWED_LATENESS_MS
+    link_base: str = DEFAULT_LINK_BASE
+    store_source: str = "replay"
+    metrics: list[CompiledMetric] = field(default_factory=list)
+    snapshots: SnapshotCodec | None = None
 
 
-def _store_items(alert: Alert) -> list[StoreItem]:
-    alert_row, evidence = alert_rows(alert[1])
+@dataclass(frozen=True)
+class DetectOutputs:
+    """The detection step's results as typed streams (as Bytewax's ``KafkaOpOut(oks, errs)``)."""
+
+    alerts: Stream[Emitted]
+    rejects: Stream[Reject]
+    stats: Stream[FlowStats]
+    store_rows: Stream[StoreItem] | None  # with a store: signals, notifications and evidence, metric buckets, rejected lines
+
+
+@dataclass(frozen=True)
+class DetectSinks:
+    """Where the flow's outputs go (``store`` None: no store)."""
+
+    alerts: Sink[Emitted]
+    rejects: Sink[Reject]
+    stats: Sink[FlowStats]
+    store: Sink[StoreItem] | None = None
+
+
+def _store_items(alert: Emitted) -> list[StoreItem]:
+    alert_row, evidence = alert_rows(alert.record, alert.line)
     return [("alerts", [alert_row]), ("evidence", evidence)]
 
 
-def build_detect_flow(
-    source: Source[list[Line]],
-    alerts_sink: Sink[Alert],
-    rejects_sink: Sink[Reject],
-    stats_sink: Sink[tuple[str, int]],
-    table: RoutingTable,
-    lateness: int = DEFAULT_ALLOWED_LATENESS_MS,
-    link_base: str = DEFAULT_LINK_BASE,
-    store_sink: Sink[StoreItem] | None = None,
-    store_source: str = "replay",
-    metrics: list[CompiledMetric] | None = None,
-    snapshots: SnapshotCodec | None = None,
-) -> Dataflow:
-    """Wire source → parse/route → detect → sinks.
+def detect(chunks: Stream[list[Line]], table: RoutingTable, options: DetectOptions, storing: bool) -> DetectOutputs:
+    """Parse and route the chunks of numbered lines, detect per site: the streams of what comes out.
 
-    ``stats_sink`` receives ``("valid", n)`` per chunk and ``("late", line)``
-    per record that was late for at least one rule it was routed to. With a
-    ``store_sink``, every valid signal, notification (with its evidence),
-    final metric bucket and rejected line also goes to the store, as
-    ``(table, rows)`` items; ``store_source`` names the input in ``rejected``.
-    With ``snapshots`` (a flow run with Bytewax recovery), each site's
-    detector is snapshotted at the end of every epoch that touched it and
-    restored from that on resume; the codec must be made for this flow's
-    ``table``, ``lateness`` and (stored) ``metrics``.
+    ``stats`` carries a :class:`FlowStats` per chunk (its valid records) and
+    per batch of a site that had late records or notifications. With
+    ``storing``, ``store_rows`` carries every valid signal, notification (with
+    its evidence), final metric bucket of ``options.metrics`` and rejected
+    line, as ``(table, rows)`` items.
     """
-    flow = Dataflow("logystera_detect")
-    chunks = op.input("signals", flow, source)
-    storing = store_sink is not None
-    site_metrics = (metrics or []) if storing else []
-    metric_types = {signal_type for metric in site_metrics for signal_type in metric.types}
+    site_metrics = options.metrics if storing else []
+    snapshots, lateness = options.snapshots, options.lateness
     if snapshots is not None and (snapshots.table is not table or snapshots.lateness != lateness or snapshots.metrics != site_metrics):
         raise ValueError("snapshots: the codec was made for other rules, lateness or metrics than this flow's")
-    parsed = op.flat_map("parse_route", chunks, ParseAndRoute(table, store_source if storing else None, metric_types))
-    keyed = _tagged("work", parsed, "work")
-    op.output("rejects", _tagged("reject", parsed, "reject"), rejects_sink)
-    results = op.stateful_batch("detect", keyed, lambda resume: DetectLogic(table, lateness, link_base, site_metrics, snapshots, resume))
-    outcomes = op.key_rm("outcomes", results)
-    alerts = _tagged("alert", outcomes, "alert")
-    op.output("alerts", alerts, alerts_sink)
-    valid = op.map("valid", _tagged("valid_count", parsed, "valid"), lambda n: ("valid", n))
-    late = op.map("late", _tagged("late_line", outcomes, "late"), lambda line: ("late", line))
-    op.output("stats", op.merge("stats_merge", valid, late), stats_sink)
-    if store_sink is not None:
-        rows = op.merge(
+    metric_types = {signal_type for metric in site_metrics for signal_type in metric.types}
+    parse = ParseAndRoute(table, options.store_source if storing else None, metric_types)
+    parsed = op.map("parse_route", chunks, parse)
+    work = op.flat_map("work", parsed, lambda chunk: chunk.work)
+    results = op.stateful_batch(
+        "detect", work, lambda resume: DetectLogic(table, lateness, options.link_base, site_metrics, snapshots, resume),
+    )
+    detected = op.key_rm("detected", results)
+    alerts = op.flat_map("notifications", detected, lambda batch: batch.alerts)
+    stats = op.merge(
+        "stats_merge",
+        op.map("valid", parsed, lambda chunk: FlowStats(valid=chunk.valid)),
+        op.filter_map("detect_stats", detected, lambda batch: batch.stats),
+    )
+    store_rows = None
+    if storing:
+        store_rows = op.merge(
             "store_rows",
-            _tagged("store_parsed", parsed, "store"),
-            _tagged("store_detected", outcomes, "store"),
+            op.flat_map("store_parsed", parsed, lambda chunk: chunk.store),
+            op.flat_map("store_metrics", detected, lambda batch: batch.metrics),
             op.flat_map("alert_rows", alerts, _store_items),
         )
-        op.output("store", rows, store_sink)
+    return DetectOutputs(alerts, op.flat_map("rejected_lines", parsed, lambda chunk: chunk.rejects), stats, store_rows)
+
+
+def build_detect_flow(
+    source: Source[list[Line]], table: RoutingTable, sinks: DetectSinks, options: DetectOptions | None = None,
+) -> Dataflow:
+    """Wire source → :func:`detect` → sinks; with a ``sinks.store``, everything also goes to the store."""
+    flow = Dataflow("logystera_detect")
+    outputs = detect(op.input("signals", flow, source), table, options or DetectOptions(), sinks.store is not None)
+    op.output("alerts", outputs.alerts, sinks.alerts)
+    op.output("rejects", outputs.rejects, sinks.rejects)
+    op.output("stats", outputs.stats, sinks.stats)
+    if sinks.store is not None and outputs.store_rows is not None:
+        op.output("store", outputs.store_rows, sinks.store)
     return flow

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
@@ -45,11 +46,11 @@ from bytewax.testing import cluster_main
 from confluent_kafka import OFFSET_BEGINNING
 from typing_extensions import override
 
-from flows.detect import Alert, Reject, build_detect_flow
+from flows.detect import DetectOptions, DetectSinks, FlowStats, Reject, build_detect_flow
 from flows.sources import Line
 from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS
 from operators.metrics import compile_metric
-from operators.notification import DEFAULT_LINK_BASE
+from operators.notification import DEFAULT_LINK_BASE, Decision, Emitted
 from operators.routing import RoutingTable
 from operators.snapshot import SnapshotCodec
 from schemas.errors import Failure, LogysteraError, UsageError, root_cause
@@ -67,6 +68,9 @@ DEFAULT_EPOCH_S = 10.0
 
 IDLE_POLL = timedelta(milliseconds=10)
 """How soon an input partition that had nothing is polled again (Bytewax's default, 1 ms, keeps a core busy)."""
+
+DECISIONS: tuple[Decision, ...] = ("fired", "renotified", "resolved", "suppressed")
+"""The reasons in the order the run summary shows them."""
 
 
 class LiveConfigError(UsageError):
@@ -141,9 +145,9 @@ class KafkaLinesSource(FixedPartitionedSource[list[Line], int | None]):
         return _KafkaLinesPartition(self._kafka.build_part(step_id, for_part, resume_state))
 
 
-def alert_message(alert: Alert) -> tuple[bytes, bytes]:
-    """Key: the site (second field of :meth:`Notification.sort_key`); value: the record as replay prints it."""
-    return alert[0][1].encode("utf-8"), alert[1].encode("utf-8")
+def alert_message(alert: Emitted) -> tuple[bytes, bytes]:
+    """Key: :attr:`Emitted.kafka_key` (the site); value: the record as replay prints it."""
+    return alert.kafka_key.encode("utf-8"), alert.line.encode("utf-8")
 
 
 def prepare_recovery(directory: Path, partitions: int) -> bool:
@@ -180,12 +184,25 @@ class DetectSettings:
 
 @dataclass
 class LiveTotals:
-    """What the flow saw since this process started (records read again after a restart count again)."""
+    """What the flow saw since this process started (records read again after a restart count again).
+
+    ``decisions``: the engine's decisions by (rule id, reason), as
+    :class:`flows.replay.ReplayResult` counts them.
+    """
 
     valid: int = 0
     invalid: int = 0
     late: int = 0
     stopped_by_signal: bool = False
+    decisions: Counter[tuple[str, Decision]] = field(default_factory=Counter)
+
+    @property
+    def decisions_line(self) -> str:
+        """The decisions by reason, the stderr line before :attr:`line`."""
+        by_reason: Counter[str] = Counter()
+        for (_, reason), count in self.decisions.items():
+            by_reason[reason] += count
+        return "detect decisions: " + ", ".join(f"{by_reason[reason]} {reason}" for reason in DECISIONS)
 
     @property
     def line(self) -> str:
@@ -223,27 +240,22 @@ def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[Metric
             partition, offset = kafka_position(line)
             print(f"{settings.topic} partition {partition} offset {offset}: {reason}", file=err, flush=True)
 
-    def count(items: list[tuple[str, Any]]) -> None:
-        for kind, value in items:
-            if kind == "valid":
-                totals.valid += value
-            else:
-                totals.late += 1
+    def count(items: list[FlowStats]) -> None:
+        for stats in items:
+            totals.valid += stats.valid
+            totals.late += len(stats.late)
+            totals.decisions.update(stats.decisions)
 
-    alerts = KafkaTopicSink(settings.bootstrap, settings.alerts_topic, alert_message, timeout=settings.delivery_timeout)
-    flow = build_detect_flow(
-        KafkaLinesSource(settings.bootstrap, settings.topic, tail=not settings.exit_at_end),
-        alerts,
-        CallbackSink(report_rejects),
-        CallbackSink(count),
-        table,
-        settings.lateness,
-        settings.link_base,
-        store_sink=EpochStoreSink(StoreSink(store)) if store is not None else None,
-        store_source=f"kafka:{settings.topic}",
-        metrics=compiled_metrics,
-        snapshots=snapshots,
+    sinks = DetectSinks(
+        alerts=KafkaTopicSink(settings.bootstrap, settings.alerts_topic, alert_message, timeout=settings.delivery_timeout),
+        rejects=CallbackSink(report_rejects),
+        stats=CallbackSink(count),
+        store=EpochStoreSink(StoreSink(store)) if store is not None else None,
     )
+    options = DetectOptions(lateness=settings.lateness, link_base=settings.link_base, store_source=f"kafka:{settings.topic}",
+                            metrics=compiled_metrics, snapshots=snapshots)
+    flow = build_detect_flow(KafkaLinesSource(settings.bootstrap, settings.topic, tail=not settings.exit_at_end), table,
+                             sinks, options)
     print(f"detect: {settings.topic} → {settings.alerts_topic} on {settings.bootstrap}, "
           f"recovery {settings.recovery_dir or 'off (reading from the beginning)'}", file=err, flush=True)
     try:

@@ -7,29 +7,37 @@ prescribes so that the output is byte-identical for any number of workers.
 from __future__ import annotations
 
 import gc
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
-from typing import Any
 
 from bytewax.dataflow import Dataflow
 from bytewax.testing import cluster_main, run_main
 
-from flows.detect import Alert, Reject, build_detect_flow
+from flows.detect import DetectOptions, DetectSinks, FlowStats, Reject, build_detect_flow
 from flows.sources import DEFAULT_CHUNK_LINES, JsonLinesSource
 from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS
 from operators.metrics import compile_metric
-from operators.notification import DEFAULT_LINK_BASE
+from operators.notification import DEFAULT_LINK_BASE, Decision, Emitted
 from operators.routing import RoutingTable
 from schemas.errors import LogysteraError, root_cause
 from schemas.rules import MetricDefinition, Rule
 from sinks.callback import CallbackSink
 from sinks.clickhouse import Store, StoreSink
 
+_SORT_KEY = attrgetter("sort_key")
+
 
 @dataclass
 class ReplayResult:
-    """What a replay produced: notification lines in output order, and the totals."""
+    """What a replay produced: notification lines in output order, and the totals.
+
+    ``decisions`` counts the engine's decisions by (rule id, reason): each
+    notification once, and the ``suppressed`` instants it reports (see
+    :data:`operators.notification.Decision`).
+    """
 
     alerts: list[str] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
@@ -37,6 +45,13 @@ class ReplayResult:
     invalid: int = 0
     valid: int = 0
     late_lines: set[int] = field(default_factory=set)
+    decisions: Counter[tuple[str, Decision]] = field(default_factory=Counter)
+
+    def add(self, stats: FlowStats) -> None:
+        """Count one piece of the flow's stats."""
+        self.valid += stats.valid
+        self.late_lines.update(stats.late)
+        self.decisions.update(stats.decisions)
 
     @property
     def totals_line(self) -> str:
@@ -72,7 +87,7 @@ def replay(
     lateness: int = DEFAULT_ALLOWED_LATENESS_MS,
     link_base: str = DEFAULT_LINK_BASE,
     chunk_lines: int = DEFAULT_CHUNK_LINES,
-    on_alerts: Callable[[list[Alert]], None] | None = None,
+    on_alerts: Callable[[list[Emitted]], None] | None = None,
     store: Store | None = None,
     metrics: list[MetricDefinition] | None = None,
     source: str | None = None,
@@ -89,10 +104,10 @@ def replay(
     (a :class:`sinks.clickhouse.StoreError`).
     """
     result = ReplayResult()
-    keyed_alerts: list[Alert] = []
+    emitted: list[Emitted] = []
 
-    def take_alerts(items: list[Alert]) -> None:
-        keyed_alerts.extend(items)
+    def take_alerts(items: list[Emitted]) -> None:
+        emitted.extend(items)
         if on_alerts is not None:
             on_alerts(items)
 
@@ -104,25 +119,19 @@ def replay(
         else:
             on_rejects(items)
 
-    def take_stats(items: list[tuple[str, Any]]) -> None:
-        for kind, value in items:
-            if kind == "valid":
-                result.valid += value
-            else:
-                result.late_lines.add(value)
+    def take_stats(items: list[FlowStats]) -> None:
+        for stats in items:
+            result.add(stats)
 
-    flow = build_detect_flow(
-        JsonLinesSource(signals, chunk_lines),
-        CallbackSink(take_alerts),
-        CallbackSink(take_rejects),
-        CallbackSink(take_stats),
-        RoutingTable(rules),
-        lateness,
-        link_base,
-        store_sink=StoreSink(store) if store is not None else None,
-        store_source=source or (Path(signals).name if signals != "-" else "stdin"),
+    sinks = DetectSinks(
+        alerts=CallbackSink(take_alerts), rejects=CallbackSink(take_rejects), stats=CallbackSink(take_stats),
+        store=StoreSink(store) if store is not None else None,
+    )
+    options = DetectOptions(
+        lateness=lateness, link_base=link_base, store_source=source or (Path(signals).name if signals != "-" else "stdin"),
         metrics=[compile_metric(metric) for metric in metrics or []],
     )
+    flow = build_detect_flow(JsonLinesSource(signals, chunk_lines), RoutingTable(rules), sinks, options)
     try:
         run_flow(flow, workers)
     except Exception as error:
@@ -131,6 +140,6 @@ def replay(
         if cause is not None:
             raise cause from None
         raise
-    keyed_alerts.sort(key=lambda alert: alert[0])
-    result.alerts = [line for _, line in keyed_alerts]
+    emitted.sort(key=_SORT_KEY)
+    result.alerts = [alert.line for alert in emitted]
     return result

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from operators.conditions import Predicate, compile_conditions
+from schemas.alerts import RuleSummary
 from schemas.durations import format_duration
 from schemas.records import compact_json
 from schemas.rules import Rule
@@ -39,7 +40,7 @@ class CompiledRule:
     evidence: int
     max_groups: int
     overflow_json: str
-    header: dict[str, Any]
+    header: RuleSummary  # the record's ``rule``: made once per rule
     params: Any  # the kind's parameter block (None for match), read on every evaluation
     schedule: Schedule | None  # a scheduled absence's schedule (None otherwise)
     group_cache: dict[tuple[Any, ...], str] = field(default_factory=dict)  # group values -> group_json
@@ -58,7 +59,7 @@ def compile_rule(rule: Rule) -> CompiledRule:
     if rule.kind == "shift":
         lookback = params.window + params.baseline
     overflow = {name: "__other__" for name in rule.group_by}
-    header = {"id": rule.id, "title": rule.title, "kind": rule.kind, "description": rule.description}
+    header = RuleSummary(id=rule.id, title=rule.title, kind=rule.kind, description=rule.description)
     where = compile_conditions(rule.where)
     ratio = rule.kind == "ratio"
     schedule = None

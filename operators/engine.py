@@ -23,7 +23,7 @@ from typing import Any
 
 from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS, CompiledRule, group_json
 from operators.fingerprints import FIRING, INACTIVE, PENDING, STATEFUL_KINDS, Fingerprint, MatchFingerprint
-from operators.notification import Notification, alert_id
+from operators.notification import Decision, Notification, Notified, alert_id
 from schemas.records import Record
 
 AnyFingerprint = Fingerprint | MatchFingerprint
@@ -193,12 +193,12 @@ class RuleRunner:
         rule = self.rule
         if not rule.bundle:
             if fp.silenced(c, rule):
-                fp.suppressed += 1
+                fp.suppressed += 1  # suppressed: counted in the next notification's suppressed_count
                 return
-            ident = alert_id(rule.id, self.site, fp.group, record.ts, record.id)
-            self._emit(out, fp.group, ident, 1, "firing", record.ts, c, None, {"count": 1}, fp.suppressed, [record.raw], 1)
-            fp.last_notified = c
-            fp.suppressed = 0
+            self._emit(
+                out, fp, reason="fired", alert=alert_id(rule.id, self.site, fp.group, record.ts, record.id), seq=1,
+                started_at=record.ts, evaluated_at=c, value={"count": 1}, evidence=[record.raw], evidence_total=1,
+            )
             return
         if fp.t0 is not None and record.ts >= fp.t0 + rule.bundle:
             self._close_bundle(fp, c, out)
@@ -213,13 +213,13 @@ class RuleRunner:
         rule = self.rule
         assert fp.t0 is not None
         if fp.silenced(c, rule):
-            fp.suppressed += fp.bundle_size
+            fp.suppressed += fp.bundle_size  # suppressed, every signal of the bundle
         else:
-            ident = alert_id(rule.id, self.site, fp.group, fp.t0, fp.opener)
-            value = {"count": fp.bundle_size}
-            self._emit(out, fp.group, ident, 1, "firing", fp.t0, c, None, value, fp.suppressed, fp.ring.since(None), fp.bundle_size)
-            fp.last_notified = c
-            fp.suppressed = 0
+            self._emit(
+                out, fp, reason="fired", alert=alert_id(rule.id, self.site, fp.group, fp.t0, fp.opener), seq=1,
+                started_at=fp.t0, evaluated_at=c, value={"count": fp.bundle_size}, evidence=fp.ring.since(None),
+                evidence_total=fp.bundle_size,
+            )
         fp.t0 = None
         fp.bundle_size = 0
         fp.ring.clear()
@@ -272,7 +272,11 @@ class RuleRunner:
             fp.mark = self.instant
             holds = fp.c_true = fp.settle(c, rule, self.first)
             if holds or state != INACTIVE:
-                self._transition(fp, holds, c, out)
+                decision = self._transition(fp, holds, c)
+                if decision == "suppressed":
+                    fp.suppressed += 1  # counted in the next notification's suppressed_count
+                elif decision is not None:
+                    self._notify(fp, decision, c, out)
             if fp.state == INACTIVE:
                 deadline = fp.inactive_deadline(c, rule, self.first)
                 # No deadline: nothing left in its lookback (forget it), or a scheduled absence with no run ahead.
@@ -288,38 +292,43 @@ class RuleRunner:
             fp.scheduled = deadline
             heappush(self.heap, (deadline, fp.group))
 
-    def _transition(self, fp: Fingerprint, holds: bool, c: int, out: list[Notification]) -> None:
-        """The lifecycle step of rules.md for a fingerprint whose condition at ``c`` is ``holds``."""
+    def _transition(self, fp: Fingerprint, holds: bool, c: int) -> Decision | None:
+        """The lifecycle step of rules.md for a fingerprint whose condition at ``c`` is ``holds``.
+
+        Moves the state and returns the decision for a firing alert (None
+        when nothing fires: inactive or pending); the caller notifies or
+        counts the suppressed instant, so the decision is named in one place.
+        """
         rule = self.rule
-        if fp.state == INACTIVE:
-            if holds:
-                fp.state = PENDING
-                fp.pending_since = c
-                if rule.for_ms == 0:
-                    self._fire(fp, c, out)
-        elif fp.state == PENDING:
+        state = fp.state
+        if state == INACTIVE:
+            if not holds:
+                return None
+            fp.state = PENDING
+            fp.pending_since = c
+            return self._fire(fp) if rule.for_ms == 0 else None
+        if state == PENDING:
             assert fp.pending_since is not None
             if not holds:
                 fp.state = INACTIVE
                 fp.pending_since = None
-            elif c - fp.pending_since >= rule.for_ms:
-                self._fire(fp, c, out)
-        elif holds:
+                return None
+            return self._fire(fp) if c - fp.pending_since >= rule.for_ms else None
+        if holds:
             fp.false_since = None
             if rule.suppress > 0 and c >= fp.last_notified + rule.suppress:
                 fp.seq += 1
-                self._notify(fp, "firing", c, out)
-            else:
-                fp.suppressed += 1
-        else:
-            if fp.false_since is None:
-                fp.false_since = c
-            if c - fp.false_since >= rule.resolve_after:
-                fp.seq += 1
-                self._notify(fp, "resolved", c, out)
-                fp.end_episode()
+                return "renotified"
+            return "suppressed"
+        if fp.false_since is None:
+            fp.false_since = c
+        if c - fp.false_since >= rule.resolve_after:
+            fp.seq += 1
+            return "resolved"
+        return None
 
-    def _fire(self, fp: Fingerprint, c: int, out: list[Notification]) -> None:
+    def _fire(self, fp: Fingerprint) -> Notified:
+        """A pending fingerprint starts its episode."""
         assert fp.pending_since is not None
         fp.state = FIRING
         fp.started_at = fp.pending_since
@@ -327,18 +336,17 @@ class RuleRunner:
         fp.seq = 1
         fp.false_since = None
         fp.suppressed = 0
-        self._notify(fp, "firing", c, out)
+        return "fired"
 
-    def _notify(self, fp: Fingerprint, status: str, c: int, out: list[Notification]) -> None:
+    def _notify(self, fp: Fingerprint, reason: Notified, c: int, out: list[Notification]) -> None:
         rule = self.rule
         evidence, total = fp.evidence(c, rule)
-        ended = c if status == "resolved" else None
         self._emit(
-            out, fp.group, fp.alert_id, fp.seq, status, fp.started_at, c, ended,
-            fp.value(c, rule), fp.suppressed, evidence, total,
+            out, fp, reason=reason, alert=fp.alert_id, seq=fp.seq, started_at=fp.started_at, evaluated_at=c,
+            value=fp.value(c, rule), evidence=evidence, evidence_total=total,
         )
-        fp.last_notified = c
-        fp.suppressed = 0
+        if reason == "resolved":
+            fp.end_episode()
 
     def _deadline(self, fp: Fingerprint, c: int) -> int | None:
         """When a pending or firing ``fp`` must next be evaluated with no new signal.
@@ -362,11 +370,15 @@ class RuleRunner:
         return timer if change is None or timer < change else change
 
     def _emit(
-        self, out: list[Notification], group: str, ident: str, seq: int, status: str, started_at: int,
-        c: int, ended_at: int | None, value: dict[str, Any], suppressed: int, evidence: list[bytes], total: int,
+        self, out: list[Notification], fp: AnyFingerprint, *, reason: Notified, alert: str, seq: int, started_at: int,
+        evaluated_at: int, value: dict[str, Any], evidence: list[bytes], evidence_total: int,
     ) -> None:
+        """Append the notification ``fp`` gets at ``evaluated_at``; it reports (and resets) the instants suppressed since the last."""
         self.emitted += 1
         out.append(Notification(
-            self.rule, self.site, group, ident, seq, status, started_at, c, ended_at, value, suppressed,
-            evidence, total, self.emitted,
+            rule=self.rule, site=self.site, group_json=fp.group, alert_id=alert, seq=seq, reason=reason,
+            started_at=started_at, evaluated_at=evaluated_at, value=value, suppressed_count=fp.suppressed,
+            evidence=evidence, evidence_total=evidence_total, order=self.emitted,
         ))
+        fp.last_notified = evaluated_at
+        fp.suppressed = 0

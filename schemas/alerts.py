@@ -16,9 +16,9 @@ a ``--link-base`` option into the base a valid URI is built from.
 from __future__ import annotations
 
 import ipaddress
-import json
 import math
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 from urllib.parse import quote, urlsplit
 
@@ -29,14 +29,16 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetPydanticSchema,
     StrictBool,
     StrictInt,
     StrictStr,
     ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
     field_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, core_schema
 
 from schemas.problems import first_problem
 from schemas.records import compact_json
@@ -106,11 +108,26 @@ def _signal_size(envelope: Any) -> Any:
     return envelope
 
 
-EvidenceSignal = Annotated[  # type: ignore[valid-type]
+_SITE_SIGNAL = Annotated[  # type: ignore[valid-type]
     Union[tuple(ENVELOPES[name] for name in SIGNAL_TYPES)],  # noqa: UP007 - every site signal, no tick
-    Field(discriminator="type"), BeforeValidator(_signal_size),
+    Field(discriminator="type"),
 ]
-"""One evidence envelope: a valid signal of signals.md (at most 2,048 bytes), never a tick."""
+
+
+def _as_received(envelope: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    handler(envelope)  # validated as a site signal (errors located as the signal model locates them) ...
+    return envelope  # ... and kept as received: its keys in their order, as the record is forwarded and stored
+
+
+EvidenceSignal = Annotated[
+    dict[str, Any],
+    GetPydanticSchema(lambda _, handler: core_schema.no_info_wrap_validator_function(
+        _as_received, handler.generate_schema(_SITE_SIGNAL),
+        serialization=core_schema.plain_serializer_function_ser_schema(lambda envelope: envelope))),
+    BeforeValidator(_signal_size),
+]
+"""One evidence envelope: a valid signal of signals.md (at most 2,048 bytes), never a tick, kept as the JSON object
+it was received as (the envelope models would reorder its keys, and a channel shows it as it was)."""
 
 _COUNT, _NUMBER, _TIME = "a non-negative integer", "a non-negative number", "a timestamp"
 _VALUE_FIELDS = {"count": _COUNT, "total": _COUNT, "distinct": _COUNT, "baseline_count": _COUNT, "ratio": _NUMBER,
@@ -159,7 +176,7 @@ class NotificationRecord(BaseModel):
     ended_at: RecordTime | None
     value: Annotated[dict[str, Any], Field(max_length=3)]
     suppressed_count: Count
-    evidence: Annotated[list[EvidenceSignal], Field(max_length=100)]  # type: ignore[valid-type]
+    evidence: Annotated[list[EvidenceSignal], Field(max_length=100)]
     evidence_total: Count
     link: Annotated[str, Field(max_length=MAX_LINK_BASE + len("/alerts/") + 32)]
     deliver: Annotated[list[Annotated[str, Field(pattern=CHANNEL_NAME_PATTERN)]], Field(max_length=MAX_CHANNELS)]
@@ -216,22 +233,43 @@ class NotificationRecord(BaseModel):
         return link
 
 
+def record_line(record: NotificationRecord) -> str:
+    """The record as the flow writes it: one compact JSON line (no newline), keys in the order of alerts.md."""
+    return compact_json(record.model_dump())
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedRecord:
+    """A validated notification record and the bytes it was received as (compact JSON, as the flow wrote it).
+
+    Delivery parses each line once into this: the channels that show the
+    record read its typed fields, the webhook forwards ``raw`` as it came.
+    """
+
+    record: NotificationRecord
+    raw: bytes
+
+    @classmethod
+    def parse(cls, line: bytes) -> ReceivedRecord:
+        """Validate one JSON line (surrounding whitespace dropped); raises :class:`pydantic.ValidationError`."""
+        raw = line.strip()
+        return cls(NotificationRecord.model_validate_json(raw), raw)
+
+
+def parse_notification(text: str) -> ReceivedRecord | str:
+    """The validated record with the bytes it came as (parsed once), or why it is not a valid notification record (one line)."""
+    try:
+        return ReceivedRecord.parse(text.encode("utf-8"))
+    except ValidationError as error:
+        return first_problem(error)
+
+
 # -- the link ----------------------------------------------------------------------------------------------------
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _PATH_KEPT = re.compile(r"%[0-9A-Fa-f]{2}|[A-Za-z0-9\-._~!$&'()*+,;=:@/]+")
 """RFC 3986 path characters (unreserved, sub-delims, ``:``, ``@``, ``/``) and percent-escapes: kept as they are."""
 _ASCII_HOST = re.compile(r"^[a-z0-9\-._~]+$")
-
-
-def parse_notification(text: str) -> dict[str, Any] | str:
-    """The record as emitted (a dict, key order kept), or why it is not a valid notification record (one line)."""
-    try:
-        NotificationRecord.model_validate_json(text)
-    except ValidationError as error:
-        return first_problem(error)
-    record: dict[str, Any] = json.loads(text)
-    return record
 
 
 def link_base(text: str) -> str:

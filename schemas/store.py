@@ -13,7 +13,6 @@ statement is idempotent (``IF NOT EXISTS``), so applying twice is harmless.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from functools import lru_cache
 from operator import attrgetter
 from typing import Any, Protocol
 
+from schemas.alerts import NotificationRecord
 from schemas.records import Record, compact_json
 from schemas.timestamps import parse_ts_checked
 
@@ -207,22 +207,20 @@ def signal_rows(records: Iterable[Record]) -> list[tuple[Any, ...]]:
     return signal_columns(records).rows()
 
 
-def alert_rows(line: str) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
-    """The ``alerts`` row and the ``evidence`` rows of one notification record (JSON line)."""
-    record = json.loads(line)
-    alert_id, seq = record["alert_id"], record["seq"]
-    ended = record["ended_at"]
+def alert_rows(record: NotificationRecord, line: str) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+    """The ``alerts`` row and the ``evidence`` rows of one notification ``record``, written out as ``line``."""
+    alert_id, seq, rule = record.alert_id, record.seq, record.rule
+    ended = record.ended_at
     alert = (
-        alert_id, seq, record["status"], record["rule"]["id"], record["rule"]["title"], record["rule"]["kind"],
-        record["severity"], record["site"], record["subsystem"], compact_json(record["group"]), record["summary"],
-        parse_ts_checked(record["started_at"]), parse_ts_checked(record["evaluated_at"]),
-        None if ended is None else parse_ts_checked(ended), compact_json(record["value"]),
-        record["suppressed_count"], record["evidence_total"], record["link"], record["deliver"], line,
+        alert_id, seq, record.status, rule.id, rule.title, rule.kind, record.severity, record.site, record.subsystem,
+        compact_json(record.group), record.summary, parse_ts_checked(record.started_at),
+        parse_ts_checked(record.evaluated_at), None if ended is None else parse_ts_checked(ended),
+        compact_json(record.value), record.suppressed_count, record.evidence_total, record.link, record.deliver, line,
     )
     evidence = [
         (alert_id, seq, position, envelope["site"], envelope["id"], envelope["type"], parse_ts_checked(envelope["ts"]),
          compact_json(envelope))
-        for position, envelope in enumerate(record["evidence"])
+        for position, envelope in enumerate(record.evidence)
     ]
     return alert, evidence
 

@@ -9,10 +9,11 @@ text taken from the record, not yet escaped for any format.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from schemas.alerts import NotificationRecord
 from schemas.records import compact_json
 
 _CONTROL_BUT_NEWLINE = re.compile(r"\r\n?|[\x00-\x09\x0b-\x1f\x7f-\x9f]")
@@ -73,29 +74,29 @@ class AlertView:
     footer: str  # "alert 3f9a… · notification 2 · rule mail-delivery-failing"
 
 
-def alert_view(notification: Mapping[str, Any], collapsed: int = 0) -> AlertView:
+def alert_view(record: NotificationRecord, collapsed: int = 0) -> AlertView:
     """Read a notification record (alerts.md) for people; ``collapsed`` > 0 adds a note saying how many it replaces."""
-    rule = notification["rule"]
-    severity = str(notification["severity"]).upper()
-    resolved = notification["status"] == "resolved"
-    summary = plain(notification["summary"])
-    title = single_line(rule["title"]) or str(rule["id"])  # every format needs some text where the title goes
-    site = single_line(notification["site"])
-    facts = [("Site", site), ("Subsystem", single_line(notification["subsystem"]))]
-    if notification["group"]:
-        facts.append(("Group", plain(", ".join(f"{key}={_scalar(value)}" for key, value in notification["group"].items()))))
-    facts += [("Started", notification["started_at"]), ("Re-evaluated", notification["evaluated_at"])]
-    if notification.get("ended_at"):
-        facts.append(("Ended", notification["ended_at"]))
+    rule = record.rule
+    severity = record.severity.upper()
+    resolved = record.status == "resolved"
+    summary = plain(record.summary)
+    title = single_line(rule.title) or rule.id  # every format needs some text where the title goes
+    site = single_line(record.site)
+    facts = [("Site", site), ("Subsystem", single_line(record.subsystem))]
+    if record.group:
+        facts.append(("Group", plain(", ".join(f"{key}={_scalar(value)}" for key, value in record.group.items()))))
+    facts += [("Started", record.started_at), ("Re-evaluated", record.evaluated_at)]
+    if record.ended_at:
+        facts.append(("Ended", record.ended_at))
     notes = []
     if collapsed > 0:
         notes.append(f"Replaces {collapsed} earlier notification{'s' if collapsed != 1 else ''} of this alert, "
                      "held back by the channel's rate limit.")
-    if notification["suppressed_count"] > 0:
-        count = notification["suppressed_count"]
+    if record.suppressed_count > 0:
+        count = record.suppressed_count
         notes.append(f"{count} evaluation{'s' if count != 1 else ''} silenced since the previous notification.")
-    evidence = notification["evidence"][:EVIDENCE_SHOWN]
-    total = max(notification["evidence_total"], len(notification["evidence"]))
+    evidence = record.evidence[:EVIDENCE_SHOWN]
+    total = max(record.evidence_total, len(record.evidence))
     if not evidence:
         evidence_title = "No evidence attached"
     elif total > len(evidence):
@@ -108,13 +109,13 @@ def alert_view(notification: Mapping[str, Any], collapsed: int = 0) -> AlertView
         headline=f"[{severity}] {'Resolved: ' if resolved else ''}{title}",
         subject=f"[{severity}] {site}: {title}",
         summary=summary if summary.strip() else "(no summary)",
-        description=plain(rule.get("description") or ""),
+        description=plain(rule.description or ""),
         facts=tuple(facts),
         notes=tuple(notes),
         evidence_title=evidence_title,
         evidence=tuple(clip(compact_json(signal), EVIDENCE_LINE_CHARS) for signal in evidence),
-        link=str(notification["link"]),
-        footer=f"alert {notification['alert_id']} · notification {notification['seq']} · rule {rule['id']}",
+        link=record.link,
+        footer=f"alert {record.alert_id} · notification {record.seq} · rule {rule.id}",
     )
 
 

@@ -28,7 +28,7 @@ import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
@@ -36,6 +36,7 @@ from protocol.wire import parse_retry_after
 from schemas.errors import LogysteraError, UsageError
 
 if TYPE_CHECKING:
+    from schemas.alerts import ReceivedRecord
     from schemas.rules import Channel, SlackChannel, TeamsChannel, WebhookChannel
 
     UrlChannel = WebhookChannel | SlackChannel | TeamsChannel
@@ -75,8 +76,8 @@ class ChannelSender(Protocol):
         """The validated channel (schemas/rules.py): name, type, rate_limit, send_resolved, ..."""
         ...
 
-    async def send(self, notification: Mapping[str, Any], collapsed: int = 0) -> SendResult:
-        """Make one attempt to deliver ``notification`` (the record as the flow emitted it); never raises for delivery problems."""
+    async def send(self, notification: ReceivedRecord, collapsed: int = 0) -> SendResult:
+        """Make one attempt to deliver ``notification`` (the record, and its bytes as received); never raises for delivery problems."""
         ...
 
     async def aclose(self) -> None:
@@ -170,10 +171,10 @@ class HttpChannel(ABC):
         return tuple(sorted({self.url, path, *pieces} - {"", "/"}, key=len, reverse=True))
 
     @abstractmethod
-    def request(self, notification: Mapping[str, Any], collapsed: int) -> tuple[bytes, dict[str, str]]:
+    def request(self, notification: ReceivedRecord, collapsed: int) -> tuple[bytes, dict[str, str]]:
         """The body and headers of one attempt (the attempt time, if needed, from ``self.clock``)."""
 
-    async def send(self, notification: Mapping[str, Any], collapsed: int = 0) -> SendResult:
+    async def send(self, notification: ReceivedRecord, collapsed: int = 0) -> SendResult:
         """POST the rendered notification once; every outcome becomes a :class:`SendResult`."""
         body, headers = self.request(notification, collapsed)
         try:

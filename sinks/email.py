@@ -45,8 +45,8 @@ from collections.abc import Callable, Mapping
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate, parseaddr
-from typing import Any
 
+from schemas.alerts import NotificationRecord, ReceivedRecord
 from schemas.rules import EmailChannel
 from sinks.alert_view import AlertView, alert_view, clip, clipped
 from sinks.channel import ChannelConfigError, SendResult, delivered, env_value, failed, one_line
@@ -97,10 +97,10 @@ def _html(view: AlertView) -> str:
     return "".join(parts) + "\n"
 
 
-def render(notification: Mapping[str, Any], collapsed: int = 0, *, sender: str, to: list[str], date: float) -> EmailMessage:
+def render(record: NotificationRecord, collapsed: int = 0, *, sender: str, to: list[str], date: float) -> EmailMessage:
     """The message of one notification; ``date`` (Unix seconds) is the attempt time for the ``Date`` header."""
-    view = clipped(alert_view(notification, collapsed))
-    alert, seq = str(notification["alert_id"]), int(notification["seq"])
+    view = clipped(alert_view(record, collapsed))
+    alert, seq = record.alert_id, record.seq
     message = EmailMessage(policy=SMTP_POLICY)
     message["From"] = sender
     message["To"] = ", ".join(to)
@@ -169,9 +169,10 @@ class EmailSender:
         # The system's CAs, or those of SSL_CERT_FILE / SSL_CERT_DIR (how a private relay's CA is trusted).
         self._tls = ssl.create_default_context() if smtp.starttls else None
 
-    async def send(self, notification: Mapping[str, Any], collapsed: int = 0) -> SendResult:
+    async def send(self, notification: ReceivedRecord, collapsed: int = 0) -> SendResult:
         """Render and send once; the blocking SMTP conversation runs in a worker thread."""
-        message = render(notification, collapsed, sender=self.config.smtp.sender, to=list(self.config.to), date=self.clock())
+        message = render(notification.record, collapsed, sender=self.config.smtp.sender, to=list(self.config.to),
+                         date=self.clock())
         return await asyncio.to_thread(self._send, message)
 
     def _send(self, message: EmailMessage) -> SendResult:

@@ -22,9 +22,9 @@ Delivery guarantee and backpressure: those of :class:`sinks.channel.HttpChannel`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
+from schemas.alerts import NotificationRecord, ReceivedRecord
 from schemas.records import compact_json
 from schemas.rules import SlackChannel
 from sinks.alert_view import AlertView, alert_view, clip, fit
@@ -63,9 +63,9 @@ def _evidence(view: AlertView) -> dict[str, Any]:
     return {"type": "section", "text": {"type": "mrkdwn", "text": head + "\n".join(lines) + tail}}
 
 
-def render(notification: Mapping[str, Any], collapsed: int = 0) -> dict[str, Any]:
+def render(record: NotificationRecord, collapsed: int = 0) -> dict[str, Any]:
     """The incoming-webhook payload (``text`` fallback and ``blocks``) of one notification."""
-    view = alert_view(notification, collapsed)
+    view = alert_view(record, collapsed)
     notes = "".join(f"\n_{escape(note)}_" for note in view.notes)  # never cut: the collapsed count must show
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": clip(view.headline, HEADER_CHARS)}},
@@ -82,9 +82,9 @@ def render(notification: Mapping[str, Any], collapsed: int = 0) -> dict[str, Any
     return {"text": fit(f"{view.headline}: {view.summary}", FALLBACK_CHARS, escape), "blocks": blocks}
 
 
-def render_bytes(notification: Mapping[str, Any], collapsed: int = 0) -> bytes:
+def render_bytes(record: NotificationRecord, collapsed: int = 0) -> bytes:
     """The request body: the payload as compact UTF-8 JSON."""
-    return compact_json(render(notification, collapsed)).encode("utf-8")
+    return compact_json(render(record, collapsed)).encode("utf-8")
 
 
 class SlackSender(HttpChannel):
@@ -92,6 +92,6 @@ class SlackSender(HttpChannel):
 
     config: SlackChannel
 
-    def request(self, notification: Mapping[str, Any], collapsed: int) -> tuple[bytes, dict[str, str]]:
+    def request(self, notification: ReceivedRecord, collapsed: int) -> tuple[bytes, dict[str, str]]:
         """The JSON body; Slack needs no other header."""
-        return json_request(render_bytes(notification, collapsed))
+        return json_request(render_bytes(notification.record, collapsed))

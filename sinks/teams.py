@@ -28,9 +28,9 @@ Delivery guarantee and backpressure: those of :class:`sinks.channel.HttpChannel`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
+from schemas.alerts import NotificationRecord, ReceivedRecord
 from schemas.records import compact_json
 from schemas.rules import TeamsChannel
 from sinks.alert_view import AlertView, alert_view, clipped
@@ -70,9 +70,9 @@ def _message(card: dict[str, Any]) -> bytes:
     return compact_json(envelope).encode("utf-8")
 
 
-def render(notification: Mapping[str, Any], collapsed: int = 0) -> bytes:
+def render(record: NotificationRecord, collapsed: int = 0) -> bytes:
     """The request body of one notification: a message with one Adaptive Card, at most :data:`MAX_BYTES`."""
-    view = alert_view(notification, collapsed)
+    view = alert_view(record, collapsed)
     for scale in SCALES[:-1]:
         body = _message(_card(clipped(view, scale)))
         if len(body) <= MAX_BYTES:
@@ -87,6 +87,6 @@ class TeamsSender(HttpChannel):
 
     config: TeamsChannel
 
-    def request(self, notification: Mapping[str, Any], collapsed: int) -> tuple[bytes, dict[str, str]]:
+    def request(self, notification: ReceivedRecord, collapsed: int) -> tuple[bytes, dict[str, str]]:
         """The JSON body; the Workflows trigger needs no other header."""
-        return json_request(render(notification, collapsed))
+        return json_request(render(notification.record, collapsed))

@@ -2,10 +2,11 @@
 
 Request: ``POST`` to the channel's URL with
 
-- body: the record exactly as the flow emitted it (keys in its order, compact
-  JSON, UTF-8); when the delivery service collapsed held notifications of the
-  same alert into this one, a last top-level key ``"collapsed": N`` (N > 0)
-  says how many — absent otherwise, so an uncollapsed body is the record itself;
+- body: the record's bytes exactly as delivery received them (the flow's
+  compact JSON, UTF-8), forwarded, not re-encoded; when the delivery service
+  collapsed held notifications of the same alert into this one, a last
+  top-level key ``"collapsed": N`` (N > 0) says how many — absent otherwise,
+  so an uncollapsed body is the record itself;
 - ``webhook-id``: ``alert_id:seq``, the same on every retry, so a receiver
   dedupes by it;
 - ``webhook-timestamp``: the attempt time, Unix seconds;
@@ -19,30 +20,30 @@ Delivery guarantee and backpressure: those of :class:`sinks.channel.HttpChannel`
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from protocol.wire import secret_bytes, sign
-from schemas.records import compact_json
+from schemas.alerts import NotificationRecord, ReceivedRecord
 from schemas.rules import WebhookChannel
 from sinks.channel import ChannelConfigError, HttpChannel, env_value
 
 
-def render(notification: Mapping[str, Any], collapsed: int = 0) -> bytes:
-    """The request body: the record, plus ``"collapsed": N`` last when N > 0."""
-    record = dict(notification)
-    if collapsed > 0:
-        record["collapsed"] = collapsed
-    return compact_json(record).encode("utf-8")
+def render(notification: ReceivedRecord, collapsed: int = 0) -> bytes:
+    """The request body: the record's received bytes, with ``,"collapsed":N`` before the closing ``}`` when N > 0."""
+    raw = notification.raw
+    if collapsed <= 0:
+        return raw
+    assert raw.endswith(b"}")  # a validated record is one JSON object, surrounding whitespace dropped
+    return b'%s,"collapsed":%d}' % (raw[:-1], collapsed)
 
 
-def webhook_id(notification: Mapping[str, Any]) -> str:
+def webhook_id(record: NotificationRecord) -> str:
     """``alert_id:seq``: the notification's identity, the receiver's idempotency key."""
-    return f"{notification['alert_id']}:{notification['seq']}"
+    return f"{record.alert_id}:{record.seq}"
 
 
-def signed_headers(notification: Mapping[str, Any], body: bytes, timestamp: int, key: bytes | None) -> dict[str, str]:
+def signed_headers(record: NotificationRecord, body: bytes, timestamp: int, key: bytes | None) -> dict[str, str]:
     """The Standard Webhooks headers of one attempt (no signature without a key)."""
-    message_id = webhook_id(notification)
+    message_id = webhook_id(record)
     headers = {"content-type": "application/json", "webhook-id": message_id, "webhook-timestamp": str(timestamp)}
     if key is not None:
         headers["webhook-signature"] = sign(key, message_id, timestamp, body)
@@ -65,7 +66,7 @@ class WebhookSender(HttpChannel):
                 reason = str(error).removeprefix("secret: ")
                 raise ChannelConfigError(f"channel {config.name}: secret_env: {config.secret_env}: {reason}") from None
 
-    def request(self, notification: Mapping[str, Any], collapsed: int) -> tuple[bytes, dict[str, str]]:
+    def request(self, notification: ReceivedRecord, collapsed: int) -> tuple[bytes, dict[str, str]]:
         """The body and the headers signed at the attempt time."""
         body = render(notification, collapsed)
-        return body, signed_headers(notification, body, int(self.clock()), self._key)
+        return body, signed_headers(notification.record, body, int(self.clock()), self._key)

@@ -25,7 +25,7 @@ from delivery.schedule import (
     TokenBucket,
 )
 from sinks.channel import SendResult
-from tests.support.factories import make_notification
+from tests.support.factories import make_notification, received
 
 OK = SendResult(True, 200, False, None, "")
 REFUSED = SendResult(False, None, True, None, "connection refused")
@@ -42,7 +42,7 @@ def alert(number: int) -> str:
 
 
 def item(number: int, seq: int = 1, **earlier: Any) -> Item:
-    return Item(make_notification(alert_id=alert(number), seq=seq), **earlier)
+    return Item(received(make_notification(alert_id=alert(number), seq=seq)), **earlier)
 
 
 def schedule(rate_max: int = 60, per: float = 60.0, jitter: float = 0.5, **policy: Any) -> ChannelSchedule:

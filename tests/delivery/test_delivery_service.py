@@ -23,7 +23,7 @@ from delivery.schedule import COLLAPSED_INTO, DELIVERED, GAVE_UP, HELD, RATE_LIM
 from delivery.service import MAX_SEEN_ALERTS, UNKNOWN_CHANNEL, DeliveryService
 from schemas.rules import EmailChannel, SlackChannel, TeamsChannel, WebhookChannel
 from sinks.clickhouse import Store
-from tests.support.factories import ALERT_ID, make_notification, resolved_notification
+from tests.support.factories import ALERT_ID, make_notification, received, resolved_notification
 from tests.support.receivers import Hang, Reply, SlackReceiver, SmtpReceiver, TeamsReceiver, WebhookReceiver, all_problems
 
 SECRET = "whsec_" + base64.b64encode(b"delivery-test-secret-32-bytes!!!").decode()
@@ -73,7 +73,7 @@ def deliver(
         service.start()
         try:
             for index, batch in enumerate(batches):
-                await service.guarded(service.submit([(record, None) for record in batch]))
+                await service.guarded(service.submit([(received(record), None) for record in batch]))
                 if index == 0 and during is not None:
                     await service.guarded(during(service))
                 if drain:
@@ -239,8 +239,9 @@ def test_an_alert_in_progress_is_never_forgotten(store: Store) -> None:
 
     async def others_pass(service: DeliveryService) -> None:
         await until(lambda: service.stats.attempts[("down", RETRYING)] >= 1, "alert 1 retrying")
-        await service.submit([(notification(2, deliver=["good"]), None), (notification(3, deliver=["good"]), None),
-                              (notification(1, deliver=["down"]), None)])
+        await service.submit([(received(notification(2, deliver=["good"])), None),
+                              (received(notification(3, deliver=["good"])), None),
+                              (received(notification(1, deliver=["down"])), None)])
         await until(lambda: service.stats.attempts[("good", DELIVERED)] == 2, "alerts 2 and 3 delivered")
         down.start()
 

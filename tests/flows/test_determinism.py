@@ -85,7 +85,7 @@ def pack(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[Rule]]:
     return _rules(tmp_path_factory)
 
 
-def _fingerprint(result: ReplayResult) -> tuple[str, str, tuple[int, int, int], str, str]:
+def _fingerprint(result: ReplayResult) -> tuple[str, str, tuple[int, int, int], str, str, str]:
     output = "".join(line + "\n" for line in result.alerts)
     return (
         hashlib.sha256(output.encode("utf-8")).hexdigest(),
@@ -93,6 +93,7 @@ def _fingerprint(result: ReplayResult) -> tuple[str, str, tuple[int, int, int], 
         (result.valid, len(result.rejects), len(result.late_lines)),
         hashlib.sha256(repr(result.rejects).encode()).hexdigest(),
         hashlib.sha256(repr(sorted(result.late_lines)).encode()).hexdigest(),
+        hashlib.sha256(repr(sorted(result.decisions.items())).encode()).hexdigest(),
     )
 
 
@@ -116,7 +117,7 @@ def test_generator_is_deterministic_and_covers_every_type() -> None:
 @pytest.mark.slow
 def test_replay_is_byte_identical_across_workers_chunks_and_runs(corpus: Path, pack: tuple[str, list[Rule]]) -> None:
     label, rules = pack
-    runs: dict[tuple[int, int, int], tuple[str, str, tuple[int, int, int], str, str]] = {}
+    runs: dict[tuple[int, int, int], tuple[str, str, tuple[int, int, int], str, str, str]] = {}
     reference: ReplayResult | None = None
     for workers in (1, 2, 4):
         for chunk_lines in (2000, 7919):
@@ -148,6 +149,15 @@ def test_replay_is_byte_identical_across_workers_chunks_and_runs(corpus: Path, p
     assert len(kinds) >= 4, (label, kinds)
     assert statuses["firing"] > 0 and statuses["resolved"] > 0, statuses
     assert len(fired_rules) >= len(rules) // 2, (label, sorted(fired_rules))
+
+    # The engine's decisions by (rule, reason): one per notification, and the silenced instants each reports.
+    decisions: Counter[tuple[str, str]] = Counter()
+    for record in records:
+        reason = "resolved" if record["status"] == "resolved" else "renotified" if record["seq"] > 1 else "fired"
+        decisions[(record["rule"]["id"], reason)] += 1
+        decisions[(record["rule"]["id"], "suppressed")] += record["suppressed_count"]
+    assert reference.decisions == +decisions
+    assert {"fired", "resolved", "suppressed"} <= {reason for _, reason in decisions}  # renotified: tests/operators
     scheduled = Counter(record["status"] for record in records if record["rule"]["id"] == "job-late-berlin")
     assert scheduled["firing"] > 0 and scheduled["resolved"] > 0, scheduled
     def order(record: dict[str, Any]) -> tuple[Any, ...]:

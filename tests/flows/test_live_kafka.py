@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, Message, Producer
 
+from flows.live import LiveTotals
 from flows.replay import ReplayResult, replay
 from schemas.rule_loader import load_rules
 from simulate.corpus import generate_corpus
@@ -180,6 +181,7 @@ def test_live_detect_writes_exactly_the_notifications_of_replay_and_resumes_at_t
     assert all(REJECT_LINE.match(line)["topic"] == signals for line in detect.lines if REJECT_LINE.match(line))  # type: ignore[index]
     assert detect.lines[-1] == (f"detect reached the end of the topic: {expected.valid} signals, "
                                 f"{len(expected.rejects) + 1} invalid, {len(expected.late_lines)} late")
+    assert detect.lines[-2] == LiveTotals(decisions=expected.decisions).decisions_line  # the engine decided as in replay
 
     # Started again on the same recovery directory, it resumes at the end: nothing is read or written again.
     returncode, again = run_detect(broker, "--topic", signals, "--alerts-topic", alerts, "--recovery-dir", str(recovery),

@@ -24,11 +24,12 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import run_main
 from typing_extensions import override
 
-from flows.detect import Alert, build_detect_flow
+from flows.detect import DetectOptions, DetectSinks, build_detect_flow
 from flows.replay import replay
 from flows.sources import Line
 from operators.fingerprints import FIRING, Fingerprint, ScheduledAbsenceFingerprint
 from operators.metrics import CompiledMetric, MetricPoint, compile_metric
+from operators.notification import Emitted
 from operators.routing import RoutingTable
 from operators.site import SiteDetector
 from operators.snapshot import SnapshotCodec, SnapshotError
@@ -361,16 +362,18 @@ def test_an_execution_aborted_twice_and_resumed_from_its_snapshots_gives_the_uni
     recovery.mkdir()
     init_db_dir(recovery, 1)
     table = RoutingTable(rules)
-    emitted: list[Alert] = []
+    emitted: list[Emitted] = []
     CountingCodec.restored = 0
     # 1. Epochs of 1 ms: snapshots all the way, then an abort. 2. One epoch for the whole execution: nothing it
     # does is committed, so 3. resumes from the snapshots of 1. and reads and detects what 2. did again.
     for epoch in (timedelta(milliseconds=1), timedelta(hours=1), timedelta(milliseconds=1)):
-        flow = build_detect_flow(source, CallbackSink(emitted.extend), CallbackSink(lambda _: None), CallbackSink(lambda _: None),
-                                 table, LATENESS, snapshots=CountingCodec(table, LATENESS, warn=pytest.fail))
+        sinks = DetectSinks(alerts=CallbackSink(emitted.extend), rejects=CallbackSink(lambda _: None),
+                            stats=CallbackSink(lambda _: None))
+        options = DetectOptions(lateness=LATENESS, snapshots=CountingCodec(table, LATENESS, warn=pytest.fail))
+        flow = build_detect_flow(source, table, sinks, options)
         run_main(flow, epoch_interval=epoch, recovery_config=RecoveryConfig(recovery))
     assert CountingCodec.restored > 0
-    lines_out = [line for _, line in emitted]
+    lines_out = [alert.line for alert in emitted]
     assert len(lines_out) > len(expected)  # what execution 2 emitted, execution 3 emitted again
     assert set(lines_out) == set(expected)
     by_identity: dict[tuple[str, int], set[str]] = {}

@@ -16,7 +16,9 @@ import pytest
 from reference import Reference
 
 from operators.engine import RuleRunner
+from operators.notification import decision_counts
 from operators.site import Detector
+from schemas.alerts import NotificationRecord
 from schemas.factory import make_signal, make_tick, signal_line
 from schemas.records import Record, parse_record
 from schemas.rules import Rule
@@ -73,9 +75,12 @@ class Stream:
 
 
 def detect(rules: list[Rule], stream: Stream) -> tuple[list[dict[str, Any]], Detector]:
-    """Engine records (full) and the detector; asserts the reference agrees on every field but summary/link."""
+    """Engine records (full) and the detector; asserts each is valid and the reference agrees on every field but summary/link."""
     detector = Detector(rules)
-    records = [notification.record() for notification in detector.run(stream.records())]
+    notifications = detector.run(stream.records())
+    for notification in notifications:  # built unvalidated by the engine: what deliver accepts all the same
+        NotificationRecord.model_validate_json(notification.to_json())
+    records = [notification.record().model_dump() for notification in notifications]
     trimmed = [json.dumps({k: v for k, v in record.items() if k not in ("summary", "link")}, ensure_ascii=False)
                for record in records]
     reference = Reference(rules)
@@ -194,6 +199,23 @@ def test_firing_renotifies_after_suppress_with_suppressed_count() -> None:
         note("firing", 2, 0, 10, {"count": 2}, [a, b], suppressed=4),
         note("firing", 3, 0, 20, {"count": 2}, [a, b], suppressed=1),
     ]
+
+
+def test_each_notification_names_its_decision_and_suppressed_instants_are_counted_from_them() -> None:
+    # The stream above, then a ticks past the window: fired, renotified twice, suppressed 4 + 1 + 2, resolved.
+    r = rule("threshold", threshold={"count": 1, "window": "60s"}, suppress="10s")
+    s = Stream()
+    s.mail(0)
+    s.tick(2)
+    s.mail(4)
+    for t in (6, 8, 10, 12, 20, 25, 28, 70):
+        s.tick(t)
+    notifications = Detector([r]).run(s.records())
+    assert [(n.reason, n.suppressed_count) for n in notifications] == [
+        ("fired", 0), ("renotified", 4), ("renotified", 1), ("resolved", 2)]
+    assert decision_counts([n.emitted() for n in notifications]) == {
+        ("threshold-rule", "fired"): 1, ("threshold-rule", "renotified"): 2, ("threshold-rule", "resolved"): 1,
+        ("threshold-rule", "suppressed"): 7}
 
 
 def test_suppress_0s_never_renotifies_and_resolved_carries_the_count() -> None:

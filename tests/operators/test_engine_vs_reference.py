@@ -203,7 +203,7 @@ def engine_records(rules: list[Rule], lines: list[bytes]) -> tuple[list[str], se
     detector = Detector(rules)
     out = []
     for notification in detector.run(records):
-        record = notification.record()
+        record = notification.record().model_dump()
         del record["summary"], record["link"]
         out.append(json.dumps(record, ensure_ascii=False))
     return out, detector.late_lines

@@ -15,14 +15,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.alerts import MAX_LINK_BASE, link_base, parse_notification
+from schemas.alerts import MAX_LINK_BASE, ReceivedRecord, link_base, parse_notification, record_line
+from schemas.records import compact_json
 from tests.support.factories import ALERT_ID, make_notification, resolved_notification
 
 RULE = make_notification()["rule"]
 SIGNAL = make_notification()["evidence"][0]
 
 
-def reason(record: dict[str, Any]) -> str | dict[str, Any]:
+def reason(record: dict[str, Any]) -> str | ReceivedRecord:
     return parse_notification(json.dumps(record, ensure_ascii=False))
 
 
@@ -62,7 +63,18 @@ def test_a_field_beyond_its_bound_is_one_reason_naming_it(changes: dict[str, Any
 def test_what_the_flow_emits_is_accepted() -> None:
     for record in (make_notification(), resolved_notification(), make_notification(link=f"{link_base('https://müller.example/ü')}"
                                                                                        f"/alerts/{ALERT_ID}")):
-        assert isinstance(reason(record), dict)
+        assert isinstance(reason(record), ReceivedRecord)
+
+
+def test_a_parsed_record_keeps_its_bytes_and_encodes_back_to_them() -> None:
+    """One definition: the model read from a line writes that line again (evidence keys in their received order)."""
+    record = make_notification()
+    record["evidence"][0] = dict(reversed(record["evidence"][0].items()))  # not the envelope model's field order
+    line = compact_json(record)
+    parsed = parse_notification(line + "\n")
+    assert isinstance(parsed, ReceivedRecord)
+    assert parsed.raw == line.encode() and record_line(parsed.record) == line
+    assert list(parsed.record.evidence[0]) == list(record["evidence"][0])
 
 
 BASES = st.builds(

@@ -11,7 +11,7 @@ import pytest
 from delivery.channels import open_sender
 from schemas.rules import EmailChannel, WebhookChannel
 from sinks.channel import SendResult
-from tests.support.factories import ALERT_ID, huge_notification, make_notification, resolved_notification
+from tests.support.factories import ALERT_ID, huge_notification, make_notification, received, resolved_notification
 from tests.support.ports import free_port
 from tests.support.receivers import SmtpReceiver, WebhookReceiver, self_signed_cert, send_all, server_tls
 
@@ -154,7 +154,7 @@ def test_connection_refused_is_retryable() -> None:
 
 def test_smtp_runs_off_the_event_loop() -> None:
     """While one SMTP conversation is held by the server, the same event loop delivers a webhook."""
-    notification = make_notification()
+    notification = received(make_notification())
 
     async def run(server: SmtpReceiver, hook: WebhookReceiver) -> tuple[SendResult, bool, SendResult]:
         mail = open_sender(mail_channel(server.port), {}, timeout=10.0)

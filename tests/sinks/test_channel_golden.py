@@ -25,7 +25,7 @@ import pytest
 
 from sinks import email as email_channel
 from sinks import slack, teams, webhook
-from tests.support.factories import huge_notification, make_notification, resolved_notification
+from tests.support.factories import huge_notification, make_notification, received, resolved_notification, typed
 from tests.support.limits import slack_problems, teams_problems
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -66,7 +66,7 @@ def compact(payload: Any) -> bytes:
 @pytest.mark.parametrize("case", [case for case in CASES if case != "huge"])
 def test_webhook_body(case: str) -> None:
     notification, collapsed = CASES[case]()
-    body = webhook.render(notification, collapsed)
+    body = webhook.render(received(notification), collapsed)
     check_golden(f"webhook-{case}.json", body + b"\n")
     sent = json.loads(body)
     assert sent.pop("collapsed", 0) == collapsed
@@ -76,9 +76,9 @@ def test_webhook_body(case: str) -> None:
 @pytest.mark.parametrize("case", CASES)
 def test_slack_payload(case: str) -> None:
     notification, collapsed = CASES[case]()
-    payload = slack.render(notification, collapsed)
+    payload = slack.render(typed(notification), collapsed)
     check_golden(f"slack-{case}.json", pretty(payload))
-    assert slack.render_bytes(notification, collapsed) == compact(json.loads((GOLDEN / f"slack-{case}.json").read_bytes()))
+    assert slack.render_bytes(typed(notification), collapsed) == compact(json.loads((GOLDEN / f"slack-{case}.json").read_bytes()))
     assert slack_problems(payload) == []
     assert shows_collapsed(json.dumps(payload, ensure_ascii=False), collapsed)
 
@@ -86,7 +86,7 @@ def test_slack_payload(case: str) -> None:
 @pytest.mark.parametrize("case", CASES)
 def test_teams_payload(case: str) -> None:
     notification, collapsed = CASES[case]()
-    body = teams.render(notification, collapsed)
+    body = teams.render(typed(notification), collapsed)
     check_golden(f"teams-{case}.json", pretty(json.loads(body)))
     assert body == compact(json.loads((GOLDEN / f"teams-{case}.json").read_bytes()))
     assert teams_problems(body) == []
@@ -96,7 +96,7 @@ def test_teams_payload(case: str) -> None:
 @pytest.mark.parametrize("case", CASES)
 def test_email_message(case: str) -> None:
     notification, collapsed = CASES[case]()
-    message = email_channel.render(notification, collapsed, sender="Logystera <alerts@logystera.example>",
+    message = email_channel.render(typed(notification), collapsed, sender="Logystera <alerts@logystera.example>",
                                    to=["ops@example.com", "oncall@example.com"], date=DATE)
     check_golden(f"email-{case}.eml", message.as_bytes())
     assert all(shows_collapsed(part.get_content(), collapsed) for part in message.iter_parts())  # type: ignore[attr-defined]

@@ -22,7 +22,7 @@ from pydantic import TypeAdapter
 from delivery.channels import open_sender
 from schemas.rules import Channel
 from sinks.channel import ChannelConfigError, SendResult
-from tests.support.factories import make_notification
+from tests.support.factories import make_notification, received
 from tests.support.receivers import Hang, HttpReceiver, Reply, SlackReceiver, TeamsReceiver, WebhookReceiver, refused_url, send_all
 
 CHANNEL = TypeAdapter(Channel)
@@ -106,7 +106,7 @@ def test_connection_refused_is_retryable(kind: str) -> None:
 def test_receiver_down_then_up_with_one_sender() -> None:
     """A kept-alive connection does not hide an outage: down is refused, up again is delivered."""
     receiver = WebhookReceiver()
-    notification = make_notification()
+    notification = received(make_notification())
 
     async def run() -> list[SendResult]:
         sender = open_sender(channel("webhook", url=receiver.url), {}, timeout=5.0)
@@ -125,7 +125,7 @@ def test_receiver_down_then_up_with_one_sender() -> None:
         receiver.stop()
     assert (first.delivered, down.delivered, up.delivered) == (True, False, True)
     assert down == SendResult(False, None, True, None, "connection refused")
-    assert [seen.headers["webhook-id"] for seen in receiver.received] == [f"{notification['alert_id']}:1"] * 2
+    assert [seen.headers["webhook-id"] for seen in receiver.received] == [f"{notification.record.alert_id}:1"] * 2
 
 
 @pytest.mark.parametrize(("kind", "fields", "environ", "message"), [

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from schemas.signals import SITE_PATTERN
 from sinks import email as email_channel
 from sinks import slack, teams
-from tests.support.factories import make_notification
+from tests.support.factories import make_notification, typed
 from tests.support.limits import email_problems, slack_problems, teams_problems
 
 TEXT = st.text(st.characters(codec="utf-8"), max_size=6000) | st.text(st.sampled_from("<>&`*_\"\\\r\n\x00é🔥"), max_size=6000)
@@ -41,7 +41,7 @@ def notifications(draw: st.DrawFn) -> tuple[dict[str, Any], int]:
 @settings(max_examples=60, deadline=None)
 @given(notifications())
 def test_every_rendering_stays_within_its_limits(case: tuple[dict[str, Any], int]) -> None:
-    notification, collapsed = case
+    notification, collapsed = typed(case[0]), case[1]
     assert slack_problems(slack.render(notification, collapsed)) == []
     assert teams_problems(teams.render(notification, collapsed)) == []
     sent = email_channel.render(notification, collapsed, sender="alerts@logystera.example", to=["ops@example.com"], date=0.0)

@@ -7,7 +7,7 @@ import httpx
 from schemas.rules import SlackChannel
 from sinks import slack
 from sinks.channel import SendResult
-from tests.support.factories import HOSTILE, huge_notification, make_notification, resolved_notification
+from tests.support.factories import HOSTILE, huge_notification, make_notification, resolved_notification, typed
 from tests.support.limits import slack_problems
 from tests.support.receivers import Reply, SlackReceiver, send_all
 
@@ -29,7 +29,7 @@ def test_every_kind_of_notification_is_accepted_by_the_endpoint() -> None:
 
 
 def test_the_layout_names_what_the_contract_asks_for() -> None:
-    payload = slack.render(make_notification())
+    payload = slack.render(typed(make_notification()))
     kinds = [block["type"] for block in payload["blocks"]]
     assert kinds == ["header", "section", "section", "section", "actions", "context"]
     fields = [field["text"].split("\n")[0] for field in payload["blocks"][2]["fields"]]
@@ -39,7 +39,7 @@ def test_the_layout_names_what_the_contract_asks_for() -> None:
 
 
 def test_huge_and_hostile_text_stays_within_limits_and_escaped() -> None:
-    payload = slack.render(huge_notification(), collapsed=2)
+    payload = slack.render(typed(huge_notification()), collapsed=2)
     assert slack_problems(payload) == []
     assert len(payload["blocks"][0]["text"]["text"]) == 150
     mrkdwn = [payload["text"]] + [text for block in payload["blocks"] for text in _mrkdwn_texts(block)]
@@ -50,7 +50,7 @@ def test_huge_and_hostile_text_stays_within_limits_and_escaped() -> None:
 
 
 def test_a_link_too_long_for_a_button_gets_none() -> None:
-    payload = slack.render(make_notification() | {"link": "https://logystera.example/alerts/" + "a" * 3000})
+    payload = slack.render(typed(make_notification() | {"link": "https://logystera.example/alerts/" + "a" * 3000}))
     assert [block["type"] for block in payload["blocks"]] == ["header", "section", "section", "section", "context"]
 
 
@@ -94,7 +94,7 @@ def _mrkdwn_texts(block: dict) -> list[str]:  # type: ignore[type-arg]
 
 def test_hostile_text_keeps_its_characters() -> None:
     """Escaping changes only ``& < >`` (and splits code fences): nothing else of the record is lost."""
-    payload = slack.render(make_notification(summary=HOSTILE))
+    payload = slack.render(typed(make_notification(summary=HOSTILE)))
     text = payload["blocks"][1]["text"]["text"]
     readable = HOSTILE.replace("\r\n", "\n").replace("\x00", " ")
     assert text == readable.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

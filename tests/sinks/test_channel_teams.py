@@ -10,7 +10,7 @@ from schemas.rules import TeamsChannel
 from sinks import teams
 from sinks.alert_view import alert_view, clipped
 from sinks.channel import SendResult
-from tests.support.factories import huge_notification, make_notification, resolved_notification
+from tests.support.factories import huge_notification, make_notification, resolved_notification, typed
 from tests.support.limits import TEAMS_MAX_BYTES, teams_problems
 from tests.support.receivers import TeamsReceiver, send_all
 
@@ -40,7 +40,7 @@ def test_every_kind_of_notification_is_accepted_with_202() -> None:
 
 
 def test_the_card_names_what_the_contract_asks_for() -> None:
-    content = card(teams.render(make_notification()))
+    content = card(teams.render(typed(make_notification())))
     facts = next(block for block in content["body"] if block["type"] == "FactSet")["facts"]
     assert [fact["title"] for fact in facts] == ["Site", "Subsystem", "Group", "Started", "Re-evaluated"]
     assert content["actions"] == [{"type": "Action.OpenUrl", "title": "Open alert", "url": make_notification()["link"]}]
@@ -57,8 +57,8 @@ def test_the_card_shrinks_to_fit() -> None:
         summary="s" + dense, group={"a": dense}, evidence=evidence, site=dense, subsystem=dense,
         rule={"id": "r", "title": dense, "kind": "match", "description": "d" + dense},
         link="https://logystera.example/alerts/" + "🔥" * 2900)
-    body = teams.render(notification, collapsed=1)
-    full = teams._message(teams._card(clipped(alert_view(notification, 1))))  # every text at its full-scale limit
+    body = teams.render(typed(notification), collapsed=1)
+    full = teams._message(teams._card(clipped(alert_view(typed(notification), 1))))  # every text at its full-scale limit
     assert len(full) > TEAMS_MAX_BYTES >= len(body) and teams_problems(body) == []
     content = card(body)
     assert content["body"][1]["text"].startswith("s🔥") and content["actions"][0]["url"] == notification["link"]
@@ -66,7 +66,7 @@ def test_the_card_shrinks_to_fit() -> None:
 
 def test_the_endpoint_rejects_what_teams_would_not_show() -> None:
     message_card = {"@type": "MessageCard", "summary": "old connector format", "text": "x"}
-    oversized = json.loads(teams.render(make_notification()))
+    oversized = json.loads(teams.render(typed(make_notification())))
     oversized["attachments"][0]["content"]["body"].append({"type": "TextBlock", "text": "x" * TEAMS_MAX_BYTES})
     oversized_body = json.dumps(oversized).encode()
     assert teams_problems(json.dumps(message_card).encode()) == ["not a message envelope with one attachment"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -9,10 +10,12 @@ from datetime import UTC, datetime
 
 from standardwebhooks import Webhook
 
+from delivery.channels import open_sender
+from schemas.alerts import ReceivedRecord
 from schemas.rules import WebhookChannel
 from sinks.channel import SendResult
-from sinks.webhook import signed_headers
-from tests.support.factories import ALERT_ID, make_notification, resolved_notification
+from sinks.webhook import render, signed_headers
+from tests.support.factories import ALERT_ID, make_notification, resolved_notification, typed
 from tests.support.receivers import WebhookReceiver, send_all
 
 KEY = b"0123456789abcdef0123456789abcdef"
@@ -87,7 +90,30 @@ def test_signature_header_matches_the_reference_implementation() -> None:
     """Rendering alone, no network: our header equals what ``standardwebhooks`` signs for the same id, time and body."""
     notification = make_notification()
     body = b'{"any":"body"}'
-    headers = signed_headers(notification, body, 1_795_860_840, KEY)
+    headers = signed_headers(typed(notification), body, 1_795_860_840, KEY)
     reference = Webhook(WHSEC).sign(f"{ALERT_ID}:1", datetime.fromtimestamp(1_795_860_840, UTC), body.decode())
     assert headers == {"content-type": "application/json", "webhook-id": f"{ALERT_ID}:1", "webhook-timestamp": "1795860840",
                        "webhook-signature": reference}
+
+
+def test_the_body_is_the_received_bytes_forwarded_with_collapsed_inserted_only_when_some() -> None:
+    """Not re-encoded: a line as received (here with escaped non-ASCII and spaces) goes out byte for byte, and signed so."""
+    record = make_notification(summary="Mail to müller failed")
+    line = json.dumps(record, ensure_ascii=True, separators=(", ", ": ")).encode("ascii")
+    notification = ReceivedRecord.parse(line + b"\r\n")
+    assert render(notification, 0) == line
+    assert render(notification, 3) == line[:-1] + b',"collapsed":3}'
+
+    async def send() -> list[SendResult]:
+        sender = open_sender(webhook(hook.url), {"HOOK_SECRET": WHSEC})
+        try:
+            return [await sender.send(notification, 0), await sender.send(notification, 3)]
+        finally:
+            await sender.aclose()
+
+    with WebhookReceiver(secret=WHSEC) as hook:
+        results = asyncio.run(send())
+        plain, collapsed = hook.wait_for(2)
+    assert all(result.delivered for result in results) and hook.problems == []  # signatures verified over these bytes
+    assert plain.body == line and collapsed.body == line[:-1] + b',"collapsed":3}'
+    assert collapsed.json == {**record, "collapsed": 3}

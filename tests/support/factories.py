@@ -1,14 +1,16 @@
 """Notification records for the channel and delivery tests: alerts.md's example, its resolved form, and the largest, most hostile one.
 
 Each is validated against ``schemas.alerts.NotificationRecord`` when made, so
-a test never sends a record the flow could not emit.
+a test never sends a record the flow could not emit (except the huge one, on
+purpose); :func:`typed` and :func:`received` give the forms channels take.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from schemas.alerts import NotificationRecord
+from schemas.alerts import NotificationRecord, ReceivedRecord, RuleSummary
+from schemas.records import compact_json
 
 ALERT_ID = "3f9a0c1d2e4b5a697887766554433221"
 HOSTILE = "<script>alert('x')</script> & <@U123> *bold* _it_ ``` [link](http://evil.example) \u00e9\U0001f525\r\n\x00"
@@ -63,3 +65,13 @@ def huge_notification() -> dict[str, Any]:
         value={"count": 10**9}, suppressed_count=123456, evidence=evidence, evidence_total=10**9,
         link="https://logystera.example/alerts/" + "a" * 2500, seq=7,
     )
+
+
+def typed(record: dict[str, Any]) -> NotificationRecord:
+    """``record`` as the typed model, not validated: hostile records too, since a renderer must not rely on validation."""
+    return NotificationRecord.model_construct(**{**record, "rule": RuleSummary.model_construct(**record["rule"])})
+
+
+def received(record: dict[str, Any]) -> ReceivedRecord:
+    """``record`` as delivery receives it: the typed record and its compact JSON line, as the flow writes it."""
+    return ReceivedRecord(typed(record), compact_json(record).encode("utf-8"))

@@ -52,6 +52,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from delivery.channels import open_sender
 from schemas.rules import Channel
 from sinks.channel import SendResult
+from tests.support.factories import received
 from tests.support.limits import email_problems, message_ids, slack_problems, teams_problems
 from tests.support.ports import LOOPBACK, free_port
 
@@ -72,7 +73,7 @@ def send_all(config: Channel, *notifications: Mapping[str, Any], environ: Mappin
     async def run() -> list[SendResult]:
         sender = open_sender(config, environ or {}, timeout=timeout, clock=clock)
         try:
-            return [await sender.send(notification, collapsed) for notification in notifications]
+            return [await sender.send(received(notification), collapsed) for notification in notifications]
         finally:
             await sender.aclose()
 
