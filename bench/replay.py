@@ -29,7 +29,6 @@ import hashlib
 import json
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from bench.children import child_generate, run_script
 from flows.sources import DEFAULT_CHUNK_LINES
 from operators.compiled import compile_rule
 from operators.engine import RuleRunner
@@ -50,7 +50,7 @@ from schemas.records import parse_record
 from schemas.rule_loader import load_rules
 from schemas.rules import Rule
 from schemas.signals import SIGNAL_ADAPTER
-from simulate.corpus import DEFAULT_DURATION_S, write_corpus
+from simulate.corpus import DEFAULT_DURATION_S
 
 BENCH_DURATION_S = 9000  # 2.5 h of event time: long enough for every rule of the default pack to fire
 TARGET_RATIO, GOAL_RATIO, TARGET_FP_BYTES = 0.3, 0.5, 2048
@@ -146,15 +146,9 @@ def child_fingerprints(groups: int, per_group: int, kinds: list[str]) -> dict[st
 # -- parent --------------------------------------------------------------------------------------------
 def run_child(*args: str) -> dict[str, Any]:
     """Run this script in a fresh interpreter and return the JSON it prints."""
-    done = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_script(__file__, *args)
 
 
-def child_generate(path: str, signals: int, sites: int, seed: int, duration: int) -> dict[str, Any]:
-    """Write the corpus; a child of its own so that the generator's memory stays out of the replays' peak RSS."""
-    started = time.perf_counter()
-    lines = write_corpus(path, signals, sites, seed, duration)
-    return {"lines": lines, "seconds": time.perf_counter() - started}
 
 
 def child_floor(path: str, repeat: int) -> dict[str, Any]:

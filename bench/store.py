@@ -46,7 +46,6 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,9 +53,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench.children import child_generate, run_script
 from flows.sources import DEFAULT_CHUNK_LINES
 from schemas.rule_loader import load_rules
-from simulate.corpus import write_corpus
 
 TARGET_ROWS_PER_S, TARGET_RATIO = 300_000, 0.6
 STORE_TABLES = ("signals", "alerts", "evidence", "metrics", "rejected")
@@ -144,20 +143,12 @@ def child_replay(path: str, rules_dir: str, directory: str) -> dict[str, Any]:
     }
 
 
-def child_generate(path: str, signals: int, sites: int, seed: int, duration: int) -> dict[str, Any]:
-    started = time.perf_counter()
-    lines = write_corpus(path, signals, sites, seed, duration)
-    return {"lines": lines, "seconds": time.perf_counter() - started}
 
 
 # -- parent --------------------------------------------------------------------------------------------
 def run_child(*args: str) -> dict[str, Any]:
     """Run this script in a fresh interpreter and return the JSON it prints."""
-    done = subprocess.run([sys.executable, __file__, *args], check=False, capture_output=True, text=True)
-    if done.returncode:
-        sys.stderr.write(done.stderr)
-        raise SystemExit(f"child {args[0]} failed with exit code {done.returncode}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_script(__file__, *args)
 
 
 def best(runs: list[dict[str, Any]], key: str) -> float:
