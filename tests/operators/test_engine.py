@@ -182,11 +182,8 @@ def test_pending_back_to_inactive_then_pending_to_firing_after_for() -> None:
     assert [brief(x) for x in run([r], s)] == [note("firing", 1, 13, 18, {"count": 2}, [c, d])]
 
 
-def test_firing_renotifies_after_suppress_with_suppressed_count() -> None:
-    # t:      0s    2s   4s   6s   8s   10s          12s   20s
-    # signal: a     .    b    .    .    .            .     .
-    # tick:         T         T    T    T            T     T
-    # note:   fire  s    s    s    s    seq 2 (4 s)  s     seq 3 (1 s)        (s = suppressed evaluation)
+def _suppressed_renotifications() -> tuple[Any, Stream, tuple[Any, Any]]:
+    """A threshold rule suppressed for 10s, signals a (0s) and b (4s), ticks to 20s: fired, then renotified twice."""
     r = rule("threshold", threshold={"count": 1, "window": "60s"}, suppress="10s")
     s = Stream()
     a = s.mail(0)
@@ -194,6 +191,15 @@ def test_firing_renotifies_after_suppress_with_suppressed_count() -> None:
     b = s.mail(4)
     for t in (6, 8, 10, 12, 20):
         s.tick(t)
+    return r, s, (a, b)
+
+
+def test_firing_renotifies_after_suppress_with_suppressed_count() -> None:
+    # t:      0s    2s   4s   6s   8s   10s          12s   20s
+    # signal: a     .    b    .    .    .            .     .
+    # tick:         T         T    T    T            T     T
+    # note:   fire  s    s    s    s    seq 2 (4 s)  s     seq 3 (1 s)        (s = suppressed evaluation)
+    r, s, (a, b) = _suppressed_renotifications()
     assert [brief(x) for x in run([r], s)] == [
         note("firing", 1, 0, 0, {"count": 1}, [a]),
         note("firing", 2, 0, 10, {"count": 2}, [a, b], suppressed=4),
@@ -203,12 +209,8 @@ def test_firing_renotifies_after_suppress_with_suppressed_count() -> None:
 
 def test_each_notification_names_its_decision_and_suppressed_instants_are_counted_from_them() -> None:
     # The stream above, then a ticks past the window: fired, renotified twice, suppressed 4 + 1 + 2, resolved.
-    r = rule("threshold", threshold={"count": 1, "window": "60s"}, suppress="10s")
-    s = Stream()
-    s.mail(0)
-    s.tick(2)
-    s.mail(4)
-    for t in (6, 8, 10, 12, 20, 25, 28, 70):
+    r, s, _ = _suppressed_renotifications()
+    for t in (25, 28, 70):
         s.tick(t)
     notifications = Detector([r]).run(s.records())
     assert [(n.reason, n.suppressed_count) for n in notifications] == [
