@@ -248,6 +248,10 @@ def run_demo(data_dir: Path, workers: int = 1, console: Console | None = None, s
     alerts_path = data_dir / "alerts.jsonl"
     ruleset = load_rules(RULES_DIR)  # a broken default pack: RuleLoadError, reported by cli.main (exit 2)
     rules = ruleset.enabled_rules
+    opened = None if store == "none" else Store.open(store)
+    # Bound before the day is made: a port in use is a usage error at once, and the links can name the console.
+    web_console = None if web is None else serve_console(web, opened, store, ruleset, str(RULES_DIR))
+    link_base = DEFAULT_LINK_BASE if web_console is None else web_console.url
 
     out.line(f"Logystera demo: one simulated day ({DAY_START[:10]}, UTC) of {len(SITES)} sites: {', '.join(SITES)}")
     started = time.perf_counter()
@@ -260,10 +264,6 @@ def run_demo(data_dir: Path, workers: int = 1, console: Console | None = None, s
         for alert in sorted(batch, key=lambda alert: alert.sort_key):
             out.line(alert_line(alert.record.model_dump()))
 
-    opened = None if store == "none" else Store.open(store)
-    # Bound before the day is replayed: a port in use is a usage error at once, and the links can name the console.
-    web_console = None if web is None else serve_console(web, opened, store, ruleset, str(RULES_DIR), "demo")
-    link_base = DEFAULT_LINK_BASE if web_console is None else web_console.url
     started = time.perf_counter()
     result = replay_with_progress(signals_path, total, rules, workers, out, show, store=opened, metrics=ruleset.metrics,
                                   link_base=link_base)

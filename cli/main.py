@@ -142,19 +142,20 @@ def cmd_detect(args: argparse.Namespace) -> int:
         lateness=args.allowed_lateness, link_base=link_base, epoch_interval=args.epoch_interval / 1000,
         delivery_timeout=args.delivery_timeout / 1000, exit_at_end=args.exit_at_end,
     )
-    with _web_console(args.web, store, args.store, ruleset, args.rules, "detect"):
+    with _web_console(args.web, store, args.store, ruleset, args.rules) as console:
+        if console is not None:
+            print(f"detect: web console on {console.url}/alerts", file=sys.stderr, flush=True)
         totals = run_detect(settings, ruleset.enabled_rules, ruleset.metrics, store)
     print(totals.decisions_line, file=sys.stderr)
     print(totals.line, file=sys.stderr)
     return 0
 
 
-def _web_console(address: str | None, store: Any, store_dsn: str, ruleset: Any, rules_dir: str,
-                 command: str) -> contextlib.AbstractContextManager[Any]:
+def _web_console(address: str | None, store: Any, store_dsn: str, ruleset: Any, rules_dir: str) -> contextlib.AbstractContextManager[Any]:
     """``--web HOST:PORT``: the console served from this process, which holds the store (docs/web.md); else nothing."""
     from web.command import serve_console
 
-    return contextlib.nullcontext() if address is None else serve_console(address, store, store_dsn, ruleset, rules_dir, command)
+    return contextlib.nullcontext() if address is None else serve_console(address, store, store_dsn, ruleset, rules_dir)
 
 
 def default_store() -> str:

@@ -121,13 +121,12 @@ class BackgroundConsole:
     START_TIMEOUT_S = 30.0
     STOP_TIMEOUT_S = 10.0
 
-    def __init__(self, config: ConsoleConfig, listener: socket.socket, command: str, log_level: str = "warning") -> None:
+    def __init__(self, config: ConsoleConfig, listener: socket.socket, log_level: str = "warning") -> None:
         import uvicorn
 
         from web.app import create_app
 
         self.url = url_of(listener)
-        self._command = command
         level = getattr(logging, log_level.upper())
         self._server = uvicorn.Server(uvicorn.Config(create_app(config), log_level=level, access_log=level <= logging.INFO))
         self._listener = listener
@@ -141,7 +140,6 @@ class BackgroundConsole:
                 self._listener.close()
                 raise ConsoleFailed(f"the web console on {self.url} did not start")
             time.sleep(0.01)
-        print(f"logystera {self._command}: web console on {self.url}/alerts", file=sys.stderr, flush=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -150,8 +148,7 @@ class BackgroundConsole:
         self._listener.close()
 
 
-def serve_console(address: str, store: Store | None, store_dsn: str, ruleset: RuleSet, rules_dir: str,
-                  command: str) -> BackgroundConsole:
+def serve_console(address: str, store: Store | None, store_dsn: str, ruleset: RuleSet, rules_dir: str) -> BackgroundConsole:
     """``--web HOST:PORT`` of ``detect`` / ``demo``: the console over ``store``, bound now, served once entered."""
     from web.app import ConsoleConfig
 
@@ -159,4 +156,4 @@ def serve_console(address: str, store: Store | None, store_dsn: str, ruleset: Ru
     if store is None:
         raise UsageError("--web: needs a --store (the console shows what is stored)")
     config = ConsoleConfig(store=store, ruleset=ruleset, store_dsn=store_dsn, rules_dir=rules_dir)
-    return BackgroundConsole(config, bind(host, port), command)
+    return BackgroundConsole(config, bind(host, port))
