@@ -50,9 +50,9 @@ def test_demo_web_prints_two_alert_links_that_open_and_stops_cleanly_on_ctrl_c(t
         assert len(links) == 2 and links[0][3] != links[1][3], "\n".join(lines)
         for link in links:
             page.goto(link[1])
-            assert page.locator("h1#rule-title").inner_text() == link[4]
-            assert page.locator("#severity").inner_text() == link[2]
-            assert page.locator("#site").inner_text() == link[3]
+            assert page.locator("h1#rule-title").text_content() == link[4]
+            assert page.locator("#severity").text_content() == link[2]
+            assert page.locator("#site").text_content() == link[3]
         demo.send_signal(signal.SIGINT)
         assert demo.wait(30) == 0, "\n".join(lines)
     finally:

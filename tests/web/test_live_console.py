@@ -67,8 +67,8 @@ def test_the_link_of_a_notification_detect_just_wrote_opens_its_alert_from_the_c
 
         wait_for(lambda: httpx.get(notification["link"]).status_code == 200, "the alert page", timeout=SHOWN_WITHIN_S)
         page.goto(notification["link"])
-        assert page.locator("h1#rule-title").inner_text() == "PHP file in the uploads folder"
-        assert page.locator("#site").inner_text() == "blog-us"
+        assert page.locator("h1#rule-title").text_content() == "PHP file in the uploads folder"
+        assert page.locator("#site").text_content() == "blog-us"
         assert page.locator(f'#evidence [data-signal-id="{SIGNAL["id"]}"]').count() == 1
         assert detect.running, detect.output()
     finally:
