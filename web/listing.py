@@ -245,14 +245,13 @@ class AlertPage:
 
 
 _ALERTS_SQL = """
-SELECT alert_id, any(site) AS site, any(rule_id) AS rule_id, argMax(rule_title, seq) AS rule_title,
-       any(severity) AS severity, any(subsystem) AS subsystem, any(rule_kind) AS kind,
+SELECT alert_id, site, rule_id, argMax(rule_title, seq) AS rule_title, severity, subsystem, rule_kind AS kind,
        argMax(group_json, seq) AS group_json, argMax(summary, seq) AS summary, argMax(status, seq) AS status,
        toUnixTimestamp64Milli(min(started_at)) AS started_ms, toUnixTimestamp64Milli(max(evaluated_at)) AS last_ms,
        toUnixTimestamp64Milli(max(ended_at)) AS ended_ms, max(seq) AS notifications
 FROM alerts FINAL
 WHERE $scope{where}
-GROUP BY alert_id
+GROUP BY alert_id, site, rule_id, severity, subsystem, rule_kind
 {having}
 ORDER BY last_ms {direction}, alert_id {direction}
 LIMIT {{limit:UInt32}}
