@@ -41,6 +41,9 @@ SECURITY_HEADERS = {
     "cache-control": "no-store",
 }
 
+PUBLIC = frozenset({"/healthz", "/login", "/logout"})
+"""Paths served without a viewer (besides ``/static/``): liveness, and signing in and out (web/auth_routes.py)."""
+
 Authenticate = Callable[[Request], Awaitable["Viewer | Response"]]
 """Who is asking: the viewer, or the response that asks them to sign in (401) — see web/access.py."""
 
@@ -99,7 +102,7 @@ class _Viewer(BaseHTTPMiddleware):
     """Sets ``request.state.viewer`` (or answers the sign-in response) and adds the security headers."""
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        if request.url.path.startswith("/static/") or request.url.path == "/healthz":
+        if request.url.path.startswith("/static/") or request.url.path in PUBLIC:
             request.state.viewer = None
             response = await call_next(request)
         else:
@@ -143,8 +146,11 @@ async def _failed(request: Request, exc: Exception) -> Response:
 
 def routes() -> list[Route | Mount]:
     """Every page, API endpoint and the static files."""
+    from web import auth_routes  # the route modules import this one (page, config_of)
+
     return [
         Route("/healthz", healthz),
+        *auth_routes.ROUTES,
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
 
