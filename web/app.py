@@ -129,6 +129,10 @@ async def healthz(request: Request) -> Response:
 async def _not_found(request: Request, exc: Exception) -> Response:
     detail = exc.detail if isinstance(exc, HTTPException) and exc.status_code != 404 else "There is no page at this address."
     status = exc.status_code if isinstance(exc, HTTPException) else 404
+    viewer = getattr(request.state, "viewer", None)
+    if status == 404 and viewer is not None and not viewer.sees_everything:
+        # Said on every 404 of a viewer with a site list, so it tells nothing about any one address (docs/web.md, Access).
+        detail += " Pages of sites outside your account's list are not found either."
     return error_page(request, status, "Not found" if status == 404 else "Cannot serve this", str(detail))
 
 
