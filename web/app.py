@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +128,10 @@ async def healthz(request: Request) -> Response:
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
-    detail = exc.detail if isinstance(exc, HTTPException) and exc.status_code != 404 else "There is no page at this address."
     status = exc.status_code if isinstance(exc, HTTPException) else 404
+    # A route's own words (an unknown alert id) are kept; Starlette's default phrase becomes a sentence.
+    own = isinstance(exc, HTTPException) and exc.detail != HTTPStatus(status).phrase
+    detail = exc.detail if own and isinstance(exc, HTTPException) else "There is no page at this address."
     viewer = getattr(request.state, "viewer", None)
     if status == 404 and viewer is not None and not viewer.sees_everything:
         # Said on every 404 of a viewer with a site list, so it tells nothing about any one address (docs/web.md, Access).
@@ -150,11 +153,12 @@ async def _failed(request: Request, exc: Exception) -> Response:
 
 def routes() -> list[Route | Mount]:
     """Every page, API endpoint and the static files."""
-    from web import auth_routes  # the route modules import this one (page, config_of)
+    from web import alert_page, auth_routes  # the route modules import this one (page, config_of)
 
     return [
         Route("/healthz", healthz),
         *auth_routes.ROUTES,
+        *alert_page.ROUTES,
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
 
