@@ -153,12 +153,13 @@ async def _failed(request: Request, exc: Exception) -> Response:
 
 def routes() -> list[Route | Mount]:
     """Every page, API endpoint and the static files."""
-    from web import alert_page, auth_routes  # the route modules import this one (page, config_of)
+    from web import alert_page, auth_routes, lists  # the route modules import this one (page, config_of)
 
     return [
         Route("/healthz", healthz),
         *auth_routes.ROUTES,
         *alert_page.ROUTES,
+        *lists.ROUTES,
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
 
