@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Iterator
-from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx
@@ -17,8 +16,8 @@ import pytest
 
 from schemas.rule_loader import RuleSet
 from sinks.clickhouse import Store
-from tests.web.console import serving
-from web.app import CONTENT_SECURITY_POLICY, SECURITY_HEADERS, ConsoleConfig
+from tests.web.console import assert_secured, inline_parts, serving
+from web.app import ConsoleConfig
 from web.signin import SESSION_COOKIE, SESSION_SECONDS, FailureLimiter, SignIn
 from web.users import Users, hash_token, load_users
 
@@ -203,36 +202,6 @@ def test_the_brake_remembers_a_bounded_number_of_clients() -> None:
 
 
 # -- what every response carries -------------------------------------------------------------------
-
-
-class _Inline(HTMLParser):
-    """Finds what a strict CSP would block: script and style elements, style attributes, event handlers."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.found: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in ("script", "style"):
-            self.found.append(f"<{tag}>")
-        self.found.extend(f"{tag}[{name}]" for name, _ in attrs if name == "style" or name.startswith("on"))
-        self.found.extend(f"{tag}[{name}=javascript:]" for name, value in attrs if (value or "").strip().lower().startswith("javascript:"))
-
-
-def inline_parts(html: str) -> list[str]:
-    """Every inline script or style of a page (none is allowed)."""
-    parser = _Inline()
-    parser.feed(html)
-    return parser.found
-
-
-def assert_secured(response: httpx.Response) -> None:
-    """The security headers on ``response``, and no inline script or style if it is a page."""
-    for name, value in SECURITY_HEADERS.items():
-        assert response.headers.get(name) == value, (response.request.url, name)
-    assert "'unsafe-inline'" not in CONTENT_SECURITY_POLICY and "script-src" not in CONTENT_SECURITY_POLICY  # default-src 'none'
-    if response.headers.get("content-type", "").startswith("text/html"):
-        assert inline_parts(response.text) == [], response.request.url
 
 
 def test_every_response_carries_the_security_headers_and_no_page_has_inline_script_or_style(
