@@ -85,11 +85,6 @@ def activity_svg(chart: ActivityChart) -> Markup:
         f'aria-label="signals per {escape(format_duration(chart.bucket))} around the episode">',
     ]
     first, last = chart.episode
-    parts.append(
-        f'<rect class="episode" x="{_num(_x(chart, first))}" y="{TOP}" '
-        f'width="{_num(max(_x(chart, last) - _x(chart, first), 1.5))}" height="{plot_h}"><title>episode '
-        f'{escape(format_ts(first))} – {escape(format_ts(last))}</title></rect>'
-    )
     slot = (WIDTH - LEFT - RIGHT) / max(len(chart.counts), 1)
     for index, count in enumerate(chart.counts):
         at = chart.start + index * chart.bucket
@@ -107,6 +102,12 @@ def activity_svg(chart: ActivityChart) -> Markup:
             parts.append(f'<rect class="matching" x="{_num(x + 0.5)}" y="{_num(y(matching))}" '
                          f'width="{_num(max(slot - 1, 0.5))}" height="{_num(plot_h * matching / top_value)}"/>')
         parts.append("</g>")
+    # The episode over the bars (translucent), and as a band under the time axis.
+    x1, x2 = _x(chart, first), _x(chart, last)
+    parts.append(
+        f'<rect class="episode" x="{_num(x1)}" y="{TOP}" width="{_num(max(x2 - x1, 1.5))}" height="{plot_h + 6}">'
+        f'<title>episode {escape(format_ts(first))} – {escape(format_ts(last))}</title></rect>'
+    )
     if chart.rolling is not None:
         points = " ".join(f"{_num(LEFT + (i + 1) * slot)},{_num(y(v))}" for i, v in enumerate(chart.rolling))
         parts.append(f'<polyline class="rolling" points="{points}"><title>{escape(chart.rolling_label)}</title></polyline>')
@@ -126,9 +127,9 @@ def activity_svg(chart: ActivityChart) -> Markup:
     every = max(1, len(chart.counts) // 8)
     for index in range(0, len(chart.counts) + 1, every):
         at = chart.start + index * chart.bucket
-        x = _num(LEFT + index * slot)
-        parts.append(f'<line class="grid" x1="{x}" x2="{x}" y1="{TOP + plot_h}" y2="{TOP + plot_h + 4}"/>')
-        parts.append(f'<text class="tick-label" x="{x}" y="{TOP + plot_h + 16}" text-anchor="middle">{_clock(at, chart.bucket)}</text>')
+        at_x = _num(LEFT + index * slot)
+        parts.append(f'<line class="grid" x1="{at_x}" x2="{at_x}" y1="{TOP + plot_h}" y2="{TOP + plot_h + 4}"/>')
+        parts.append(f'<text class="tick-label" x="{at_x}" y="{TOP + plot_h + 16}" text-anchor="middle">{_clock(at, chart.bucket)}</text>')
     parts.append(f'<text class="tick-label" x="{WIDTH - RIGHT}" y="{HEIGHT - 4}" text-anchor="end">UTC · '
                  f'{escape(format_duration(chart.bucket))} buckets</text>')
     parts.append("</svg>")
