@@ -15,6 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from schemas.durations import spoken_duration
+from schemas.timestamps import format_ts
 from web.app import SECURITY_HEADERS, config_of, error_page, page, reads_for, wants_json
 from web.listing import (
     SEVERITIES,
@@ -29,16 +31,15 @@ from web.listing import (
     site_picture,
 )
 from web.reads import Reads
-from schemas.durations import spoken_duration
-from web.sentence import condition_sentence
+from web.sentence import condition_sentence, spoken_window
 
 
 def when(ms: int | None) -> str:
     """An instant as the pages show it: UTC to the second (``2026-11-28 15:30:54``), as every page says."""
-    return "" if ms is None else iso(ms)[:19].replace("T", " ")
+    return "" if ms is None else format_ts(ms)[:19].replace("T", " ")
 
 
-FORMATS = {"when": when, "lasted": spoken_duration}
+FORMATS = {"when": when, "lasted": spoken_duration, "spoken_window": spoken_window}
 """The pages' ways of writing times and lengths of time."""
 
 
@@ -69,7 +70,9 @@ def alerts(request: Request) -> Response:
     except FilterError as error:
         if wants_json(request):
             return error_page(request, 400, "Bad filter", str(error))
-        context = {"problem": str(error), "form": dict(request.query_params), "severities": SEVERITIES, "statuses": STATUSES}
+        context: dict[str, Any] = {
+            "problem": str(error), "form": dict(request.query_params), "severities": SEVERITIES, "statuses": STATUSES,
+        }
         return _page(request, "alerts.html", context, status_code=400)
     reads = reads_for(request)
     listed = list_alerts(reads, filters)
