@@ -14,11 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from schemas.errors import UsageError
 from schemas.rule_loader import RuleSet
 from sinks.clickhouse import Store
 from tests.web.console import assert_secured, inline_parts, serving
 from web.app import ConsoleConfig
-from web.signin import SESSION_COOKIE, SESSION_SECONDS, FailureLimiter, SignIn
+from web.signin import SESSION_COOKIE, SESSION_KEY_ENV, SESSION_SECONDS, FailureLimiter, SignIn, session_key
 from web.users import Users, hash_token, load_users
 
 ALICE = "alice-" + "t" * 40
@@ -125,7 +126,8 @@ def test_the_form_sets_a_strict_http_only_cookie_that_signs_in_until_it_expires_
     assert re.fullmatch(
         rf"{SESSION_COOKIE}=alice\.\d+\.[0-9a-f]{{64}}; HttpOnly; Max-Age={SESSION_SECONDS}; Path=/; SameSite=strict", cookie,
     ), cookie
-    assert who(console.get(PAGE)) == "alice"  # the client keeps the cookie
+    signed_in = console.get(PAGE)  # the client keeps the cookie
+    assert who(signed_in) == "alice" and '<form class="logout" method="post" action="/logout">' in signed_in.text
     assert console.get("/login").headers["location"] == "/alerts"  # already signed in: straight on
 
     clock.now += SESSION_SECONDS + 1
@@ -225,3 +227,27 @@ def test_every_response_carries_the_security_headers_and_no_page_has_inline_scri
 def test_the_inline_finder_finds_what_the_policy_blocks() -> None:
     page = '<p style="color:red">x</p><script>1</script><style>p{}</style><a href="javascript:x()" onclick="y()">z</a>'
     assert inline_parts(page) == ["p[style]", "<script>", "<style>", "a[onclick]", "a[href=javascript:]"]
+
+
+def test_behind_a_local_proxy_the_brake_counts_the_forwarded_client(console: httpx.Client) -> None:
+    first, second = {"x-forwarded-for": "10.0.0.1"}, {"x-forwarded-for": "10.0.0.2"}
+    for _ in range(3):
+        assert console.get("/api/alerts", headers={**bearer("guess"), **first}).status_code == 401
+    assert console.get("/api/alerts", headers={**bearer("guess"), **first}).status_code == 429
+    assert console.get("/api/alerts", headers={**bearer("guess"), **second}).status_code == 401
+
+
+def test_without_users_there_is_nothing_to_sign_in_to(store: Store) -> None:
+    with serving(ConsoleConfig(store=store, ruleset=RuleSet(), store_dsn="chdb://test")) as url, \
+            httpx.Client(base_url=url, timeout=30) as client:
+        assert client.get("/login").headers["location"] == "/alerts"
+        assert client.post("/login", data={"token": "x"}).headers["location"] == "/alerts"
+        page = client.get(PAGE)
+        assert who(page) == "local" and 'action="/logout"' not in page.text
+
+
+def test_the_session_key_is_random_per_process_unless_the_environment_gives_one() -> None:
+    assert session_key({}) != session_key({}) and len(session_key({})) == 32
+    assert session_key({SESSION_KEY_ENV: "k" * 32}) == b"k" * 32
+    with pytest.raises(UsageError, match=f"^{SESSION_KEY_ENV}: must have at least 32 characters"):
+        session_key({SESSION_KEY_ENV: "short"})
