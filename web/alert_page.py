@@ -36,9 +36,9 @@ from schemas.rules import Rule
 from schemas.timestamps import format_ts, parse_ts_checked
 from sinks.clickhouse import StoreAddress
 from web import reproduce
-from web.app import ConsoleConfig, config_of, page, reads_for
 from web.chart import ActivityChart, activity_svg, bucket_size
 from web.reads import Reads
+from web.render import ConsoleConfig, config_of, page, reads_for
 from web.sentence import condition_sentence
 
 ALERT_ID = re.compile(r"[0-9a-f]{32}")

@@ -17,7 +17,6 @@ from starlette.routing import Route
 
 from schemas.durations import spoken_duration
 from schemas.timestamps import format_ts
-from web.app import SECURITY_HEADERS, config_of, error_page, page, reads_for, wants_json
 from web.listing import (
     SEVERITIES,
     STATUSES,
@@ -31,6 +30,7 @@ from web.listing import (
     site_picture,
 )
 from web.reads import Reads
+from web.render import SECURITY_HEADERS, config_of, error_page, page, reads_for, wants_json
 from web.sentence import condition_sentence, spoken_window
 
 

@@ -35,7 +35,7 @@ from starlette.responses import RedirectResponse, Response
 
 from schemas.errors import UsageError
 from web.access import Viewer
-from web.app import error_page, wants_json
+from web.render import error_page, wants_json
 from web.users import User, Users
 
 SESSION_COOKIE = "logystera_session"

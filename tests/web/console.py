@@ -12,7 +12,8 @@ import httpx
 import uvicorn
 
 from tests.support.polling import wait_for
-from web.app import CONTENT_SECURITY_POLICY, SECURITY_HEADERS, ConsoleConfig, create_app
+from web.app import create_app
+from web.render import CONTENT_SECURITY_POLICY, SECURITY_HEADERS, ConsoleConfig
 
 START_TIMEOUT_S = 10.0
 
