@@ -151,7 +151,7 @@ def test_a_cookie_verifies_only_as_signed_for_the_user_and_their_current_token(t
         f"bob.{expiry}.{signature}",  # another name
         f"{name}.{int(expiry) + 3600}.{signature}",  # a later expiry
         f"{name}.{expiry}.{signature[:-1]}0" if signature[-1] != "0" else f"{name}.{expiry}.{signature[:-1]}1",
-        f"{name}.{expiry}", "", "alice", f"{name}.x.{signature}",
+        f"{name}.{expiry}", "", "alice", f"{name}.x.{signature}", f"{name}.²³.{signature}", f"{name}.{'9' * 40}.{signature}",
     ]
     assert [sign_in.session_user(bad) for bad in edited] == [None] * len(edited)
     other_key = SignIn(sign_in.users, b"j" * 32, clock=sign_in._clock)
