@@ -37,8 +37,8 @@ from schemas.timestamps import format_ts, parse_ts_checked
 from sinks.clickhouse import StoreAddress
 from web import reproduce
 from web.chart import ActivityChart, activity_svg, bucket_size
+from web.pages import ConsoleConfig, config_of, page, reads_for
 from web.reads import Reads
-from web.render import ConsoleConfig, config_of, page, reads_for
 from web.sentence import condition_sentence
 
 ALERT_ID = re.compile(r"[0-9a-f]{32}")

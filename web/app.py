@@ -1,6 +1,8 @@
 """The console's Starlette application: routes, the viewer of each request, security headers, error pages.
 
-What the route modules answer with (pages, error pages, the configuration, the headers) is in web/render.py.
+Pages are rendered on the server (Jinja2, autoescaped): every value from a signal reaches the browser as
+text. The console serves its own style sheet and needs no script (charts are SVG drawn here), so the
+Content-Security-Policy allows nothing inline and nothing from another host.
 """
 
 from __future__ import annotations
@@ -17,7 +19,25 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from sinks.clickhouse import StoreUnavailable
-from web.render import HERE, SECURITY_HEADERS, ConsoleConfig, config_of, error_page
+from web import alert_page, auth_routes
+from web.pages import (
+    HERE,
+    SECURITY_HEADERS,
+    Authenticate,
+    ConsoleConfig,
+    config_of,
+    error_page,
+    page,
+    reads_for,
+    templates,
+    wants_json,
+)
+
+__all__ = [
+    "SECURITY_HEADERS", "Authenticate", "ConsoleConfig", "config_of", "create_app", "error_page", "page", "reads_for",
+    "routes", "templates", "wants_json",
+]
+
 
 PUBLIC = frozenset({"/healthz", "/login", "/logout"})
 """Paths served without a viewer (besides ``/static/``): liveness, and signing in and out (web/auth_routes.py)."""
@@ -77,13 +97,10 @@ async def _failed(request: Request, exc: Exception) -> Response:
 
 def routes() -> list[Route | Mount]:
     """Every page, API endpoint and the static files."""
-    from web import alert_page, auth_routes, lists  # the route modules import this one (page, config_of)
-
     return [
         Route("/healthz", healthz),
         *auth_routes.ROUTES,
         *alert_page.ROUTES,
-        *lists.ROUTES,
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
 

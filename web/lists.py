@@ -29,8 +29,8 @@ from web.listing import (
     site_id,
     site_picture,
 )
+from web.pages import SECURITY_HEADERS, config_of, error_page, page, reads_for, wants_json
 from web.reads import Reads
-from web.render import SECURITY_HEADERS, config_of, error_page, page, reads_for, wants_json
 from web.sentence import condition_sentence, spoken_window
 
 

@@ -35,7 +35,7 @@ from starlette.responses import RedirectResponse, Response
 
 from schemas.errors import UsageError
 from web.access import Viewer
-from web.render import error_page, wants_json
+from web.pages import error_page, wants_json
 from web.users import User, Users
 
 SESSION_COOKIE = "logystera_session"
@@ -103,7 +103,7 @@ class FailureLimiter:
 
 
 class SignIn:
-    """The console's :data:`web.render.Authenticate` when it has users: who the request is, or how to ask."""
+    """The console's :data:`web.pages.Authenticate` when it has users: who the request is, or how to ask."""
 
     def __init__(self, users: Users, key: bytes, limiter: FailureLimiter | None = None,
                  clock: Callable[[], float] = time.time) -> None:

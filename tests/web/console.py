@@ -13,7 +13,7 @@ import uvicorn
 
 from tests.support.polling import wait_for
 from web.app import create_app
-from web.render import CONTENT_SECURITY_POLICY, SECURITY_HEADERS, ConsoleConfig
+from web.pages import CONTENT_SECURITY_POLICY, SECURITY_HEADERS, ConsoleConfig
 
 START_TIMEOUT_S = 10.0
 

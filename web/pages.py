@@ -1,10 +1,7 @@
-"""What every route module answers with: the request's configuration and reads, pages, error pages, headers.
+"""What every page of the console shares: its configuration, the reads of a request, rendering, error answers.
 
-Split from web/app.py so that the route modules (web/alert_page.py, web/lists.py, web/auth_routes.py) import
-this module and web/app.py imports them, without a cycle. Pages are rendered on the server (Jinja2,
-autoescaped): every value from a signal reaches the browser as text. The console serves its own style sheet
-and needs no script (charts are SVG drawn here), so the Content-Security-Policy allows nothing inline and
-nothing from another host.
+Route modules (``web/alert_page.py`` …) import these from here, and ``web/app.py`` imports the route modules:
+kept apart from the application, the helpers give no import cycle.
 """
 
 from __future__ import annotations
