@@ -18,6 +18,7 @@ from starlette.routing import Route
 from schemas.durations import spoken_duration
 from schemas.timestamps import format_ts
 from web.app import SECURITY_HEADERS, config_of, error_page, page, reads_for, wants_json
+from web.chart import series_class, stacked_svg
 from web.listing import (
     SEVERITIES,
     STATUSES,
@@ -99,7 +100,10 @@ def site(request: Request) -> Response:
         raise HTTPException(404)
     reads = reads_for(request)
     picture = site_picture(reads, name)
-    return _answer(request, reads, "site.html", {"picture": picture}, picture.as_json())
+    chart = picture.chart
+    svg = stacked_svg(chart.start_ms, chart.step_ms, {type_: chart.counts[type_] for type_ in chart.totals}, "signals") if chart else None
+    context = {"picture": picture, "chart_svg": svg, "series_class": series_class}
+    return _answer(request, reads, "site.html", context, picture.as_json())
 
 
 def rules(request: Request) -> Response:

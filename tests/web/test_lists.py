@@ -254,6 +254,12 @@ def test_the_site_page_lists_rejected_input_and_renders_signal_fields_as_text(cl
     for hook in ('id="site-chart"', 'id="open-alerts"', 'id="episodes"', 'id="rejected"', 'id="dropped"'):
         assert hook in page.text
     assert SCRIPT not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    chart = page.text.split('id="site-chart"', 1)[1].split("</svg>", 1)[0]
+    assert "<svg" in chart
+    counted = [int(count) for count in re.findall(r'<g class="bucket" data-bucket="[^"]+" data-count="(\d+)"', chart)]
+    totals = client.get(f"/api/sites/{XSS_SITE}").json()["signals"]
+    assert counted == [sum(values[i] for values in totals["counts"].values()) for i in range(len(totals["buckets"]))]
+    assert sum(counted) == sum(totals["totals"].values()) > 0
     assert "default-src 'none'" in page.headers["content-security-policy"]
     rejected = client.get("/api/sites/news-0002").json()["rejected"]
     assert rejected and all(row["lines"] > 0 and row["reason"] for row in rejected)
