@@ -50,13 +50,15 @@ def _page(request: Request, template: str, context: dict[str, Any], status_code:
 
 def _answer(request: Request, reads: Reads, template: str, context: dict[str, Any], data: dict[str, Any]) -> Response:
     """The page, or under ``/api/`` the JSON ``data``; both carry the rows the store read for them."""
+    stats = reads.stats
     if wants_json(request):
-        response: Response = JSONResponse(
-            {**data, "reads": {"queries": reads.stats.queries, "rows_read": reads.stats.rows_read}}, headers=SECURITY_HEADERS,
-        )
+        spent = {"queries": stats.queries, "rows_read": stats.rows_read,
+                 "per_query": [{"name": name, "rows_read": rows} for name, rows in stats.per_query]}
+        response: Response = JSONResponse({**data, "reads": spent}, headers=SECURITY_HEADERS)
     else:
         response = _page(request, template, context)
-    response.headers["x-rows-read"] = str(reads.stats.rows_read)
+    response.headers["x-rows-read"] = str(stats.rows_read)
+    response.headers["x-queries"] = str(stats.queries)
     return response
 
 
