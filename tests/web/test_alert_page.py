@@ -7,19 +7,23 @@ The store holds tests/support/incidents.py replayed with the rule pack: one aler
 from __future__ import annotations
 
 import html
+import io
+import itertools
 import json
 import re
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from starlette.requests import Request
 from starlette.testclient import TestClient
 
+from cli.sql import run_sql
 from delivery.schedule import Attempt
 from flows.replay import replay
+from schemas.errors import UsageError
 from schemas.rule_loader import load_rules
 from schemas.store import DELIVERY_COLUMNS
 from schemas.timestamps import parse_ts_checked
@@ -37,7 +41,7 @@ RULES = Path(__file__).resolve().parents[2] / "rules"
 class _Elements(HTMLParser):
     """Each element's attributes and text content, by id and in document order (enough for these assertions)."""
 
-    VOID = {"meta", "link", "br", "img", "input", "hr", "path", "line", "rect", "polyline"}
+    VOID: ClassVar[set[str]] = {"meta", "link", "br", "img", "input", "hr", "path", "line", "rect", "polyline"}
 
     def __init__(self) -> None:
         super().__init__()
@@ -115,7 +119,7 @@ def test_the_page_shows_the_rule_status_timeline_and_evidence_of_a_threshold_ale
     assert response.status_code == 200, response.text
     page = parsed(response.text)
     assert page.by_id("rule-title")[2] == "PHP fatal errors in one component"
-    tag, attrs, text = page.by_id("severity")
+    _, attrs, text = page.by_id("severity")
     assert (text, attrs["class"]) == ("high", "badge sev-high")
     assert page.by_id("subsystem")[2] == "php"
     assert page.by_id("site")[2] == "shop-eu"
@@ -146,7 +150,7 @@ def test_the_chart_counts_the_rule_s_signals_per_bucket_with_the_matching_ones_a
     assert 60 <= len(buckets) <= 120
     starts = [parse_ts_checked(attrs["data-bucket"]) for attrs in buckets]
     bucket = starts[1] - starts[0]
-    assert all(later - earlier == bucket for earlier, later in zip(starts, starts[1:], strict=False))
+    assert all(later - earlier == bucket for earlier, later in itertools.pairwise(starts))
     assert starts[0] < parse_ts_checked(ratio["started_at"]) - 5 * 60_000  # well before the episode
     # 2 in 5 requests between 10:20 and 10:30 failed: every one of them is in a bucket, and only they match.
     assert sum(int(attrs["data-matching"]) for attrs in buckets) == 120
@@ -273,3 +277,12 @@ def test_migration_3_fills_the_lookup_with_the_alerts_an_older_store_already_had
     after = store.query("SELECT alert_id, seq, record FROM alerts_by_id FINAL ORDER BY alert_id, seq").result_rows
     assert after == before and len(after) == 8
     assert store.migrate() == []
+
+
+def test_sql_raw_prints_the_values_of_one_column_as_lines(filled: tuple[str, Any]) -> None:
+    store = Store.open(filled[0])
+    out = io.StringIO()
+    assert run_sql(store, "SELECT arrayJoin(['{\"a\":1}', 'two words']) AS line", "raw", out) == 0
+    assert out.getvalue() == '{"a":1}\ntwo words\n'
+    with pytest.raises(UsageError, match="--format raw prints one column; the query returns 2"):
+        run_sql(store, "SELECT 1 AS a, 2 AS b", "raw", io.StringIO())
