@@ -83,7 +83,7 @@ def alerts(request: Request) -> Response:
         "alerts": [row.as_json() for row in listed.rows],
         "next": str(listed.next) if listed.next else None,
         "prev": str(listed.prev) if listed.prev else None,
-        "filters": filters.query(),
+        "filters": {**filters.query(), "limit": filters.limit},
         "range": {"since": iso(listed.since_ms), "until": iso(listed.until_ms)},
     }
     context = {
