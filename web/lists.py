@@ -17,7 +17,6 @@ from starlette.routing import Route
 
 from schemas.durations import spoken_duration
 from schemas.timestamps import format_ts
-from web.app import SECURITY_HEADERS, config_of, error_page, page, reads_for, wants_json
 from web.chart import series_class, stacked_svg
 from web.listing import (
     SEVERITIES,
@@ -31,6 +30,7 @@ from web.listing import (
     site_id,
     site_picture,
 )
+from web.pages import SECURITY_HEADERS, config_of, error_page, page, reads_for, wants_json
 from web.reads import Reads
 from web.sentence import condition_sentence, spoken_window
 
