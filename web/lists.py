@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from schemas.durations import spoken_duration
 from schemas.timestamps import format_ts
+from web.alert_page import sentence_html
 from web.chart import series_class, stacked_svg
 from web.listing import (
     SEVERITIES,
@@ -124,7 +125,7 @@ def rules(request: Request) -> Response:
             for item in activity
         ],
     }
-    context = {"activity": activity, "sentences": sentences, "clock": clock}
+    context = {"activity": activity, "sentences": sentences, "clock": clock, "sentence_html": sentence_html}
     return _answer(request, reads, "rules.html", context, data)
 
 
