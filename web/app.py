@@ -19,10 +19,24 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from sinks.clickhouse import StoreUnavailable
-from web.pages import HERE, SECURITY_HEADERS, ConsoleConfig, config_of, error_page
+from web import alert_page, lists
+from web.pages import (
+    HERE,
+    SECURITY_HEADERS,
+    Authenticate,
+    ConsoleConfig,
+    config_of,
+    error_page,
+    page,
+    reads_for,
+    templates,
+    wants_json,
+)
 
-__all__ = ["ConsoleConfig", "create_app"]
-"""``ConsoleConfig`` lives in web/pages.py (the route modules need it too) and is named here, with the app."""
+__all__ = [
+    "SECURITY_HEADERS", "Authenticate", "ConsoleConfig", "config_of", "create_app", "error_page", "page", "reads_for",
+    "routes", "templates", "wants_json",
+]
 
 
 class _Viewer(BaseHTTPMiddleware):
@@ -75,8 +89,6 @@ async def _failed(request: Request, exc: Exception) -> Response:
 
 def routes() -> list[Route | Mount]:
     """Every page, API endpoint and the static files."""
-    from web import alert_page, lists  # they import web.pages, never this module
-
     return [
         Route("/healthz", healthz),
         *alert_page.ROUTES,

@@ -1,7 +1,7 @@
-"""What every page and API answer of the console is made with: the configuration, the viewer's reads, templates.
+"""What every page of the console shares: its configuration, the reads of a request, rendering, error answers.
 
-The route modules (web/alert_page.py, web/lists.py, web/auth_routes.py …) import these from here, and
-web/app.py imports the route modules to assemble the application: kept apart, the two never import each other.
+Route modules (``web/alert_page.py`` …) import these from here, and ``web/app.py`` imports the route modules:
+kept apart from the application, the helpers give no import cycle.
 """
 
 from __future__ import annotations
