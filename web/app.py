@@ -19,7 +19,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from sinks.clickhouse import StoreUnavailable
-from web import alert_page
+from web import alert_page, lists
 from web.pages import (
     HERE,
     SECURITY_HEADERS,
@@ -92,6 +92,7 @@ def routes() -> list[Route | Mount]:
     return [
         Route("/healthz", healthz),
         *alert_page.ROUTES,
+        *lists.ROUTES,
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
 
