@@ -19,7 +19,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from sinks.clickhouse import StoreUnavailable
-from web import alert_page, auth_routes
+from web import alert_page, auth_routes, lists
 from web.pages import (
     HERE,
     SECURITY_HEADERS,
@@ -101,6 +101,7 @@ def routes() -> list[Route | Mount]:
         Route("/healthz", healthz),
         *auth_routes.ROUTES,
         *alert_page.ROUTES,
+        *lists.ROUTES,
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
 
