@@ -19,7 +19,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from sinks.clickhouse import StoreUnavailable
-from web import alert_page, lists
+from web import alert_page, auth_routes, lists
 from web.pages import (
     HERE,
     SECURITY_HEADERS,
@@ -39,11 +39,15 @@ __all__ = [
 ]
 
 
+PUBLIC = frozenset({"/healthz", "/login", "/logout"})
+"""Paths served without a viewer (besides ``/static/``): liveness, and signing in and out (web/auth_routes.py)."""
+
+
 class _Viewer(BaseHTTPMiddleware):
     """Sets ``request.state.viewer`` (or answers the sign-in response) and adds the security headers."""
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        if request.url.path.startswith("/static/") or request.url.path == "/healthz":
+        if request.url.path.startswith("/static/") or request.url.path in PUBLIC:
             request.state.viewer = None
             response = await call_next(request)
         else:
@@ -72,6 +76,10 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     # A route's own words (an unknown alert id) are kept; Starlette's default phrase becomes a sentence.
     own = isinstance(exc, HTTPException) and exc.detail != HTTPStatus(status).phrase
     detail = exc.detail if own and isinstance(exc, HTTPException) else "There is no page at this address."
+    viewer = getattr(request.state, "viewer", None)
+    if status == 404 and viewer is not None and not viewer.sees_everything:
+        # Said on every 404 of a viewer with a site list, so it tells nothing about any one address (docs/web.md, Access).
+        detail += " Pages of sites outside your account's list are not found either."
     return error_page(request, status, "Not found" if status == 404 else "Cannot serve this", str(detail))
 
 
@@ -91,6 +99,7 @@ def routes() -> list[Route | Mount]:
     """Every page, API endpoint and the static files."""
     return [
         Route("/healthz", healthz),
+        *auth_routes.ROUTES,
         *alert_page.ROUTES,
         *lists.ROUTES,
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
