@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from web.app import config_of, error_page, page
+from web.pages import config_of, error_page, page
 from web.signin import FORM_CHALLENGE, SESSION_COOKIE, SESSION_SECONDS, SignIn, client_of, too_many
 
 MAX_FORM_BYTES = 4096

@@ -93,7 +93,8 @@ def run_web(args: argparse.Namespace) -> int:
 
     from schemas.rule_loader import load_rules
     from sinks.clickhouse import RetryPolicy, Store, StoreConfigError
-    from web.app import ConsoleConfig, create_app
+    from web.app import create_app
+    from web.pages import ConsoleConfig
 
     if args.web_action == "token":
         return print_token(args)

@@ -17,7 +17,8 @@ from starlette.routing import Route
 
 from schemas.durations import spoken_duration
 from schemas.timestamps import format_ts
-from web.app import SECURITY_HEADERS, config_of, error_page, page, reads_for, wants_json
+from web.alert_page import sentence_html
+from web.chart import series_class, stacked_svg
 from web.listing import (
     SEVERITIES,
     STATUSES,
@@ -30,6 +31,7 @@ from web.listing import (
     site_id,
     site_picture,
 )
+from web.pages import SECURITY_HEADERS, config_of, error_page, page, reads_for, wants_json
 from web.reads import Reads
 from web.sentence import condition_sentence, spoken_window
 
@@ -49,13 +51,15 @@ def _page(request: Request, template: str, context: dict[str, Any], status_code:
 
 def _answer(request: Request, reads: Reads, template: str, context: dict[str, Any], data: dict[str, Any]) -> Response:
     """The page, or under ``/api/`` the JSON ``data``; both carry the rows the store read for them."""
+    stats = reads.stats
     if wants_json(request):
-        response: Response = JSONResponse(
-            {**data, "reads": {"queries": reads.stats.queries, "rows_read": reads.stats.rows_read}}, headers=SECURITY_HEADERS,
-        )
+        spent = {"queries": stats.queries, "rows_read": stats.rows_read,
+                 "per_query": [{"name": name, "rows_read": rows} for name, rows in stats.per_query]}
+        response: Response = JSONResponse({**data, "reads": spent}, headers=SECURITY_HEADERS)
     else:
         response = _page(request, template, context)
-    response.headers["x-rows-read"] = str(reads.stats.rows_read)
+    response.headers["x-rows-read"] = str(stats.rows_read)
+    response.headers["x-queries"] = str(stats.queries)
     return response
 
 
@@ -80,7 +84,7 @@ def alerts(request: Request) -> Response:
         "alerts": [row.as_json() for row in listed.rows],
         "next": str(listed.next) if listed.next else None,
         "prev": str(listed.prev) if listed.prev else None,
-        "filters": filters.query(),
+        "filters": {**filters.query(), "limit": filters.limit},
         "range": {"since": iso(listed.since_ms), "until": iso(listed.until_ms)},
     }
     context = {
@@ -99,7 +103,10 @@ def site(request: Request) -> Response:
         raise HTTPException(404)
     reads = reads_for(request)
     picture = site_picture(reads, name)
-    return _answer(request, reads, "site.html", {"picture": picture}, picture.as_json())
+    chart = picture.chart
+    svg = stacked_svg(chart.start_ms, chart.step_ms, {type_: chart.counts[type_] for type_ in chart.totals}, "signals") if chart else None
+    context = {"picture": picture, "chart_svg": svg, "series_class": series_class}
+    return _answer(request, reads, "site.html", context, picture.as_json())
 
 
 def rules(request: Request) -> Response:
@@ -118,7 +125,7 @@ def rules(request: Request) -> Response:
             for item in activity
         ],
     }
-    context = {"activity": activity, "sentences": sentences, "clock": clock}
+    context = {"activity": activity, "sentences": sentences, "clock": clock, "sentence_html": sentence_html}
     return _answer(request, reads, "rules.html", context, data)
 
 

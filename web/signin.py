@@ -35,7 +35,7 @@ from starlette.responses import RedirectResponse, Response
 
 from schemas.errors import UsageError
 from web.access import Viewer
-from web.app import error_page, wants_json
+from web.pages import error_page, wants_json
 from web.users import User, Users
 
 SESSION_COOKIE = "logystera_session"
@@ -103,7 +103,7 @@ class FailureLimiter:
 
 
 class SignIn:
-    """The console's :data:`web.app.Authenticate` when it has users: who the request is, or how to ask."""
+    """The console's :data:`web.pages.Authenticate` when it has users: who the request is, or how to ask."""
 
     def __init__(self, users: Users, key: bytes, limiter: FailureLimiter | None = None,
                  clock: Callable[[], float] = time.time) -> None:
@@ -157,7 +157,7 @@ class SignIn:
     def session_user(self, value: str) -> User | None:
         """The user a session cookie value was signed for, if it verifies and has not expired."""
         parts = value.rsplit(".", 2)
-        if len(parts) != 3 or not parts[1].isdigit():
+        if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit() and len(parts[1]) <= 12):
             return None
         name, expiry_text, signature = parts
         user = self.users.named(name)

@@ -1,4 +1,4 @@
-"""A real console for tests: :func:`web.app.create_app` under uvicorn in a thread, on a free loopback port."""
+"""A real console for tests (:func:`web.app.create_app` under uvicorn in a thread), and what every answer of it must carry."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from html.parser import HTMLParser
 
+import httpx
 import uvicorn
 
 from tests.support.polling import wait_for
-from web.app import ConsoleConfig, create_app
+from web.app import create_app
+from web.pages import CONTENT_SECURITY_POLICY, SECURITY_HEADERS, ConsoleConfig
 
 START_TIMEOUT_S = 10.0
 
@@ -32,3 +35,33 @@ def serving(config: ConsoleConfig) -> Iterator[str]:
         server.should_exit = True
         thread.join(30)
         listener.close()
+
+
+class _Inline(HTMLParser):
+    """Finds what a strict CSP would block: script and style elements, style attributes, event handlers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style"):
+            self.found.append(f"<{tag}>")
+        self.found.extend(f"{tag}[{name}]" for name, _ in attrs if name == "style" or name.startswith("on"))
+        self.found.extend(f"{tag}[{name}=javascript:]" for name, value in attrs if (value or "").strip().lower().startswith("javascript:"))
+
+
+def inline_parts(html: str) -> list[str]:
+    """Every inline script or style of a page (none is allowed)."""
+    parser = _Inline()
+    parser.feed(html)
+    return parser.found
+
+
+def assert_secured(response: httpx.Response) -> None:
+    """The security headers on ``response``, and no inline script or style if it is a page."""
+    for name, value in SECURITY_HEADERS.items():
+        assert response.headers.get(name) == value, (response.request.url, name)
+    assert "'unsafe-inline'" not in CONTENT_SECURITY_POLICY and "script-src" not in CONTENT_SECURITY_POLICY  # default-src 'none'
+    if response.headers.get("content-type", "").startswith("text/html"):
+        assert inline_parts(response.text) == [], response.request.url

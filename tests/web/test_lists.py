@@ -30,7 +30,7 @@ from sinks.clickhouse import Store
 from tests.support.store import TTL_DAYS, database_name
 from web.access import Viewer
 from web.app import ConsoleConfig, create_app
-from web.listing import MAX_PAGE_SIZE, SITE_WINDOW_MS, chart_step
+from web.listing import MAX_PAGE_SIZE, SITE_WINDOW_MS, TimeBound, chart_step
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = "<script>alert(1)</script>"
@@ -215,6 +215,22 @@ def test_a_bad_filter_is_a_400_that_says_which_and_why(client: TestClient, query
     assert named in api.json()["detail"]
 
 
+@pytest.mark.parametrize(("text", "instant"), [
+    ("2026-11-28T10:00:00Z", "2026-11-28T10:00:00.000Z"),
+    ("2026-11-28T12:00:00.250+02:00", "2026-11-28T10:00:00.250Z"),
+    ("2026-11-28", "2026-11-28T00:00:00.000Z"),
+    ("2026-11-28T10:00", "2026-11-28T10:00:00.000Z"),
+])
+def test_since_and_until_take_instants_in_rfc3339_and_shorter(text: str, instant: str) -> None:
+    assert TimeBound.parse("since", text).resolve(None) == parse_ts(instant)
+    assert TimeBound.parse("since", "90m").resolve(parse_ts(instant)) == parse_ts(instant) - 90 * 60_000
+
+
+def test_the_console_address_leads_to_the_alerts(client: TestClient) -> None:
+    answer = client.get("/", follow_redirects=False)
+    assert (answer.status_code, answer.headers["location"]) == (307, "/alerts")
+
+
 def test_a_filter_that_matches_nothing_says_so(client: TestClient) -> None:
     page = client.get("/alerts?site=no-such-site&since=&until=")
     assert page.status_code == 200
@@ -254,6 +270,12 @@ def test_the_site_page_lists_rejected_input_and_renders_signal_fields_as_text(cl
     for hook in ('id="site-chart"', 'id="open-alerts"', 'id="episodes"', 'id="rejected"', 'id="dropped"'):
         assert hook in page.text
     assert SCRIPT not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    chart = page.text.split('id="site-chart"', 1)[1].split("</svg>", 1)[0]
+    assert "<svg" in chart
+    counted = [int(count) for count in re.findall(r'<g class="bucket" data-bucket="[^"]+" data-count="(\d+)"', chart)]
+    totals = client.get(f"/api/sites/{XSS_SITE}").json()["signals"]
+    assert counted == [sum(values[i] for values in totals["counts"].values()) for i in range(len(totals["buckets"]))]
+    assert sum(counted) == sum(totals["totals"].values()) > 0
     assert "default-src 'none'" in page.headers["content-security-policy"]
     rejected = client.get("/api/sites/news-0002").json()["rejected"]
     assert rejected and all(row["lines"] > 0 and row["reason"] for row in rejected)

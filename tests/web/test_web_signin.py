@@ -9,17 +9,17 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Iterator
-from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx
 import pytest
 
+from schemas.errors import UsageError
 from schemas.rule_loader import RuleSet
 from sinks.clickhouse import Store
-from tests.web.console import serving
-from web.app import CONTENT_SECURITY_POLICY, SECURITY_HEADERS, ConsoleConfig
-from web.signin import SESSION_COOKIE, SESSION_SECONDS, FailureLimiter, SignIn
+from tests.web.console import assert_secured, inline_parts, serving
+from web.app import ConsoleConfig
+from web.signin import SESSION_COOKIE, SESSION_KEY_ENV, SESSION_SECONDS, FailureLimiter, SignIn, session_key
 from web.users import Users, hash_token, load_users
 
 ALICE = "alice-" + "t" * 40
@@ -126,7 +126,8 @@ def test_the_form_sets_a_strict_http_only_cookie_that_signs_in_until_it_expires_
     assert re.fullmatch(
         rf"{SESSION_COOKIE}=alice\.\d+\.[0-9a-f]{{64}}; HttpOnly; Max-Age={SESSION_SECONDS}; Path=/; SameSite=strict", cookie,
     ), cookie
-    assert who(console.get(PAGE)) == "alice"  # the client keeps the cookie
+    signed_in = console.get(PAGE)  # the client keeps the cookie
+    assert who(signed_in) == "alice" and '<form class="logout" method="post" action="/logout">' in signed_in.text
     assert console.get("/login").headers["location"] == "/alerts"  # already signed in: straight on
 
     clock.now += SESSION_SECONDS + 1
@@ -150,7 +151,7 @@ def test_a_cookie_verifies_only_as_signed_for_the_user_and_their_current_token(t
         f"bob.{expiry}.{signature}",  # another name
         f"{name}.{int(expiry) + 3600}.{signature}",  # a later expiry
         f"{name}.{expiry}.{signature[:-1]}0" if signature[-1] != "0" else f"{name}.{expiry}.{signature[:-1]}1",
-        f"{name}.{expiry}", "", "alice", f"{name}.x.{signature}",
+        f"{name}.{expiry}", "", "alice", f"{name}.x.{signature}", f"{name}.²³.{signature}", f"{name}.{'9' * 40}.{signature}",
     ]
     assert [sign_in.session_user(bad) for bad in edited] == [None] * len(edited)
     other_key = SignIn(sign_in.users, b"j" * 32, clock=sign_in._clock)
@@ -205,36 +206,6 @@ def test_the_brake_remembers_a_bounded_number_of_clients() -> None:
 # -- what every response carries -------------------------------------------------------------------
 
 
-class _Inline(HTMLParser):
-    """Finds what a strict CSP would block: script and style elements, style attributes, event handlers."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.found: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in ("script", "style"):
-            self.found.append(f"<{tag}>")
-        self.found.extend(f"{tag}[{name}]" for name, _ in attrs if name == "style" or name.startswith("on"))
-        self.found.extend(f"{tag}[{name}=javascript:]" for name, value in attrs if (value or "").strip().lower().startswith("javascript:"))
-
-
-def inline_parts(html: str) -> list[str]:
-    """Every inline script or style of a page (none is allowed)."""
-    parser = _Inline()
-    parser.feed(html)
-    return parser.found
-
-
-def assert_secured(response: httpx.Response) -> None:
-    """The security headers on ``response``, and no inline script or style if it is a page."""
-    for name, value in SECURITY_HEADERS.items():
-        assert response.headers.get(name) == value, (response.request.url, name)
-    assert "'unsafe-inline'" not in CONTENT_SECURITY_POLICY and "script-src" not in CONTENT_SECURITY_POLICY  # default-src 'none'
-    if response.headers.get("content-type", "").startswith("text/html"):
-        assert inline_parts(response.text) == [], response.request.url
-
-
 def test_every_response_carries_the_security_headers_and_no_page_has_inline_script_or_style(
     console: httpx.Client, clock: Clock,
 ) -> None:
@@ -256,3 +227,27 @@ def test_every_response_carries_the_security_headers_and_no_page_has_inline_scri
 def test_the_inline_finder_finds_what_the_policy_blocks() -> None:
     page = '<p style="color:red">x</p><script>1</script><style>p{}</style><a href="javascript:x()" onclick="y()">z</a>'
     assert inline_parts(page) == ["p[style]", "<script>", "<style>", "a[onclick]", "a[href=javascript:]"]
+
+
+def test_behind_a_local_proxy_the_brake_counts_the_forwarded_client(console: httpx.Client) -> None:
+    first, second = {"x-forwarded-for": "10.0.0.1"}, {"x-forwarded-for": "10.0.0.2"}
+    for _ in range(3):
+        assert console.get("/api/alerts", headers={**bearer("guess"), **first}).status_code == 401
+    assert console.get("/api/alerts", headers={**bearer("guess"), **first}).status_code == 429
+    assert console.get("/api/alerts", headers={**bearer("guess"), **second}).status_code == 401
+
+
+def test_without_users_there_is_nothing_to_sign_in_to(store: Store) -> None:
+    with serving(ConsoleConfig(store=store, ruleset=RuleSet(), store_dsn="chdb://test")) as url, \
+            httpx.Client(base_url=url, timeout=30) as client:
+        assert client.get("/login").headers["location"] == "/alerts"
+        assert client.post("/login", data={"token": "x"}).headers["location"] == "/alerts"
+        page = client.get(PAGE)
+        assert who(page) == "local" and 'action="/logout"' not in page.text
+
+
+def test_the_session_key_is_random_per_process_unless_the_environment_gives_one() -> None:
+    assert session_key({}) != session_key({}) and len(session_key({})) == 32
+    assert session_key({SESSION_KEY_ENV: "k" * 32}) == b"k" * 32
+    with pytest.raises(UsageError, match=f"^{SESSION_KEY_ENV}: must have at least 32 characters"):
+        session_key({SESSION_KEY_ENV: "short"})
