@@ -22,7 +22,7 @@ from schemas.errors import Failure, UsageError
 if TYPE_CHECKING:
     from schemas.rule_loader import RuleSet
     from sinks.clickhouse import Store
-    from web.app import ConsoleConfig
+    from web.pages import ConsoleConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser, default_store: str) -> None:
@@ -189,7 +189,7 @@ class BackgroundConsole:
 
 def serve_console(address: str, store: Store | None, store_dsn: str, ruleset: RuleSet, rules_dir: str) -> BackgroundConsole:
     """``--web HOST:PORT`` of ``detect`` / ``demo``: the console over ``store``, bound now, served once entered."""
-    from web.app import ConsoleConfig
+    from web.pages import ConsoleConfig
 
     host, port = web_option(address)
     if store is None:

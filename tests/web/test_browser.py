@@ -309,7 +309,7 @@ def test_a_user_of_one_site_signs_in_and_finds_no_trace_of_another(day: Day, pag
         assert (text(page, f"{row} .fired"), text(page, f"{row} .notifications")) == (str(len(fired)), str(len(notified))), rule_id
 
     page.goto(f"{day.base}/sites/{ALICE_SITE}")
-    assert page.locator("#site-chart").count() == 1
+    assert page.locator("#site-chart svg").count() == 1
     for alert_id in list(others)[:3]:
         response = page.goto(f"{day.base}/alerts/{alert_id}")
         assert response is not None and response.status in (403, 404)
