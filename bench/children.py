@@ -1,4 +1,4 @@
-"""What the benchmarks share: each measurement in a fresh interpreter, and the corpus written by a child of its own.
+"""What the benchmarks share: each measurement in a fresh interpreter, the corpus written by a child of its own, servers awaited.
 
 A child keeps the parent small: on Linux a child's ``ru_maxrss`` starts from its
 parent's peak at fork, which would otherwise hide a replay's own peak.
@@ -10,7 +10,10 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
+
+import httpx
 
 from simulate.corpus import write_corpus
 
@@ -29,3 +32,17 @@ def child_generate(path: str, signals: int, sites: int, seed: int, duration: int
     started = time.perf_counter()
     lines = write_corpus(path, signals, sites, seed, duration)
     return {"lines": lines, "seconds": time.perf_counter() - started}
+
+
+def wait_healthy(port: int, server: subprocess.Popen[bytes], log: Path) -> None:
+    """Block until the server on ``port`` answers ``/healthz``; exit with its log if it dies or takes over 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            raise SystemExit(f"{Path(log).name}: the server on port {port} did not come up:\n{log.read_text()}")
+        time.sleep(0.1)

@@ -44,6 +44,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.children import wait_healthy  # noqa: E402
 from dispatcher import new_id, sign_batch  # noqa: E402
 from protocol.wire import encode_batch  # noqa: E402
 from schemas.factory import identity_hash, make_signal, signal_line  # noqa: E402
@@ -87,20 +88,6 @@ def _batches(sites: list[str], secrets: dict[str, str], count: int, size: int) -
                    "webhook-signature": sign_batch(secrets[site], batch_id, now, body)}
         out.append((body, headers))
     return out
-
-
-def wait_healthy(port: int, gateway: subprocess.Popen[bytes], log: Path) -> None:
-    """Block until the gateway on ``port`` answers ``/healthz``; exit with its log if it dies or takes over 30 s."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or gateway.poll() is not None:
-            raise SystemExit(f"gateway did not come up:\n{log.read_text()}")
-        time.sleep(0.1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,418 @@
+"""Web console benchmark: the alert page, the list and the site page over a store of real volume.
+
+Run from the repository root::
+
+    .venv/bin/python bench/web.py [--signals 10000000] [--sites 1000] [--duration 21600] [--store DIR] [--requests 100]
+
+What is measured, in one run:
+
+(a) the corpus: ``--signals`` site signal lines over ``--sites`` sites and
+    ``--duration`` seconds of event time, plus a tick per site every 10 s, written
+    by :mod:`simulate.corpus` in a child process of its own;
+(b) the fill, through the real flow: ``logystera replay - --store chdb://DIR``
+    reads the corpus on its standard input, fed by this process, which prints the
+    lines sent and the rate as it goes (``--parts N`` splits the corpus into N
+    consecutive slices, one replay each, should one replay's memory ever need
+    bounding; peak RSS of each replay is printed). With ``--store DIR`` the store
+    is kept, and a later run with the same ``--store`` measures it again without
+    filling (the parameters of the fill are kept in ``DIR/bench-web.json``);
+(c) what to ask for, chosen with ``logystera sql`` before the console starts
+    (chDB is one process per directory): a spread sample of alert ids, the
+    alerts of the busiest sites (the heaviest charts), the alert with the most
+    notifications, the busiest and some ordinary sites, list URLs with each
+    filter;
+(d) ``logystera web --store chdb://DIR --port P`` as a real process, and one
+    httpx client sending sequential requests: a warm-up, then ``--requests``
+    per page class; p50, p95 and max of each (the full answer read);
+(e) rows ClickHouse read per page, from the console's ``x-rows-read`` header
+    (the sum of ``read_rows`` over the page's queries, see web/reads.py) and,
+    per query, from the ``reads`` of ``/api/alerts/<id>``, next to the rows of
+    ``signals`` and ``alerts``: a query that reads (about) a whole table shows.
+
+The acceptance goal (issue 11): alert page p95 < 300 ms, and no query reads the
+whole ``signals`` or ``alerts`` table for one alert. The machine may be shared:
+the load average is printed with the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+
+from bench.children import child_generate, run_script, wait_healthy
+from tests.support.ports import free_port
+
+TARGET_P95_MS = 300
+WHOLE_TABLE = 0.9
+"""A query that reads at least this share of a table's rows read the whole of it."""
+GRANULE = 8192
+"""ClickHouse reads whole granules: a table of a few granules is always read whole, and says nothing."""
+FILL_RECORD = "bench-web.json"
+LOGYSTERA = [sys.executable, "-m", "cli.main"]
+FEED_LINES = 10_000
+PROGRESS_EVERY_S = 10.0
+
+
+# -- the fill --------------------------------------------------------------------------------------------
+def _parts(path: Path, parts: int, total_lines: int) -> Iterator[Iterator[list[bytes]]]:
+    """``parts`` consecutive slices of the corpus file, each as batches of lines."""
+    per_part = -(-total_lines // parts)
+    with path.open("rb") as corpus:
+        for _ in range(parts):
+            yield _batches(islice(corpus, per_part))
+
+
+def _batches(lines: Iterator[bytes]) -> Iterator[list[bytes]]:
+    while batch := list(islice(lines, FEED_LINES)):
+        yield batch
+
+
+@dataclass
+class Fill:
+    """What filling the store took."""
+
+    lines: int = 0
+    seconds: float = 0.0
+    peak_rss_mb: list[float] = field(default_factory=list)
+    rejected: int = 0
+    summaries: list[str] = field(default_factory=list)
+
+
+def fill_store(corpus: Path, total_lines: int, dsn: str, rules: str, parts: int, log: Path) -> Fill:
+    """Replay the corpus into the store with ``logystera replay -``, ``parts`` runs of consecutive lines."""
+    fill = Fill()
+    started = last = time.perf_counter()
+    for number, batches in enumerate(_parts(corpus, parts, total_lines), start=1):
+        with log.open("wb") as errors:
+            replay = subprocess.Popen(
+                [*LOGYSTERA, "replay", "-", "--store", dsn, "--rules", rules, "--out", os.devnull],
+                stdin=subprocess.PIPE, stderr=errors,
+            )
+            assert replay.stdin is not None
+            try:
+                for batch in batches:
+                    replay.stdin.writelines(batch)
+                    fill.lines += len(batch)
+                    now = time.perf_counter()
+                    if now - last >= PROGRESS_EVERY_S:
+                        last = now
+                        rate = fill.lines / (now - started)
+                        print(f"  fill: {fill.lines:>12,} / {total_lines:,} lines ({fill.lines / total_lines:.0%}), "
+                              f"{rate:,.0f} lines/s, {now - started:,.0f} s, about {(total_lines - fill.lines) / rate:,.0f} s to go"
+                              f"{f' (part {number}/{parts})' if parts > 1 else ''}", file=sys.stderr, flush=True)
+                replay.stdin.close()
+            except BrokenPipeError:
+                pass  # the replay stopped early: its exit code and log say why
+            # wait4, not Popen.wait: the replay's own peak RSS comes with its exit status.
+            _, status, usage = os.wait4(replay.pid, 0)
+            replay.returncode = os.waitstatus_to_exitcode(status)
+        text = log.read_text(errors="replace").splitlines()
+        if replay.returncode:
+            tail = "\n".join(text[-20:])
+            raise SystemExit(f"logystera replay (part {number}) failed with exit code {replay.returncode}:\n{tail}")
+        fill.peak_rss_mb.append(usage.ru_maxrss / 1024)
+        fill.rejected += sum(1 for line in text if line.startswith("line "))
+        fill.summaries.extend(line for line in text if line.startswith("replayed "))
+    fill.seconds = time.perf_counter() - started
+    return fill
+
+
+# -- the store, through logystera sql ----------------------------------------------------------------------
+def sql(dsn: str, query: str) -> list[dict[str, Any]]:
+    """Rows of ``query`` on the store, as ``logystera sql --format json`` prints them."""
+    done = subprocess.run([*LOGYSTERA, "sql", "--store", dsn, "--format", "json", query],
+                          check=False, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"logystera sql failed ({done.returncode}) on: {query}\n{done.stderr}")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+@dataclass
+class Picks:
+    """The store's sizes and what the benchmark asks the console for."""
+
+    tables: dict[str, int]
+    alert_sites: int
+    by_rule: dict[str, int]
+    alerts: list[str]
+    heavy_alerts: list[str]
+    sites: list[str]
+    lists: list[str]
+
+
+def pick(dsn: str, samples: int) -> Picks:
+    """Sizes of the tables, and alert ids, sites and list URLs spread over the store (deterministic)."""
+    tables = {name: int(sql(dsn, f"SELECT count() AS n FROM {name}")[0]["n"])
+              for name in ("signals", "alerts", "evidence", "metrics", "rejected", "deliveries")}
+    busiest = [row["site"] for row in sql(dsn, "SELECT site, count() AS n FROM signals GROUP BY site ORDER BY n DESC, site LIMIT 3")]
+    alerts = sql(dsn, f"SELECT alert_id, any(site) AS site FROM alerts GROUP BY alert_id "
+                      f"ORDER BY cityHash64(alert_id) LIMIT {samples}")
+    if not alerts:
+        raise SystemExit("no alert fired: the store has nothing for the alert page (more signals or a longer --duration?)")
+    quoted = ", ".join(f"'{site}'" for site in busiest)  # site names come from the corpus generator
+    heavy = sql(dsn, f"SELECT alert_id FROM alerts WHERE site IN ({quoted}) GROUP BY alert_id "
+                     f"ORDER BY max(evaluated_at) - min(started_at) DESC, alert_id LIMIT {max(3, samples // 10)}")
+    longest = sql(dsn, "SELECT alert_id FROM alerts GROUP BY alert_id ORDER BY count() DESC, alert_id LIMIT 1")
+    ordinary = [row["site"] for row in sql(dsn, f"SELECT site FROM alerts GROUP BY site ORDER BY cityHash64(site) LIMIT {samples}")]
+    by_rule = {row["rule_id"]: int(row["n"])
+               for row in sql(dsn, "SELECT rule_id, uniqExact(alert_id) AS n FROM alerts GROUP BY rule_id ORDER BY n DESC")}
+    alert_sites = int(sql(dsn, "SELECT uniqExact(site) AS n FROM alerts")[0]["n"])
+    span = sql(dsn, "SELECT min(started_at) AS first, max(evaluated_at) AS last FROM alerts")[0]
+    severity = sql(dsn, "SELECT severity FROM alerts GROUP BY severity ORDER BY count() DESC LIMIT 1")[0]["severity"]
+    rare_rule = min(by_rule, key=lambda rule: by_rule[rule])
+    common_rule = max(by_rule, key=lambda rule: by_rule[rule])
+    site = ordinary[0]
+    lists = [
+        "/alerts",
+        "/alerts?" + urlencode({"status": "firing"}),
+        "/alerts?" + urlencode({"site": busiest[0]}),
+        "/alerts?" + urlencode({"site": site}),
+        "/alerts?" + urlencode({"rule": common_rule}),
+        "/alerts?" + urlencode({"rule": rare_rule, "severity": severity}),
+        "/alerts?" + urlencode({"severity": severity, "since": span["first"], "until": span["last"]}),
+    ]
+    return Picks(
+        tables=tables, alert_sites=alert_sites, by_rule=by_rule,
+        alerts=[row["alert_id"] for row in alerts], heavy_alerts=[row["alert_id"] for row in heavy + longest],
+        sites=list(dict.fromkeys(busiest + ordinary)), lists=lists,
+    )
+
+
+# -- the console ------------------------------------------------------------------------------------------
+@dataclass
+class Timed:
+    """One page class: the time of each request, the rows each read, and the answers that were not 200."""
+
+    seconds: list[float] = field(default_factory=list)
+    rows_read: list[int] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+def rows_read(response: httpx.Response) -> int | None:
+    """What the console says its queries read for this answer (``x-rows-read``), if it says."""
+    value = response.headers.get("x-rows-read")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def measure(client: httpx.Client, urls: list[str], requests: int, warmup: int) -> Timed:
+    """``warmup`` requests, then ``requests`` sequential ones cycling over ``urls``."""
+    timed = Timed()
+    for index in range(warmup + requests):
+        url = urls[index % len(urls)]
+        started = time.perf_counter()
+        response = client.get(url)
+        elapsed = time.perf_counter() - started
+        if index < warmup:
+            continue
+        if response.status_code != 200:
+            timed.failures.append(f"{url} → {response.status_code}")
+            continue
+        timed.seconds.append(elapsed)
+        read = rows_read(response)
+        if read is not None:
+            timed.rows_read.append(read)
+    return timed
+
+
+def next_page(client: httpx.Client, url: str) -> str | None:
+    """The list's ``a[rel=next]`` link, if the page has one."""
+    html = client.get(url).text
+    found = re.search(r'<a[^>]*rel="next"[^>]*href="([^"]+)"|<a[^>]*href="([^"]+)"[^>]*rel="next"', html)
+    if not found:
+        return None
+    return (found.group(1) or found.group(2)).replace("&amp;", "&")
+
+
+def per_query(client: httpx.Client, alert: str) -> Any:
+    """The ``reads`` of ``/api/alerts/<id>`` (each query of the alert page and the rows it read), if the API gives them."""
+    response = client.get(f"/api/alerts/{alert}")
+    if response.status_code != 200:
+        return None
+    return response.json().get("reads")
+
+
+def quantile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
+
+
+# -- the run ----------------------------------------------------------------------------------------------
+def run_script_here(*args: str) -> dict[str, Any]:
+    """Run this script in a fresh interpreter and return the JSON it prints."""
+    return run_script(__file__, *args)
+
+
+def prepare(args: argparse.Namespace, directory: Path, work: Path) -> dict[str, Any]:
+    """The filled store in ``directory``: filled now, or the record of an earlier fill."""
+    record = directory / FILL_RECORD
+    if record.exists():
+        kept: dict[str, Any] = json.loads(record.read_text())
+        print(f"store: reusing {directory} (filled earlier: {kept['signals']:,} signals, {kept['sites']:,} sites, "
+              f"{kept['duration']:,} s, seed {kept['seed']}; {kept['lines']:,} lines in {kept['fill_seconds']:,.0f} s)")
+        return kept
+    if directory.exists() and any(directory.iterdir()):
+        raise SystemExit(f"--store {directory}: not empty and not filled by this benchmark (no {FILL_RECORD})")
+    directory.mkdir(parents=True, exist_ok=True)
+    corpus = work / "corpus.jsonl"
+    print(f"corpus: generating {args.signals:,} signals over {args.sites:,} sites, {args.duration:,} s ...", file=sys.stderr, flush=True)
+    made = run_script_here("--child-generate", str(corpus), str(args.signals), str(args.sites), str(args.seed), str(args.duration))
+    lines = made["lines"]
+    print(f"corpus: {lines:,} lines ({lines - args.signals:,} ticks), {corpus.stat().st_size / 2**20:,.0f} MiB, "
+          f"generated in {made['seconds']:,.0f} s")
+    fill = fill_store(corpus, lines, f"chdb://{directory}", args.rules, args.parts, work / "replay.log")
+    corpus.unlink()
+    print(f"fill: {fill.lines:,} lines through `logystera replay - --store` in {fill.seconds:,.0f} s = "
+          f"{fill.lines / fill.seconds:,.0f} lines/s; {fill.rejected:,} lines rejected (counted and stored); "
+          f"peak RSS of the replay {max(fill.peak_rss_mb):,.0f} MB")
+    for summary in fill.summaries:
+        print(f"      {summary}")
+    kept = {"signals": args.signals, "sites": args.sites, "duration": args.duration, "seed": args.seed, "parts": args.parts,
+            "lines": fill.lines, "fill_seconds": fill.seconds, "generate_seconds": made["seconds"],
+            "peak_rss_mb": max(fill.peak_rss_mb)}
+    record.write_text(json.dumps(kept, indent=1) + "\n")
+    return kept
+
+
+def serve(dsn: str, rules: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``logystera web`` on a free loopback port, once it answers ``/healthz``."""
+    port = free_port()
+    with log.open("wb") as out:
+        console = subprocess.Popen([*LOGYSTERA, "web", "--store", dsn, "--rules", rules, "--port", str(port)],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    wait_healthy(port, console, log)
+    return console, f"http://127.0.0.1:{port}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--signals", type=int, default=10_000_000, help="site signal lines (ticks come on top)")
+    parser.add_argument("--sites", type=int, default=1000)
+    parser.add_argument("--duration", type=int, default=21_600, help="seconds of event time (6 h: bursts at many sites)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rules", default="rules", help="rules directory (default: the default pack in rules/)")
+    parser.add_argument("--store", metavar="DIR", help="chDB directory to fill and keep, or to reuse if filled before")
+    parser.add_argument("--parts", type=int, default=1, help="replays the corpus is split into (consecutive lines)")
+    parser.add_argument("--requests", type=int, default=100, help="measured requests per page class")
+    parser.add_argument("--warmup", type=int, default=5, help="requests per page class before measuring")
+    parser.add_argument("--samples", type=int, default=50, help="alert ids and sites picked")
+    parser.add_argument("--child-generate", nargs=5, metavar=("PATH", "SIGNALS", "SITES", "SEED", "DURATION"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child_generate:
+        path, *numbers = args.child_generate
+        print(json.dumps(child_generate(path, *map(int, numbers))))
+        return 0
+    if args.parts < 1 or args.requests < 1:
+        parser.error("--parts and --requests must be at least 1")
+
+    load_before = os.getloadavg()
+    print(f"Logystera web console benchmark; {os.cpu_count()} CPUs, load average "
+          f"{load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
+    with tempfile.TemporaryDirectory(prefix="logystera-bench-web-") as tmp:
+        work = Path(tmp)
+        directory = Path(args.store).resolve() if args.store else work / "store"
+        # The replays and the console read the rules from a snapshot: an edit of rules/ during the run cannot skew it.
+        rules = str(work / "rules")
+        shutil.copytree(args.rules, rules)
+        kept = prepare(args, directory, work)
+        dsn = f"chdb://{directory}"
+        picks = pick(dsn, args.samples)
+        tables = picks.tables
+        print(f"store: {', '.join(f'{name} {rows:,}' for name, rows in tables.items())} rows; "
+              f"{sum(picks.by_rule.values()):,} alerts at {picks.alert_sites:,} sites")
+        print("alerts per rule: " + ", ".join(f"{rule} {n:,}" for rule, n in picks.by_rule.items()))
+        silent = sorted(path.stem for path in Path(rules).glob("*.yaml") if path.stem not in picks.by_rule
+                        and path.stem not in ("channels", "metrics"))
+        if silent:
+            print(f"rules without an alert: {', '.join(silent)}")
+
+        console, base = serve(dsn, rules, work / "web.log")
+        try:
+            with httpx.Client(base_url=base, timeout=120) as client:
+                extra = next_page(client, "/alerts")
+                lists = picks.lists + ([extra] if extra else [])
+                classes = {
+                    "alert page (spread sample)": [f"/alerts/{alert}" for alert in picks.alerts],
+                    "alert page (busiest sites, longest)": [f"/alerts/{alert}" for alert in picks.heavy_alerts],
+                    "list /alerts (plain, next page)": [url for url in lists if "?" not in url or url == extra],
+                    "list /alerts (filtered)": [url for url in lists if "?" in url and url != extra],
+                    "site page /sites/<site>": [f"/sites/{site}" for site in picks.sites],
+                    "API /api/alerts/<id>": [f"/api/alerts/{alert}" for alert in picks.alerts],
+                }
+                results: dict[str, Timed] = {}
+                for name, urls in classes.items():
+                    results[name] = measure(client, urls, args.requests, args.warmup)
+                    print(f"  measured {name}: {len(results[name].seconds)} answers", file=sys.stderr, flush=True)
+                example = picks.heavy_alerts[0]
+                example_reads = per_query(client, example)
+                example_header = rows_read(client.get(f"/alerts/{example}"))
+        finally:
+            console.send_signal(signal.SIGTERM)
+            console.wait(timeout=30)
+        load_after = os.getloadavg()
+
+    print()
+    print(f"Fill: {kept['signals']:,} signals over {kept['sites']:,} sites, {kept['duration']:,} s of event time; "
+          f"{kept['lines']:,} lines in {kept['fill_seconds']:,.0f} s ({kept['lines'] / kept['fill_seconds']:,.0f} lines/s), "
+          f"replay peak RSS {kept['peak_rss_mb']:,.0f} MB")
+    head = f"{'page':<38} {'answers':>7} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'rows read p50':>14} {'rows read max':>14}  not 200"
+    print(head)
+    print("-" * len(head))
+    for name, timed in results.items():
+        if not timed.seconds:
+            print(f"{name:<38} {0:>7} {'-':>8} {'-':>8} {'-':>8} {'-':>14} {'-':>14}  {len(timed.failures)} ({timed.failures[0]})")
+            continue
+        ms = [seconds * 1000 for seconds in timed.seconds]
+        read_p50 = f"{statistics.median(timed.rows_read):,.0f}" if timed.rows_read else "n/a"
+        read_max = f"{max(timed.rows_read):,}" if timed.rows_read else "n/a"
+        print(f"{name:<38} {len(ms):>7} {quantile(ms, 0.5):>8.1f} {quantile(ms, 0.95):>8.1f} {max(ms):>8.1f} "
+              f"{read_p50:>14} {read_max:>14}  {len(timed.failures)}{f' (e.g. {timed.failures[0]})' if timed.failures else ''}")
+    print(f"rows in the store: signals {tables['signals']:,}, alerts {tables['alerts']:,}, evidence {tables['evidence']:,}")
+
+    print()
+    print(f"one alert page, /alerts/{example}: {example_header if example_header is not None else 'n/a'} rows read in all")
+    queries = example_reads.get("per_query") if isinstance(example_reads, dict) else example_reads
+    whole: list[str] = []
+    if isinstance(queries, list) and queries:
+        for entry in queries:
+            query, read = (entry["name"], entry["rows_read"]) if isinstance(entry, dict) else entry
+            marks = [table for table in ("signals", "alerts") if tables[table] > 10 * GRANULE and read >= WHOLE_TABLE * tables[table]]
+            whole.extend(f"{query} ({read:,} rows ≥ {WHOLE_TABLE:.0%} of {table})" for table in marks)
+            print(f"    {query:<32} {read:>12,} rows{'   ← the whole ' + ' / '.join(marks) + ' table' if marks else ''}")
+    else:
+        print("    (the API gives no per-query reads)")
+    for name, timed in results.items():
+        for table in ("signals", "alerts"):
+            if timed.rows_read and tables[table] > 10 * GRANULE and max(timed.rows_read) >= WHOLE_TABLE * tables[table]:
+                whole.append(f"{name}: a request read {max(timed.rows_read):,} rows, the {table} table has {tables[table]:,}")
+
+    alert = results["alert page (spread sample)"].seconds + results["alert page (busiest sites, longest)"].seconds
+    p95 = quantile([seconds * 1000 for seconds in alert], 0.95) if alert else float("inf")
+    print()
+    print(f"load average (1, 5, 15 min) at the start: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}; "
+          f"at the end: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; {os.cpu_count()} CPUs")
+    print(f"acceptance: alert page p95 < {TARGET_P95_MS} ms: {'PASS' if p95 < TARGET_P95_MS else 'FAIL'} ({p95:.1f} ms)")
+    print(f"acceptance: no query reads the whole signals or alerts table: {'PASS' if not whole else 'FAIL'}"
+          + "".join(f"\n    {line}" for line in whole))
+    return 0 if p95 < TARGET_P95_MS and not whole else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
