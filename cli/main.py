@@ -340,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     sql = commands.add_parser("sql", help="query the store (chDB has no server to point clickhouse-client at)")
     sql.add_argument("query", metavar="QUERY")
     sql.add_argument("--store", default=default_store(), metavar="DSN")
-    sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sql.add_argument("--format", choices=["table", "csv", "json", "raw"], default="table",
+                     help="raw: the values of a one-column result, one per line")
     sql.set_defaults(handler=cmd_sql)
 
     web = commands.add_parser("web", help="serve the read-only web console over the store (the page of every alert link)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +125,10 @@ async def healthz(request: Request) -> Response:
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
-    detail = exc.detail if isinstance(exc, HTTPException) and exc.status_code != 404 else "There is no page at this address."
     status = exc.status_code if isinstance(exc, HTTPException) else 404
+    # A route's own words (an unknown alert id) are kept; Starlette's default phrase becomes a sentence.
+    own = isinstance(exc, HTTPException) and exc.detail != HTTPStatus(status).phrase
+    detail = exc.detail if own and isinstance(exc, HTTPException) else "There is no page at this address."
     return error_page(request, status, "Not found" if status == 404 else "Cannot serve this", str(detail))
 
 
@@ -143,8 +146,11 @@ async def _failed(request: Request, exc: Exception) -> Response:
 
 def routes() -> list[Route | Mount]:
     """Every page, API endpoint and the static files."""
+    from web import alert_page
+
     return [
         Route("/healthz", healthz),
+        *alert_page.ROUTES,
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
 
