@@ -146,11 +146,12 @@ async def _failed(request: Request, exc: Exception) -> Response:
 
 def routes() -> list[Route | Mount]:
     """Every page, API endpoint and the static files."""
-    from web import alert_page
+    from web import alert_page, lists
 
     return [
         Route("/healthz", healthz),
         *alert_page.ROUTES,
+        *lists.ROUTES,
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
 
