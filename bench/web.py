@@ -56,8 +56,12 @@ from urllib.parse import urlencode
 
 import httpx
 
-from bench.children import child_generate, run_script, wait_healthy
-from tests.support.ports import free_port
+# Run as a script, this file's directory comes first on sys.path, and "web" would be this file, not the console.
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.children import child_generate, run_script, wait_healthy  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 TARGET_P95_MS = 300
 ALERT_SPREAD, ALERT_HEAVY = "alert page (spread sample)", "alert page (busiest sites, longest)"
@@ -259,6 +263,9 @@ def child_explain(directory: str, rules_dir: str, urls: list[str]) -> dict[str, 
     app, over the same store) with each query recorded, then asks ``EXPLAIN ESTIMATE`` of it with the same
     bound parameters: the rows of the granules the sort key and partition pruning leave to read.
     """
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)  # TestClient over httpx: fine here
     from starlette.testclient import TestClient
 
     from schemas.rule_loader import load_rules

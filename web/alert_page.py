@@ -305,9 +305,13 @@ def alert_view(request: Request, alert_id: str) -> dict[str, Any]:
     rule = next((candidate for candidate in config.ruleset.rules if candidate.id == record["rule"]["id"]), None)
     types = list(rule.signal_types) if rule is not None else sorted({e["type"] for n in notifications for e in n.record["evidence"]})
     firing = last.status == "firing"
-    clock = _site_clock(reads, site, last.evaluated_at) if firing else None
-    episode_end = (last.ended_at or last.evaluated_at) if not firing else (clock or last.evaluated_at)
-    if firing:
+    matched = record["rule"]["kind"] == "match"
+    clock = _site_clock(reads, site, last.evaluated_at) if firing and not matched else None
+    episode_end = (last.ended_at or last.evaluated_at) if clock is None else clock
+    if matched:
+        status_text = (f"firing since {format_ts(first.started_at)} (a match: notified at {format_ts(last.evaluated_at)}, "
+                       "never resolved)")
+    elif firing:
         status_text = (f"firing since {format_ts(first.started_at)} (for {spoken_duration(episode_end - first.started_at)} "
                        f"as of {format_ts(episode_end)}, the site's latest stored event time)")
     else:
@@ -317,7 +321,7 @@ def alert_view(request: Request, alert_id: str) -> dict[str, Any]:
     deliveries = _deliveries(reads, alert_id, site, channels)
     repro = _reproduce(reads, config, alert_id, rule, notifications, site, group, types)
     return {
-        "alert_id": alert_id, "site": site, "group": group, "group_text": group_text(group),
+        "alert_id": alert_id, "site": site, "group": group, "group_text": group_text(group), "types": types,
         "rule": {**record["rule"], "severity": record["severity"], "subsystem": record["subsystem"], "loaded": rule is not None,
                  "sentence": condition_sentence(rule) if rule is not None else None},
         "status": {"status": last.status, "started_at": format_ts(first.started_at), "until": format_ts(episode_end),

@@ -85,11 +85,6 @@ def activity_svg(chart: ActivityChart) -> Markup:
         f'aria-label="signals per {escape(format_duration(chart.bucket))} around the episode">',
     ]
     first, last = chart.episode
-    parts.append(
-        f'<rect class="episode" x="{_num(_x(chart, first))}" y="{TOP}" '
-        f'width="{_num(max(_x(chart, last) - _x(chart, first), 1.5))}" height="{plot_h}"><title>episode '
-        f'{escape(format_ts(first))} – {escape(format_ts(last))}</title></rect>'
-    )
     slot = (WIDTH - LEFT - RIGHT) / max(len(chart.counts), 1)
     for index, count in enumerate(chart.counts):
         at = chart.start + index * chart.bucket
@@ -107,6 +102,12 @@ def activity_svg(chart: ActivityChart) -> Markup:
             parts.append(f'<rect class="matching" x="{_num(x + 0.5)}" y="{_num(y(matching))}" '
                          f'width="{_num(max(slot - 1, 0.5))}" height="{_num(plot_h * matching / top_value)}"/>')
         parts.append("</g>")
+    # The episode over the bars (translucent), and as a band under the time axis.
+    x1, x2 = _x(chart, first), _x(chart, last)
+    parts.append(
+        f'<rect class="episode" x="{_num(x1)}" y="{TOP}" width="{_num(max(x2 - x1, 1.5))}" height="{plot_h + 6}">'
+        f'<title>episode {escape(format_ts(first))} – {escape(format_ts(last))}</title></rect>'
+    )
     if chart.rolling is not None:
         points = " ".join(f"{_num(LEFT + (i + 1) * slot)},{_num(y(v))}" for i, v in enumerate(chart.rolling))
         parts.append(f'<polyline class="rolling" points="{points}"><title>{escape(chart.rolling_label)}</title></polyline>')
@@ -126,10 +127,66 @@ def activity_svg(chart: ActivityChart) -> Markup:
     every = max(1, len(chart.counts) // 8)
     for index in range(0, len(chart.counts) + 1, every):
         at = chart.start + index * chart.bucket
-        x = _num(LEFT + index * slot)
-        parts.append(f'<line class="grid" x1="{x}" x2="{x}" y1="{TOP + plot_h}" y2="{TOP + plot_h + 4}"/>')
-        parts.append(f'<text class="tick-label" x="{x}" y="{TOP + plot_h + 16}" text-anchor="middle">{_clock(at, chart.bucket)}</text>')
+        at_x = _num(LEFT + index * slot)
+        parts.append(f'<line class="grid" x1="{at_x}" x2="{at_x}" y1="{TOP + plot_h}" y2="{TOP + plot_h + 4}"/>')
+        parts.append(f'<text class="tick-label" x="{at_x}" y="{TOP + plot_h + 16}" text-anchor="middle">{_clock(at, chart.bucket)}</text>')
     parts.append(f'<text class="tick-label" x="{WIDTH - RIGHT}" y="{HEIGHT - 4}" text-anchor="end">UTC · '
                  f'{escape(format_duration(chart.bucket))} buckets</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))  # noqa: S704 - built here from escaped text and formatted numbers only
+
+
+SERIES_CLASSES = 10
+"""Stacked series are coloured by position (``series-0`` … ``series-9``, console.css); more share the last colour."""
+
+
+def series_class(index: int) -> str:
+    """The CSS class of the ``index``-th series of a stacked chart (its bars and its key in the page)."""
+    return f"series-{min(index, SERIES_CLASSES - 1)}"
+
+
+def stacked_svg(start: int, bucket: int, series: dict[str, list[int]], what: str) -> Markup:
+    """Counts of several series per bucket as stacked bars (the site page's signals per type).
+
+    ``series`` maps a name to one count per bucket (all the same length), in the order the page lists them;
+    each bucket is a ``<g data-bucket data-count>`` with one ``rect[data-series]`` per non-zero series.
+    """
+    buckets = max((len(counts) for counts in series.values()), default=0)
+    totals = [sum(counts[index] for counts in series.values()) for index in range(buckets)]
+    plot_h = HEIGHT - TOP - BOTTOM
+    top_value = max([1, *totals])
+    slot = (WIDTH - LEFT - RIGHT) / max(buckets, 1)
+    parts: list[str] = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+        f'aria-label="{escape(what)} per {escape(format_duration(bucket))}">',
+    ]
+    for index in range(buckets):
+        at = start + index * bucket
+        x = _num(LEFT + index * slot + 0.5)
+        width = _num(max(slot - 1, 0.5))
+        parts.append(f'<g class="bucket" data-bucket="{escape(format_ts(at))}" data-count="{totals[index]}">'
+                     f'<title>{escape(format_ts(at))}: {totals[index]} {escape(what)}</title>')
+        below = 0
+        for position, (name, counts) in enumerate(series.items()):
+            count = counts[index]
+            if count:
+                height = plot_h * count / top_value
+                y = TOP + plot_h * (1 - (below + count) / top_value)
+                parts.append(f'<rect class="{series_class(position)}" data-series="{escape(name)}" data-count="{count}" '
+                             f'x="{x}" y="{_num(y)}" width="{width}" height="{_num(height)}"/>')
+                below += count
+        parts.append("</g>")
+    parts.append(f'<line class="axis" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{TOP + plot_h}" y2="{TOP + plot_h}"/>')
+    parts.append(f'<text class="tick-label" x="{LEFT - 6}" y="{TOP + 4}" text-anchor="end">{top_value}</text>')
+    parts.append(f'<text class="tick-label" x="{LEFT - 6}" y="{TOP + plot_h}" text-anchor="end">0</text>')
+    every = max(1, buckets // 8)
+    for index in range(0, buckets + 1, every):
+        at_x = _num(LEFT + index * slot)
+        parts.append(f'<line class="grid" x1="{at_x}" x2="{at_x}" y1="{TOP + plot_h}" y2="{TOP + plot_h + 4}"/>')
+        anchor = "end" if index == buckets else "middle"  # the last label ends at the plot's edge, not past it
+        parts.append(f'<text class="tick-label" x="{at_x}" y="{TOP + plot_h + 16}" text-anchor="{anchor}">'
+                     f'{_clock(start + index * bucket, bucket)}</text>')
+    parts.append(f'<text class="tick-label" x="{WIDTH - RIGHT}" y="{HEIGHT - 4}" text-anchor="end">UTC · '
+                 f'{escape(format_duration(bucket))} buckets</text>')
     parts.append("</svg>")
     return Markup("".join(parts))  # noqa: S704 - built here from escaped text and formatted numbers only

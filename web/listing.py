@@ -99,8 +99,10 @@ class TimeBound:
         return cls(text, at_ms=int(moment.timestamp() * 1000))
 
     def resolve(self, clock_ms: int | None) -> int | None:
-        """The bound in epoch milliseconds, a duration counted back from ``clock_ms`` (None without a clock:
-        the store holds no alert the bound could apply to)."""
+        """The bound in epoch milliseconds, a duration counted back from ``clock_ms``.
+
+        None for a duration without a clock: the store holds no alert the bound could apply to.
+        """
         if self.at_ms is not None:
             return self.at_ms
         return None if clock_ms is None else clock_ms - (self.back_ms or 0)
@@ -213,7 +215,7 @@ class AlertRow:
 
     @property
     def cursor(self) -> Cursor:
-        """This alert's place in the list."""
+        """Where this alert stands in the list."""
         return Cursor(self.last_ms, self.alert_id)
 
     @property
@@ -245,28 +247,29 @@ class AlertPage:
 
 
 _ALERTS_SQL = """
-SELECT alert_id, any(site) AS site, any(rule_id) AS rule_id, argMax(rule_title, seq) AS rule_title,
-       any(severity) AS severity, any(subsystem) AS subsystem, any(rule_kind) AS kind,
+SELECT alert_id, site, rule_id, argMax(rule_title, seq) AS rule_title, severity, subsystem, rule_kind AS kind,
        argMax(group_json, seq) AS group_json, argMax(summary, seq) AS summary, argMax(status, seq) AS status,
        toUnixTimestamp64Milli(min(started_at)) AS started_ms, toUnixTimestamp64Milli(max(evaluated_at)) AS last_ms,
        toUnixTimestamp64Milli(max(ended_at)) AS ended_ms, max(seq) AS notifications
 FROM alerts FINAL
 WHERE $scope{where}
-GROUP BY alert_id
+GROUP BY alert_id, site, rule_id, severity, subsystem, rule_kind
 {having}
 ORDER BY last_ms {direction}, alert_id {direction}
 LIMIT {{limit:UInt32}}
 """
 
 
+_CLOCK_SQL = "SELECT count() AS n, toUnixTimestamp64Milli(max(evaluated_at)) AS clock FROM alerts WHERE $scope"
+"""Plain ``alerts``, not ``FINAL``: a duplicate does not change a maximum."""
+
+
 def alerts_clock(reads: Reads, site: str | None = None) -> int | None:
     """The latest ``evaluated_at`` (epoch ms) among the viewer's alerts (of ``site``), None while there are none."""
-    where = " AND site = {site:String}" if site else ""
-    rows = reads.rows(
-        "alerts clock",
-        f"SELECT count() AS n, toUnixTimestamp64Milli(max(evaluated_at)) AS clock FROM alerts WHERE $scope{where}",
-        {"site": site} if site else {},
-    )
+    if site is None:
+        rows = reads.rows("alerts clock", _CLOCK_SQL)
+    else:
+        rows = reads.rows("alerts clock", _CLOCK_SQL + " AND site = {site:String}", {"site": site})
     return int(rows[0]["clock"]) if rows and rows[0]["n"] else None
 
 

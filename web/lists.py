@@ -15,7 +15,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from schemas.durations import spoken_duration
+from schemas.timestamps import format_ts
 from web.app import SECURITY_HEADERS, config_of, error_page, page, reads_for, wants_json
+from web.chart import series_class, stacked_svg
 from web.listing import (
     SEVERITIES,
     STATUSES,
@@ -29,16 +32,15 @@ from web.listing import (
     site_picture,
 )
 from web.reads import Reads
-from schemas.durations import spoken_duration
-from web.sentence import condition_sentence
+from web.sentence import condition_sentence, spoken_window
 
 
 def when(ms: int | None) -> str:
     """An instant as the pages show it: UTC to the second (``2026-11-28 15:30:54``), as every page says."""
-    return "" if ms is None else iso(ms)[:19].replace("T", " ")
+    return "" if ms is None else format_ts(ms)[:19].replace("T", " ")
 
 
-FORMATS = {"when": when, "lasted": spoken_duration}
+FORMATS = {"when": when, "lasted": spoken_duration, "spoken_window": spoken_window}
 """The pages' ways of writing times and lengths of time."""
 
 
@@ -48,13 +50,15 @@ def _page(request: Request, template: str, context: dict[str, Any], status_code:
 
 def _answer(request: Request, reads: Reads, template: str, context: dict[str, Any], data: dict[str, Any]) -> Response:
     """The page, or under ``/api/`` the JSON ``data``; both carry the rows the store read for them."""
+    stats = reads.stats
     if wants_json(request):
-        response: Response = JSONResponse(
-            {**data, "reads": {"queries": reads.stats.queries, "rows_read": reads.stats.rows_read}}, headers=SECURITY_HEADERS,
-        )
+        spent = {"queries": stats.queries, "rows_read": stats.rows_read,
+                 "per_query": [{"name": name, "rows_read": rows} for name, rows in stats.per_query]}
+        response: Response = JSONResponse({**data, "reads": spent}, headers=SECURITY_HEADERS)
     else:
         response = _page(request, template, context)
-    response.headers["x-rows-read"] = str(reads.stats.rows_read)
+    response.headers["x-rows-read"] = str(stats.rows_read)
+    response.headers["x-queries"] = str(stats.queries)
     return response
 
 
@@ -69,7 +73,9 @@ def alerts(request: Request) -> Response:
     except FilterError as error:
         if wants_json(request):
             return error_page(request, 400, "Bad filter", str(error))
-        context = {"problem": str(error), "form": dict(request.query_params), "severities": SEVERITIES, "statuses": STATUSES}
+        context: dict[str, Any] = {
+            "problem": str(error), "form": dict(request.query_params), "severities": SEVERITIES, "statuses": STATUSES,
+        }
         return _page(request, "alerts.html", context, status_code=400)
     reads = reads_for(request)
     listed = list_alerts(reads, filters)
@@ -96,7 +102,10 @@ def site(request: Request) -> Response:
         raise HTTPException(404)
     reads = reads_for(request)
     picture = site_picture(reads, name)
-    return _answer(request, reads, "site.html", {"picture": picture}, picture.as_json())
+    chart = picture.chart
+    svg = stacked_svg(chart.start_ms, chart.step_ms, {type_: chart.counts[type_] for type_ in chart.totals}, "signals") if chart else None
+    context = {"picture": picture, "chart_svg": svg, "series_class": series_class}
+    return _answer(request, reads, "site.html", context, picture.as_json())
 
 
 def rules(request: Request) -> Response:

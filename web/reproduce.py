@@ -80,18 +80,26 @@ def span_sql(span: Span) -> str:
     first_tick = -(-span.start_ms // TICK_INTERVAL_MS) * TICK_INTERVAL_MS
     # make_tick's id: the second and the site's CRC-32, so the replayed ticks are the gateway's, byte for byte.
     crc = f"{zlib.crc32(span.site.encode()):08x}"
+    tick = (f"(1, concat('tick-', leftPad(toString(intDiv(t, 1000)), 10, '0'), '-{crc}'), {site}, 'tick', "
+            "formatDateTime(fromUnixTimestamp64Milli(t, 'UTC'), '%Y-%m-%dT%H:%i:%S.000Z'))")
     return (
         "SELECT line FROM ("  # noqa: S608 - printed for the user to run; literals from the store and the rules, escaped
         f"SELECT envelope AS line, ts, 0 AS tick, seq, id FROM signals FINAL WHERE site = {site} AND type IN ({types})"
         f" AND ts BETWEEN fromUnixTimestamp64Milli(toInt64({span.start_ms})) AND fromUnixTimestamp64Milli(toInt64({span.end_ms}))"
         " UNION ALL "
-        "SELECT concat('{\"v\":1,\"id\":\"tick-', leftPad(toString(intDiv(t, 1000)), 10, '0'), "
-        f"'-{crc}\",\"site\":\"', {site}, '\",\"type\":\"tick\",\"ts\":\"', "
-        "formatDateTime(fromUnixTimestamp64Milli(t, 'UTC'), '%Y-%m-%dT%H:%i:%S.000Z'), '\"}') AS line, "
-        "fromUnixTimestamp64Milli(t, 'UTC') AS ts, 1 AS tick, NULL AS seq, '' AS id "
+        # A named tuple as JSON is the tick's compact line, keys in make_tick's order, and needs no double quote here.
+        f"SELECT toJSONString(CAST({tick}, 'Tuple(v UInt8, id String, site String, type String, ts String)')), "
+        "fromUnixTimestamp64Milli(t, 'UTC'), 1, NULL, '' "
         f"FROM (SELECT arrayJoin(range(toInt64({first_tick}), toInt64({span.end_ms + 1}), {TICK_INTERVAL_MS})) AS t)"
         ") ORDER BY ts, tick, seq, id"
     )
+
+
+def shell_word(text: str) -> str:
+    """``text`` as one shell word: in double quotes when nothing in it is special there (readable SQL), else shlex."""
+    if text and not any(character in text for character in '"$`\\!'):
+        return f'"{text}"'
+    return shlex.quote(text)
 
 
 def commands(span: Span, alert_id: str, store_dsn: str | None, rules_dir: str, link_base: str) -> list[str]:
@@ -102,7 +110,7 @@ def commands(span: Span, alert_id: str, store_dsn: str | None, rules_dir: str, l
     signals = f"alert-{alert_id[:12]}.jsonl"
     replayed = f"alert-{alert_id[:12]}.replayed.jsonl"
     store = [] if store_dsn is None else ["--store", store_dsn]
-    export = ["logystera", "sql", *store, "--format", "raw", span_sql(span)]
+    export = " ".join([*map(shlex.quote, ["logystera", "sql", *store, "--format", "raw"]), shell_word(span_sql(span))])
     replay = ["logystera", "replay", signals, "--rules", rules_dir, "--link-base", link_base, "--out", replayed]
     keep = ["grep", "-F", f'"alert_id":"{alert_id}"', replayed]
-    return [f"{shlex.join(export)} > {shlex.quote(signals)}", shlex.join(replay), shlex.join(keep)]
+    return [f"{export} > {shlex.quote(signals)}", shlex.join(replay), shlex.join(keep)]
