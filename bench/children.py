@@ -7,6 +7,7 @@ parent's peak at fork, which would otherwise hide a replay's own peak.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -46,3 +47,9 @@ def wait_healthy(port: int, server: subprocess.Popen[bytes], log: Path) -> None:
         if time.monotonic() > deadline or server.poll() is not None:
             raise SystemExit(f"{Path(log).name}: the server on port {port} did not come up:\n{log.read_text()}")
         time.sleep(0.1)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its threads (``/proc/<pid>/stat`` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -44,7 +44,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.children import wait_healthy  # noqa: E402
+from bench.children import cpu_seconds, wait_healthy  # noqa: E402
 from dispatcher import new_id, sign_batch  # noqa: E402
 from protocol.wire import encode_batch  # noqa: E402
 from schemas.factory import identity_hash, make_signal, signal_line  # noqa: E402
@@ -54,12 +54,6 @@ from tests.support.ports import free_port  # noqa: E402
 
 GOAL_PER_CORE = 20_000
 TOPIC = "signals"
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and all its threads (``/proc/<pid>/stat`` fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _signal(site: str, n: int, ts: int) -> dict[str, object]:
@@ -138,10 +132,10 @@ def main(argv: list[str] | None = None) -> int:
             wait_healthy(port, gateway, Path(work) / "gateway.log")
             with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
                 list(pool.map(post, warmup))
-                cpu_before, wall_before = _cpu_seconds(gateway.pid), time.perf_counter()
+                cpu_before, wall_before = cpu_seconds(gateway.pid), time.perf_counter()
                 latencies = list(pool.map(post, load))
                 wall = time.perf_counter() - wall_before
-                cpu = _cpu_seconds(gateway.pid) - cpu_before
+                cpu = cpu_seconds(gateway.pid) - cpu_before
         finally:
             gateway.terminate()
             gateway.wait(30)

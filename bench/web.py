@@ -40,6 +40,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -60,7 +61,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.children import child_generate, run_script, wait_healthy  # noqa: E402
+from bench.children import child_generate, cpu_seconds, run_script, wait_healthy  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 
 TARGET_P95_MS = 300
@@ -91,6 +92,8 @@ class Fill:
 
     lines: int = 0
     seconds: float = 0.0
+    cpu: float = 0.0
+    """User + system CPU time of the replays (every thread: the flow and chDB's)."""
     peak_rss_mb: list[float] = field(default_factory=list)
     rejected: int = 0
     summaries: list[str] = field(default_factory=list)
@@ -129,6 +132,7 @@ def fill_store(corpus: Path, total_lines: int, dsn: str, rules: str, parts: int,
             tail = "\n".join(text[-20:])
             raise SystemExit(f"logystera replay (part {number}) failed with exit code {replay.returncode}:\n{tail}")
         fill.peak_rss_mb.append(usage.ru_maxrss / 1024)
+        fill.cpu += usage.ru_utime + usage.ru_stime
         fill.rejected += sum(1 for line in text if line.startswith("line "))
         fill.summaries.extend(line for line in text if line.startswith("replayed "))
     fill.seconds = time.perf_counter() - started
@@ -199,11 +203,12 @@ def pick(dsn: str, samples: int) -> Picks:
 # -- the console ------------------------------------------------------------------------------------------
 @dataclass
 class Timed:
-    """One page class: the time of each request, the rows each read, and the answers that were not 200."""
+    """One page class: the time of each request, the console's CPU time, and the answers that were not 200."""
 
     seconds: list[float] = field(default_factory=list)
-    rows_read: list[int] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    cpu: float = 0.0
+    """CPU seconds the console process spent over the measured requests (the steadier number on a shared machine)."""
 
 
 def rows_read(response: httpx.Response) -> int | None:
@@ -212,10 +217,12 @@ def rows_read(response: httpx.Response) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
-def measure(client: httpx.Client, urls: list[str], requests: int, warmup: int) -> Timed:
-    """``warmup`` requests, then ``requests`` sequential ones cycling over ``urls``."""
+def measure(client: httpx.Client, console: int, urls: list[str], requests: int, warmup: int) -> Timed:
+    """``warmup`` requests, then ``requests`` sequential ones cycling over ``urls``; ``console`` is the server's pid."""
     timed = Timed()
     for index in range(warmup + requests):
+        if index == warmup:
+            cpu = cpu_seconds(console)
         url = urls[index % len(urls)]
         started = time.perf_counter()
         response = client.get(url)
@@ -226,9 +233,7 @@ def measure(client: httpx.Client, urls: list[str], requests: int, warmup: int) -
             timed.failures.append(f"{url} → {response.status_code}")
             continue
         timed.seconds.append(elapsed)
-        read = rows_read(response)
-        if read is not None:
-            timed.rows_read.append(read)
+    timed.cpu = cpu_seconds(console) - cpu
     return timed
 
 
@@ -386,19 +391,24 @@ def prepare(args: argparse.Namespace, directory: Path, work: Path) -> dict[str, 
     directory.mkdir(parents=True, exist_ok=True)
     corpus = work / "corpus.jsonl"
     print(f"corpus: generating {args.signals:,} signals over {args.sites:,} sites, {args.duration:,} s ...", file=sys.stderr, flush=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     made = run_script_here("--child-generate", str(corpus), str(args.signals), str(args.sites), str(args.seed), str(args.duration))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    made_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     lines = made["lines"]
     print(f"corpus: {lines:,} lines ({lines - args.signals:,} ticks), {corpus.stat().st_size / 2**20:,.0f} MiB, "
-          f"generated in {made['seconds']:,.0f} s")
+          f"generated in {made['seconds']:,.0f} s ({made_cpu:,.0f} s CPU)")
     fill = fill_store(corpus, lines, f"chdb://{directory}", args.rules, args.parts, work / "replay.log")
     corpus.unlink()
     print(f"fill: {fill.lines:,} lines through `logystera replay - --store` in {fill.seconds:,.0f} s = "
-          f"{fill.lines / fill.seconds:,.0f} lines/s; {fill.rejected:,} lines rejected (counted and stored); "
+          f"{fill.lines / fill.seconds:,.0f} lines/s ({fill.cpu:,.0f} s CPU = {fill.lines / fill.cpu:,.0f} lines per CPU-second); "
+          f"{fill.rejected:,} lines rejected (counted and stored); "
           f"peak RSS of the replay {max(fill.peak_rss_mb):,.0f} MB")
     for summary in fill.summaries:
         print(f"      {summary}")
     kept = {"signals": args.signals, "sites": args.sites, "duration": args.duration, "seed": args.seed, "parts": args.parts,
-            "lines": fill.lines, "fill_seconds": fill.seconds, "generate_seconds": made["seconds"],
+            "lines": fill.lines, "fill_seconds": fill.seconds, "fill_cpu_seconds": fill.cpu,
+            "generate_seconds": made["seconds"], "generate_cpu_seconds": made_cpu,
             "peak_rss_mb": max(fill.peak_rss_mb)}
     record.write_text(json.dumps(kept, indent=1) + "\n")
     return kept
@@ -476,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 results: dict[str, Timed] = {}
                 for name, urls in classes.items():
-                    results[name] = measure(client, urls, args.requests, args.warmup)
+                    results[name] = measure(client, console.pid, urls, args.requests, args.warmup)
                     print(f"  measured {name}: {len(results[name].seconds)} answers", file=sys.stderr, flush=True)
                 example = f"/alerts/{picks.heavy_alerts[0]}"
                 header = rows_read(client.get(example))
@@ -495,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Fill: {kept['signals']:,} signals over {kept['sites']:,} sites, {kept['duration']:,} s of event time; "
           f"{kept['lines']:,} lines in {kept['fill_seconds']:,.0f} s ({kept['lines'] / kept['fill_seconds']:,.0f} lines/s), "
           f"replay peak RSS {kept['peak_rss_mb']:,.0f} MB")
-    head = (f"{'page':<38} {'urls':>5} {'answers':>7} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} "
+    print("console CPU = CPU time of the `logystera web` process over the measured requests, per answer")
+    head = (f"{'page':<38} {'urls':>5} {'answers':>7} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'CPU ms':>7} "
             f"{'rows read p50':>14} {'rows read max':>14}  not 200")
     print(head)
     print("-" * len(head))
@@ -506,13 +517,13 @@ def main(argv: list[str] | None = None) -> int:
         read_max = f"{max(read):,}" if read else "(as page)"
         failed = f"{len(timed.failures)}{f' (e.g. {timed.failures[0]})' if timed.failures else ''}"
         if not timed.seconds:
-            print(f"{name:<38} {len(urls):>5} {0:>7} {'-':>8} {'-':>8} {'-':>8} {read_p50:>14} {read_max:>14}  {failed}")
+            print(f"{name:<38} {len(urls):>5} {0:>7} {'-':>8} {'-':>8} {'-':>8} {'-':>7} {read_p50:>14} {read_max:>14}  {failed}")
             continue
         ms = [seconds * 1000 for seconds in timed.seconds]
         print(f"{name:<38} {len(urls):>5} {len(ms):>7} {quantile(ms, 0.5):>8.1f} {quantile(ms, 0.95):>8.1f} {max(ms):>8.1f} "
-              f"{read_p50:>14} {read_max:>14}  {failed}")
+              f"{timed.cpu * 1000 / len(ms):>7.1f} {read_p50:>14} {read_max:>14}  {failed}")
     print("rows read = rows of the granules ClickHouse selects to read for the page's queries (EXPLAIN ESTIMATE, summed)")
-    print("rows in the store: " + ", ".join(f"{table} {sizes[table]['rows']:,} ({sizes[table]['marks']:,} granules)"
+    print("rows in the store: " + ", ".join(f"{table} {sizes[table]['rows']:,} ({sizes[table]['marks']:,} marks)"
                                             for table in ("signals", "alerts", "alerts_by_id", "evidence", "deliveries") if table in sizes))
 
     for title, url in (("one alert page", example), ("the plain list", "/alerts"), ("the busiest site's page", f"/sites/{picks.sites[0]}")):
