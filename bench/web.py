@@ -521,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         ms = [seconds * 1000 for seconds in timed.seconds]
         print(f"{name:<38} {len(urls):>5} {len(ms):>7} {quantile(ms, 0.5):>8.1f} {quantile(ms, 0.95):>8.1f} {max(ms):>8.1f} "
-              f"{timed.cpu * 1000 / len(ms):>7.1f} {read_p50:>14} {read_max:>14}  {failed}")
+              f"{timed.cpu * 1000 / (len(ms) + len(timed.failures)):>7.1f} {read_p50:>14} {read_max:>14}  {failed}")
     print("rows read = rows of the granules ClickHouse selects to read for the page's queries (EXPLAIN ESTIMATE, summed)")
     print("rows in the store: " + ", ".join(f"{table} {sizes[table]['rows']:,} ({sizes[table]['marks']:,} marks)"
                                             for table in ("signals", "alerts", "alerts_by_id", "evidence", "deliveries") if table in sizes))
