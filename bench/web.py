@@ -8,14 +8,16 @@ What is measured, in one run:
 
 (a) the corpus: ``--signals`` site signal lines over ``--sites`` sites and
     ``--duration`` seconds of event time, plus a tick per site every 10 s, written
-    by :mod:`simulate.corpus` in a child process of its own;
+    by :mod:`simulate.corpus` in a child process of its own into a FIFO: it is
+    never stored, and generating overlaps with filling;
 (b) the fill, through the real flow: ``logystera replay - --store chdb://DIR``
-    reads the corpus on its standard input, fed by this process, which prints the
-    lines sent and the rate as it goes (``--parts N`` splits the corpus into N
+    reads the corpus on its standard input, relayed by this process, which
+    prints the lines sent and the rate as it goes; then the wall and CPU time of
+    the replay and its peak RSS (``--parts N`` splits the corpus into N
     consecutive slices, one replay each, should one replay's memory ever need
-    bounding; peak RSS of each replay is printed). With ``--store DIR`` the store
-    is kept, and a later run with the same ``--store`` measures it again without
-    filling (the parameters of the fill are kept in ``DIR/bench-web.json``);
+    bounding). With ``--store DIR`` the store is kept, and a later run with the
+    same ``--store`` measures it again without filling (the parameters of the
+    fill are kept in ``DIR/bench-web.json``);
 (c) what to ask for, chosen with ``logystera sql`` before the console starts
     (chDB is one process per directory): a spread sample of alert ids, the
     alerts of the busiest sites (the heaviest charts), the alert with the most
@@ -23,11 +25,18 @@ What is measured, in one run:
     filter;
 (d) ``logystera web --store chdb://DIR --port P`` as a real process, and one
     httpx client sending sequential requests: a warm-up, then ``--requests``
-    per page class; p50, p95 and max of each (the full answer read);
-(e) rows ClickHouse read per page, from the console's ``x-rows-read`` header
-    (the sum of ``read_rows`` over the page's queries, see web/reads.py) and,
-    per query, from the ``reads`` of ``/api/alerts/<id>``, next to the rows of
-    ``signals`` and ``alerts``: a query that reads (about) a whole table shows.
+    per page class; p50, p95 and max of each (the full answer read), and the
+    CPU time of the console process per answer (``/proc/<pid>/stat``);
+(e) rows ClickHouse reads per page: after the console stops, a child serves
+    the same pages in process (the console's own app over the same store) and
+    runs ``EXPLAIN ESTIMATE`` (rows of the granules selected) and ``EXPLAIN
+    indexes = 1`` (sort key columns used, granules kept of the total) for each
+    query, with its bound parameters; the tables' sizes next to them. chDB's
+    query summary counts the rows of the result, not the rows read, so the
+    console's ``x-rows-read`` header cannot show a whole-table read there (over
+    a ClickHouse server it can). A read counts as the whole table when its
+    query has no sort-key condition, or a condition on later key columns only
+    that keeps every granule.
 
 The acceptance goal (issue 11): alert page p95 < 300 ms, and no query reads the
 whole ``signals`` or ``alerts`` table for one alert. The machine may be shared:
@@ -37,6 +46,7 @@ the load average is printed with the numbers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -47,6 +57,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -62,6 +73,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.children import child_generate, cpu_seconds, run_script, wait_healthy  # noqa: E402
+from simulate.corpus import TICK_MS  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 
 TARGET_P95_MS = 300
@@ -378,6 +390,17 @@ def run_script_here(*args: str) -> dict[str, Any]:
     return run_script(__file__, *args)
 
 
+def generate(corpus: Path, args: argparse.Namespace, made: dict[str, Any]) -> None:
+    """Write the corpus into the FIFO ``corpus`` (a child process); its summary, or what went wrong, into ``made``."""
+    try:
+        made.update(run_script_here("--child-generate", str(corpus), str(args.signals), str(args.sites), str(args.seed),
+                                    str(args.duration)))
+    except SystemExit as failed:
+        made["error"] = str(failed)
+        with contextlib.suppress(OSError):  # a reader still waiting for the first line gets an end of file instead
+            os.close(os.open(corpus, os.O_WRONLY | os.O_NONBLOCK))
+
+
 def prepare(args: argparse.Namespace, directory: Path, work: Path) -> dict[str, Any]:
     """The filled store in ``directory``: filled now, or the record of an earlier fill."""
     record = directory / FILL_RECORD
@@ -389,17 +412,27 @@ def prepare(args: argparse.Namespace, directory: Path, work: Path) -> dict[str, 
     if directory.exists() and any(directory.iterdir()):
         raise SystemExit(f"--store {directory}: not empty and not filled by this benchmark (no {FILL_RECORD})")
     directory.mkdir(parents=True, exist_ok=True)
-    corpus = work / "corpus.jsonl"
-    print(f"corpus: generating {args.signals:,} signals over {args.sites:,} sites, {args.duration:,} s ...", file=sys.stderr, flush=True)
+    # The generator writes into a FIFO that this process relays to the replay: generating and filling overlap
+    # (one core each), and the corpus (about 4 GB at 10M signals) never lands on disk.
+    corpus = work / "corpus.fifo"
+    os.mkfifo(corpus)
+    expected = args.signals + args.sites * -(-args.duration * 1000 // TICK_MS)
+    print(f"corpus: {args.signals:,} signals over {args.sites:,} sites, {args.duration:,} s: {expected:,} lines with the ticks, "
+          "generated by a child process as the replay reads them", file=sys.stderr, flush=True)
+    made: dict[str, Any] = {}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    made = run_script_here("--child-generate", str(corpus), str(args.signals), str(args.sites), str(args.seed), str(args.duration))
+    generator = threading.Thread(target=generate, args=(corpus, args, made), daemon=True)
+    generator.start()
+    fill = fill_store(corpus, expected, f"chdb://{directory}", args.rules, args.parts, work / "replay.log")
+    generator.join()
+    if "error" in made:
+        raise SystemExit(f"the corpus generator failed: {made['error']}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    made_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    lines = made["lines"]
-    print(f"corpus: {lines:,} lines ({lines - args.signals:,} ticks), {corpus.stat().st_size / 2**20:,.0f} MiB, "
-          f"generated in {made['seconds']:,.0f} s ({made_cpu:,.0f} s CPU)")
-    fill = fill_store(corpus, lines, f"chdb://{directory}", args.rules, args.parts, work / "replay.log")
-    corpus.unlink()
+    made_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime - fill.cpu
+    if made["lines"] != fill.lines:
+        raise SystemExit(f"the generator wrote {made['lines']:,} lines, the replay got {fill.lines:,}")
+    print(f"corpus: {made['lines']:,} lines ({made['lines'] - args.signals:,} ticks), generated in {made['seconds']:,.0f} s "
+          f"({made_cpu:,.0f} s CPU)")
     print(f"fill: {fill.lines:,} lines through `logystera replay - --store` in {fill.seconds:,.0f} s = "
           f"{fill.lines / fill.seconds:,.0f} lines/s ({fill.cpu:,.0f} s CPU = {fill.lines / fill.cpu:,.0f} lines per CPU-second); "
           f"{fill.rejected:,} lines rejected (counted and stored); "
