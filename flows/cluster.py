@@ -155,7 +155,7 @@ def local_cluster(shape: ClusterShape, argv: Sequence[str]) -> Iterator[ClusterS
     children = [
         # Bytewax writes its messages to stdout: a child's goes to stderr, as its stderr, never into the output.
         subprocess.Popen([*command, "--process-id", str(index)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,  # noqa: S603
-                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)  # noqa: PLW1509
+                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         for index in range(1, shape.processes)
     ]
     forwarders = [threading.Thread(target=_forward_output, args=(child,), daemon=True) for child in children]

@@ -40,6 +40,7 @@ from operators.site import SiteDetector
 from operators.snapshot import SnapshotCodec
 from schemas.records import Record, parse_lines, salvage_site_and_ts
 from schemas.store import alert_rows, metric_row, rejected_row, signal_columns
+from sinks.callback import OwnerSink
 from sinks.clickhouse import StoreItem
 
 Reject = tuple[int, str]
@@ -368,18 +369,16 @@ class DetectOutputs:
 
 @dataclass(frozen=True)
 class DetectSinks:
-    r"""Where the flow's outputs go (``store`` None: no store).
+    """Where the flow's outputs go (``store`` None: no store).
 
-    With ``gathered``, the alerts, rejects and stats sinks are
-    :class:`sinks.callback.OwnerSink`\ s (one partition, in the cluster's
-    process 0), and their items are keyed for them.
+    Items for a :class:`sinks.callback.OwnerSink` (one partition, in the
+    cluster's process 0) are keyed for it.
     """
 
     alerts: Sink[Emitted] | Sink[tuple[str, Emitted]]
     rejects: Sink[Reject] | Sink[tuple[str, Reject]]
     stats: Sink[FlowStats] | Sink[tuple[str, FlowStats]]
     store: Sink[StoreItem] | None = None
-    gathered: bool = False
 
 
 def _store_items(alert: Emitted) -> list[StoreItem]:
@@ -456,15 +455,15 @@ def build_detect_flow(
     """Wire source → :func:`detect` → sinks; with a ``sinks.store``, everything also goes to the store."""
     flow = Dataflow("logystera_detect")
     outputs = detect(op.input("signals", flow, source), table, options or DetectOptions(), sinks.store is not None)
-    _output("alerts", outputs.alerts, sinks.alerts, sinks.gathered)
-    _output("rejects", outputs.rejects, sinks.rejects, sinks.gathered)
-    _output("stats", outputs.stats, sinks.stats, sinks.gathered)
+    _output("alerts", outputs.alerts, sinks.alerts)
+    _output("rejects", outputs.rejects, sinks.rejects)
+    _output("stats", outputs.stats, sinks.stats)
     if sinks.store is not None and outputs.store_rows is not None:
         op.output("store", outputs.store_rows, sinks.store)
     return flow
 
 
-def _output(step_id: str, stream: Stream[Any], sink: Sink[Any], gathered: bool) -> None:
-    if gathered:
+def _output(step_id: str, stream: Stream[Any], sink: Sink[Any]) -> None:
+    if isinstance(sink, OwnerSink):
         stream = op.key_on(f"{step_id}_to_owner", stream, lambda _: "owner")
     op.output(step_id, stream, sink)

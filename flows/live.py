@@ -289,7 +289,6 @@ def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[Metric
         alerts=KafkaTopicSink(settings.bootstrap, settings.alerts_topic, alert_message, timeout=settings.delivery_timeout),
         rejects=rejects, stats=stats,
         store=EpochStoreSink(StoreSink(store), local=local_store) if store is not None else None,
-        gathered=gathered,
     )
     options = DetectOptions(lateness=settings.lateness, link_base=settings.link_base, store_source=f"kafka:{settings.topic}",
                             metrics=compiled_metrics, snapshots=snapshots)

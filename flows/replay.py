@@ -139,8 +139,7 @@ def replay(
     if store is not None:
         # A chDB directory is opened by one process: in a cluster its rows go to process 0's store.
         store_sink = EpochStoreSink(StoreSink(store), local=shape.owner) if gathered and store.address.kind == "chdb" else StoreSink(store)
-    sinks = DetectSinks(alerts=sink(take_alerts), rejects=sink(take_rejects), stats=sink(take_stats), store=store_sink,
-                        gathered=gathered)
+    sinks = DetectSinks(alerts=sink(take_alerts), rejects=sink(take_rejects), stats=sink(take_stats), store=store_sink)
     options = DetectOptions(
         lateness=lateness, link_base=link_base, store_source=source or (Path(signals).name if signals != "-" else "stdin"),
         metrics=[compile_metric(metric) for metric in metrics or []],

@@ -22,7 +22,16 @@ from flows.live import LiveConfigError, prepare_recovery
 from schemas.errors import UsageError
 from simulate.corpus import write_corpus
 from tests.flows.test_live_kafka import (
-    LOGYSTERA, RULES_DIR, Detect, corpus, notifications, produce_lines, replayed, run_detect, sql, wait_for,
+    LOGYSTERA,
+    RULES_DIR,
+    Detect,
+    corpus,
+    notifications,
+    produce_lines,
+    replayed,
+    run_detect,
+    sql,
+    wait_for,
 )
 from tests.support.kafka_broker import Broker, unique_topic
 
