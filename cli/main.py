@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from gateway.command import add_arguments as add_gateway_arguments
 from schemas.durations import duration_option
 from schemas.errors import EXIT_USAGE, LogysteraError, UsageError
+from web.command import add_arguments as add_web_arguments
 
 DEFAULT_STORE = "chdb://.logystera/store"
 
@@ -256,6 +257,13 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return run_gateway(args)
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    """Serve the web console until SIGINT or SIGTERM (docs/web.md)."""
+    from web.command import run_web
+
+    return run_web(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Replay the bundled scenario and show the alerts as they fire."""
     from cli.demo import run_demo
@@ -363,8 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
     sql = commands.add_parser("sql", help="query the store (chDB has no server to point clickhouse-client at)")
     sql.add_argument("query", metavar="QUERY")
     sql.add_argument("--store", default=default_store(), metavar="DSN")
-    sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sql.add_argument("--format", choices=["table", "csv", "json", "raw"], default="table",
+                     help="raw: the values of a one-column result, one per line")
     sql.set_defaults(handler=cmd_sql)
+
+    web = commands.add_parser("web", help="serve the read-only web console over the store (the page of every alert link)")
+    add_web_arguments(web, default_store())
+    web.set_defaults(handler=cmd_web)
     return parser
 
 

@@ -151,6 +151,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         f"ALTER TABLE {{db}}.signals MODIFY TTL toDateTime(least(ts + INTERVAL {{ttl_days}} DAY, {_LAST_DATETIME}))",
         f"ALTER TABLE {{db}}.metrics MODIFY TTL toDateTime(least(bucket_start + INTERVAL {{ttl_days}} DAY, {_LAST_DATETIME}))",
     )),
+    # The alert page reads one alert's notifications; ``alerts`` is sorted by (site, evaluated_at, …), so finding
+    # one alert_id there reads the whole table. ``alerts_by_id`` holds the same rows sorted by (alert_id, seq):
+    # a materialized view copies every block inserted into ``alerts``, and the INSERT fills it for the rows an
+    # existing store already has (run twice, it adds copies that ReplacingMergeTree and FINAL collapse).
+    Migration(3, "alerts_by_id: the notifications sorted by alert id, for the web console's alert page", (
+        """CREATE TABLE IF NOT EXISTS {db}.alerts_by_id AS {db}.alerts
+        ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(evaluated_at)
+        ORDER BY (alert_id, seq)""",
+        """CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.alerts_by_id_writer TO {db}.alerts_by_id
+        AS SELECT * FROM {db}.alerts""",
+        "INSERT INTO {db}.alerts_by_id SELECT * FROM {db}.alerts",
+    )),
 )
 
 MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {db}.schema_migrations (

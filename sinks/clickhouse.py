@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,9 +287,13 @@ class Store:
         """Run one statement (DDL or admin)."""
         return self._with_retry("run a command", lambda client: client.command(sql))
 
-    def query(self, sql: str) -> Any:
-        """Run a query and return clickhouse-connect's result (``column_names``, ``result_rows``)."""
-        return self._with_retry("query", lambda client: client.query(sql))
+    def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> Any:
+        """Run a query and return clickhouse-connect's result (``column_names``, ``result_rows``, ``summary``).
+
+        ``parameters`` are bound by the server (``{name:Type}`` placeholders): values from a request or a
+        signal never become SQL text.
+        """
+        return self._with_retry("query", lambda client: client.query(sql, parameters=parameters))
 
     def wire_types(self, table: str, columns: Sequence[str]) -> list[str]:
         """The column types to encode ``columns`` of ``table`` with.
