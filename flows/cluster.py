@@ -46,6 +46,9 @@ from typing_extensions import override
 
 from schemas.errors import Failure, UsageError
 
+STOP_GRACE_S = 5.0
+"""How long process 0 waits for its own part to stop after another process failed, before it exits anyway."""
+
 
 class ClusterError(Failure):
     """A process of the cluster ended otherwise than cleanly: the cluster is stopped (exit 1)."""
@@ -171,9 +174,16 @@ def local_cluster(shape: ClusterShape, argv: Sequence[str]) -> Iterator[ClusterS
             for other in children:
                 if other.poll() is None:
                     other.kill()
-            os.kill(os.getpid(), signal.SIGTERM)  # this process's part stops between two steps
+            os.kill(os.getpid(), signal.SIGTERM)  # this process's part stops between two steps, if it can
+            if not finished.wait(STOP_GRACE_S):
+                # Its workers wait on the dead peer and never reach a step: end as the peer did. Recovery resumes
+                # from the last completed epoch, exactly as after a kill -9 of this process.
+                sys.stderr.write(f"logystera: error: {failed[0]}\n")
+                sys.stderr.flush()
+                os._exit(1)
 
     stopping = threading.Event()
+    finished = threading.Event()  # this process's part has stopped
     watchers = [threading.Thread(target=watch, args=(child, index), daemon=True) for index, child in enumerate(children, 1)]
     for watcher in watchers:
         watcher.start()
@@ -209,6 +219,7 @@ def local_cluster(shape: ClusterShape, argv: Sequence[str]) -> Iterator[ClusterS
             raise ClusterError(failed[0]) from None
         raise
     finally:
+        finished.set()
         for signum, previous in forwarded.items():
             signal.signal(signum, previous)
         for child in children:
