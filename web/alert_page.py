@@ -36,8 +36,8 @@ from schemas.rules import Rule
 from schemas.timestamps import format_ts, parse_ts_checked
 from sinks.clickhouse import StoreAddress
 from web import reproduce
-from web.app import ConsoleConfig, config_of, page, reads_for
 from web.chart import ActivityChart, activity_svg, bucket_size
+from web.pages import ConsoleConfig, config_of, page, reads_for
 from web.reads import Reads
 from web.sentence import condition_sentence
 

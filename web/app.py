@@ -7,13 +7,8 @@ Content-Security-Policy allows nothing inline and nothing from another host.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from http import HTTPStatus
-from pathlib import Path
-from typing import Any
 
-from jinja2 import Environment, FileSystemLoader
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -22,85 +17,37 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.templating import Jinja2Templates
 
-from schemas.rule_loader import RuleSet
-from sinks.clickhouse import Store, StoreUnavailable
-from web.access import EVERYONE, Viewer
-from web.reads import Reads
-
-HERE = Path(__file__).resolve().parent
-CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
-    "base-uri 'none'; frame-ancestors 'none'"
+from sinks.clickhouse import StoreUnavailable
+from web import alert_page, auth_routes, lists
+from web.pages import (
+    HERE,
+    SECURITY_HEADERS,
+    Authenticate,
+    ConsoleConfig,
+    config_of,
+    error_page,
+    page,
+    reads_for,
+    templates,
+    wants_json,
 )
-SECURITY_HEADERS = {
-    "content-security-policy": CONTENT_SECURITY_POLICY,
-    "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
-    "x-frame-options": "DENY",
-    "cache-control": "no-store",
-}
 
-Authenticate = Callable[[Request], Awaitable["Viewer | Response"]]
-"""Who is asking: the viewer, or the response that asks them to sign in (401) — see web/access.py."""
+__all__ = [
+    "SECURITY_HEADERS", "Authenticate", "ConsoleConfig", "config_of", "create_app", "error_page", "page", "reads_for",
+    "routes", "templates", "wants_json",
+]
 
 
-async def _everyone(request: Request) -> Viewer:
-    return EVERYONE
-
-
-@dataclass
-class ConsoleConfig:
-    """What one console serves: the store, the loaded rules, and who may read what."""
-
-    store: Store
-    ruleset: RuleSet
-    store_dsn: str
-    """The ``--store`` the console was started with, as the reproduce commands on the alert page name it."""
-    rules_dir: str = "rules"
-    authenticate: Authenticate = _everyone
-
-
-templates = Jinja2Templates(env=Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True))
-"""Every template is autoescaped, whatever its name: a ``<script>`` in a signal field is shown as text."""
-
-
-def config_of(request: Request) -> ConsoleConfig:
-    """The console's configuration, from the application state."""
-    config: ConsoleConfig = request.app.state.config
-    return config
-
-
-def reads_for(request: Request) -> Reads:
-    """The store, as the request's viewer may read it."""
-    return Reads(config_of(request).store, request.state.viewer)
-
-
-def page(request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> Response:
-    """A rendered page; every template gets the request and its viewer."""
-    return templates.TemplateResponse(
-        request, template, {"viewer": getattr(request.state, "viewer", None), **context}, status_code=status_code,
-    )
-
-
-def wants_json(request: Request) -> bool:
-    """Whether the request is one of the API's (answered in JSON, errors included)."""
-    return request.url.path.startswith("/api/")
-
-
-def error_page(request: Request, status_code: int, title: str, detail: str) -> Response:
-    """The answer to a request that cannot be served: a page that says why in words (JSON under ``/api/``)."""
-    if wants_json(request):
-        return JSONResponse({"error": title, "detail": detail}, status_code=status_code, headers=SECURITY_HEADERS)
-    return page(request, "error.html", {"status": status_code, "title": title, "detail": detail}, status_code)
+PUBLIC = frozenset({"/healthz", "/login", "/logout"})
+"""Paths served without a viewer (besides ``/static/``): liveness, and signing in and out (web/auth_routes.py)."""
 
 
 class _Viewer(BaseHTTPMiddleware):
     """Sets ``request.state.viewer`` (or answers the sign-in response) and adds the security headers."""
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        if request.url.path.startswith("/static/") or request.url.path == "/healthz":
+        if request.url.path.startswith("/static/") or request.url.path in PUBLIC:
             request.state.viewer = None
             response = await call_next(request)
         else:
@@ -129,6 +76,10 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     # A route's own words (an unknown alert id) are kept; Starlette's default phrase becomes a sentence.
     own = isinstance(exc, HTTPException) and exc.detail != HTTPStatus(status).phrase
     detail = exc.detail if own and isinstance(exc, HTTPException) else "There is no page at this address."
+    viewer = getattr(request.state, "viewer", None)
+    if status == 404 and viewer is not None and not viewer.sees_everything:
+        # Said on every 404 of a viewer with a site list, so it tells nothing about any one address (docs/web.md, Access).
+        detail += " Pages of sites outside your account's list are not found either."
     return error_page(request, status, "Not found" if status == 404 else "Cannot serve this", str(detail))
 
 
@@ -146,10 +97,9 @@ async def _failed(request: Request, exc: Exception) -> Response:
 
 def routes() -> list[Route | Mount]:
     """Every page, API endpoint and the static files."""
-    from web import alert_page, lists
-
     return [
         Route("/healthz", healthz),
+        *auth_routes.ROUTES,
         *alert_page.ROUTES,
         *lists.ROUTES,
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),

@@ -26,6 +26,7 @@ from schemas.durations import parse_duration
 from schemas.rules import RULE_ID_PATTERN, Rule
 from schemas.signals import SITE_PATTERN
 from schemas.timestamps import format_ts
+from web.alert_page import group_text
 from web.reads import Reads
 
 SEVERITIES = ("critical", "high", "medium", "low", "info")
@@ -220,8 +221,8 @@ class AlertRow:
 
     @property
     def group_text(self) -> str:
-        """``component=plugin:checkout-express``, several fields joined by ", "; ``whole site`` for ``{}``."""
-        return ", ".join(f"{name}={value}" for name, value in self.group.items()) or "whole site"
+        """The group as the alert page writes it (``component=plugin:checkout-express``, ``whole site``)."""
+        return group_text(self.group)
 
     def as_json(self) -> dict[str, Any]:
         """The API's shape of one alert (docs/web.md)."""

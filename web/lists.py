@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from schemas.durations import spoken_duration
 from schemas.timestamps import format_ts
-from web.app import SECURITY_HEADERS, config_of, error_page, page, reads_for, wants_json
+from web.alert_page import sentence_html
 from web.chart import series_class, stacked_svg
 from web.listing import (
     SEVERITIES,
@@ -31,6 +31,7 @@ from web.listing import (
     site_id,
     site_picture,
 )
+from web.pages import SECURITY_HEADERS, config_of, error_page, page, reads_for, wants_json
 from web.reads import Reads
 from web.sentence import condition_sentence, spoken_window
 
@@ -83,7 +84,7 @@ def alerts(request: Request) -> Response:
         "alerts": [row.as_json() for row in listed.rows],
         "next": str(listed.next) if listed.next else None,
         "prev": str(listed.prev) if listed.prev else None,
-        "filters": filters.query(),
+        "filters": {**filters.query(), "limit": filters.limit},
         "range": {"since": iso(listed.since_ms), "until": iso(listed.until_ms)},
     }
     context = {
@@ -124,7 +125,7 @@ def rules(request: Request) -> Response:
             for item in activity
         ],
     }
-    context = {"activity": activity, "sentences": sentences, "clock": clock}
+    context = {"activity": activity, "sentences": sentences, "clock": clock, "sentence_html": sentence_html}
     return _answer(request, reads, "rules.html", context, data)
 
 

@@ -380,11 +380,11 @@ def test_migrations_apply_once(store_dsn: str) -> None:
 def test_cli_db_migrate_twice(tmp_path: Path) -> None:
     dsn = f"chdb://{tmp_path}/store?database=ops"
     first = run_cli("db", "migrate", "--store", dsn)
-    assert (first.returncode, first.stdout) == (0, f"{dsn}: applied migration(s) 1, 2\n"), first.stderr
+    assert (first.returncode, first.stdout) == (0, f"{dsn}: applied migration(s) 1, 2, 3\n"), first.stderr
     second = run_cli("db", "migrate", "--store", dsn)
     assert (second.returncode, second.stdout) == (0, f"{dsn}: schema already up to date\n"), second.stderr
     listed = run_cli("sql", "SELECT version FROM schema_migrations ORDER BY version", "--store", dsn, "--format", "json")
-    assert (listed.returncode, listed.stdout) == (0, '{"version": 1}\n{"version": 2}\n'), listed.stderr
+    assert (listed.returncode, listed.stdout) == (0, '{"version": 1}\n{"version": 2}\n{"version": 3}\n'), listed.stderr
 
 
 # -- the Bytewax sink ----------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from sinks.clickhouse import Store
 from tests.support.store import TTL_DAYS, database_name
 from web.access import Viewer
 from web.app import ConsoleConfig, create_app
-from web.listing import MAX_PAGE_SIZE, SITE_WINDOW_MS, chart_step
+from web.listing import MAX_PAGE_SIZE, SITE_WINDOW_MS, TimeBound, chart_step
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = "<script>alert(1)</script>"
@@ -213,6 +213,22 @@ def test_a_bad_filter_is_a_400_that_says_which_and_why(client: TestClient, query
     api = client.get(f"/api/alerts?{query}")
     assert api.status_code == 400
     assert named in api.json()["detail"]
+
+
+@pytest.mark.parametrize(("text", "instant"), [
+    ("2026-11-28T10:00:00Z", "2026-11-28T10:00:00.000Z"),
+    ("2026-11-28T12:00:00.250+02:00", "2026-11-28T10:00:00.250Z"),
+    ("2026-11-28", "2026-11-28T00:00:00.000Z"),
+    ("2026-11-28T10:00", "2026-11-28T10:00:00.000Z"),
+])
+def test_since_and_until_take_instants_in_rfc3339_and_shorter(text: str, instant: str) -> None:
+    assert TimeBound.parse("since", text).resolve(None) == parse_ts(instant)
+    assert TimeBound.parse("since", "90m").resolve(parse_ts(instant)) == parse_ts(instant) - 90 * 60_000
+
+
+def test_the_console_address_leads_to_the_alerts(client: TestClient) -> None:
+    answer = client.get("/", follow_redirects=False)
+    assert (answer.status_code, answer.headers["location"]) == (307, "/alerts")
 
 
 def test_a_filter_that_matches_nothing_says_so(client: TestClient) -> None:
