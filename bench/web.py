@@ -287,7 +287,8 @@ def child_explain(directory: str, rules_dir: str, urls: list[str]) -> dict[str, 
 
     from schemas.rule_loader import load_rules
     from sinks.clickhouse import Store
-    from web.app import ConsoleConfig, create_app
+    from web.app import create_app
+    from web.pages import ConsoleConfig
     from web.reads import Reads
 
     dsn = f"chdb://{directory}"
