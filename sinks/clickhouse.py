@@ -494,16 +494,23 @@ class EpochStoreSink(FixedPartitionedSink[StoreRows, None]):
     seconds, so that rows do not wait for the next item on a quiet stream. It
     takes the same ``(table, rows)`` items, keyed by table: one partition per
     table, so each table has one writer.
+
+    In a cluster, ``local`` says whether this process may write: a chDB
+    directory is opened by one process, so there only the owner (process 0)
+    lists the partitions and every row is exchanged to it; a ClickHouse
+    server takes writes from every process, and the tables' partitions are
+    spread over the cluster's workers.
     """
 
-    def __init__(self, sink: StoreSink, flush_every: float = 0.5) -> None:
+    def __init__(self, sink: StoreSink, flush_every: float = 0.5, local: bool = True) -> None:
         self.sink = sink
         self.flush_every = flush_every
+        self.local = local
         self._tables = sorted(ROW_COLUMNS)  # Bytewax indexes partitions in sorted order
 
     @override
     def list_parts(self) -> list[str]:
-        return list(self._tables)
+        return list(self._tables) if self.local else []
 
     @override
     def part_fn(self, item_key: str) -> int:
