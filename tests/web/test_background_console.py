@@ -63,3 +63,11 @@ def test_the_console_thread_serves_the_process_store_until_stopped(store: Store,
         assert httpx.get(f"{console.url}/healthz").json() == {"status": "ok"}
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{console.url}/healthz")
+
+
+def test_only_process_0_of_a_cluster_serves_the_console(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["detect", "--bootstrap", "127.0.0.1:1", "--addresses", "127.0.0.1:2101,127.0.0.1:2102", "--process-id", "1",
+            "--store", "none", "--web", "127.0.0.1:0"]
+    assert main(args) == 2
+    assert capsys.readouterr().err == ("logystera: error: --web: only process 0 of a cluster serves the console "
+                                       "(it is the one that holds the store)\n")
