@@ -7,6 +7,7 @@ stderr and a documented exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -167,12 +168,24 @@ def cmd_detect(args: argparse.Namespace) -> int:
         lateness=args.allowed_lateness, link_base=link_base, epoch_interval=args.epoch_interval / 1000,
         delivery_timeout=args.delivery_timeout / 1000, exit_at_end=args.exit_at_end,
     )
-    totals = run_detect(settings, ruleset.enabled_rules, ruleset.metrics, store, argv=args.argv)
+    if args.web is not None and not shape.owner:
+        raise UsageError("--web: only process 0 of a cluster serves the console (it is the one that holds the store)")
+    with _web_console(args.web, store, args.store, ruleset, args.rules) as console:
+        if console is not None:
+            print(f"detect: web console on {console.url}/alerts", file=sys.stderr, flush=True)
+        totals = run_detect(settings, ruleset.enabled_rules, ruleset.metrics, store, argv=args.argv)
     if not shape.owner:
         return 0  # process 0 reports the cluster's totals
     print(totals.decisions_line, file=sys.stderr)
     print(totals.line, file=sys.stderr)
     return 0
+
+
+def _web_console(address: str | None, store: Any, store_dsn: str, ruleset: Any, rules_dir: str) -> contextlib.AbstractContextManager[Any]:
+    """``--web HOST:PORT``: the console served from this process, which holds the store (docs/web.md); else nothing."""
+    from web.command import serve_console
+
+    return contextlib.nullcontext() if address is None else serve_console(address, store, store_dsn, ruleset, rules_dir)
 
 
 def default_store() -> str:
@@ -268,7 +281,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Replay the bundled scenario and show the alerts as they fire."""
     from cli.demo import run_demo
 
-    return run_demo(Path(args.data_dir), workers=args.workers, store=args.store)
+    return run_demo(Path(args.data_dir), workers=args.workers, store=args.store, web=args.web)
 
 
 def cmd_deliver(args: argparse.Namespace) -> int:
@@ -330,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--delivery-timeout", type=duration_option, default="30s", metavar="DURATION",
                         help="wait this long for the broker to acknowledge notifications, then stop")
     detect.add_argument("--exit-at-end", action="store_true", help="stop at the end of the topic instead of waiting for more")
+    detect.add_argument("--web", metavar="HOST:PORT", help="also serve the web console over --store from this process (loopback)")
     detect.set_defaults(handler=cmd_detect)
 
     schema = commands.add_parser("schema", help="print a JSON Schema")
@@ -340,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", default=".logystera/demo", metavar="DIR")
     demo.add_argument("--workers", type=int, default=1, metavar="N")
     demo.add_argument("--store", default=default_store(), metavar="DSN", help="where to store everything (none: nowhere)")
+    demo.add_argument("--web", nargs="?", const="127.0.0.1:8080", metavar="HOST:PORT",
+                      help="then serve the web console over the stored day until Ctrl-C (default 127.0.0.1:8080)")
     demo.set_defaults(handler=cmd_demo)
 
     gateway = commands.add_parser("gateway", help="run the ingest gateway: signed batches in, signals and ticks to Kafka")

@@ -13,8 +13,16 @@ import os
 import signal
 import socket
 import sys
+import threading
+import time
+from typing import TYPE_CHECKING
 
-from schemas.errors import UsageError
+from schemas.errors import Failure, UsageError
+
+if TYPE_CHECKING:
+    from schemas.rule_loader import RuleSet
+    from sinks.clickhouse import Store
+    from web.pages import ConsoleConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser, default_store: str) -> None:
@@ -123,3 +131,68 @@ def run_web(args: argparse.Namespace) -> int:
         signal.signal(stop_signal, lambda *_: None)
     server.run(sockets=[listener])
     return 0
+
+
+def web_option(text: str) -> tuple[str, int]:
+    """``--web HOST:PORT`` (``[::1]:8080`` for IPv6) as (host, port), or a usage error saying why not."""
+    host, colon, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not host or not port.isdigit():
+        raise UsageError(f"--web {text}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    if not is_loopback(host):
+        raise UsageError(f"--web {text}: the console of this command listens on loopback only (it shows every site); "
+                         "serve other hosts with logystera web --users")
+    return host, int(port)
+
+
+class ConsoleFailed(Failure):
+    """The console of ``detect --web`` / ``demo --web`` could not start."""
+
+
+class BackgroundConsole:
+    """The console served by uvicorn in a thread of a process that does something else (``detect``, ``demo``).
+
+    It shares that process's :class:`sinks.clickhouse.Store`: chDB lets one process open a data directory, so
+    the process that writes the store is the one that can show it while it runs. Signals stay with the main
+    thread (uvicorn installs no handler outside it); :meth:`stop` ends the server and waits for the thread.
+    """
+
+    START_TIMEOUT_S = 30.0
+    STOP_TIMEOUT_S = 10.0
+
+    def __init__(self, config: ConsoleConfig, listener: socket.socket, log_level: str = "warning") -> None:
+        import uvicorn
+
+        from web.app import create_app
+
+        self.url = url_of(listener)
+        level = getattr(logging, log_level.upper())
+        self._server = uvicorn.Server(uvicorn.Config(create_app(config), log_level=level, access_log=level <= logging.INFO))
+        self._listener = listener
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [listener]}, name="web console", daemon=True)
+
+    def __enter__(self) -> BackgroundConsole:
+        self._thread.start()
+        deadline = time.monotonic() + self.START_TIMEOUT_S
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self._listener.close()
+                raise ConsoleFailed(f"the web console on {self.url} did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(self.STOP_TIMEOUT_S)
+        self._listener.close()
+
+
+def serve_console(address: str, store: Store | None, store_dsn: str, ruleset: RuleSet, rules_dir: str) -> BackgroundConsole:
+    """``--web HOST:PORT`` of ``detect`` / ``demo``: the console over ``store``, bound now, served once entered."""
+    from web.pages import ConsoleConfig
+
+    host, port = web_option(address)
+    if store is None:
+        raise UsageError("--web: needs a --store (the console shows what is stored)")
+    config = ConsoleConfig(store=store, ruleset=ruleset, store_dsn=store_dsn, rules_dir=rules_dir)
+    return BackgroundConsole(config, bind(host, port))

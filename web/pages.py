@@ -29,7 +29,9 @@ CONTENT_SECURITY_POLICY = (
 SECURITY_HEADERS = {
     "content-security-policy": CONTENT_SECURITY_POLICY,
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    # Not no-referrer: under it browsers send ``Origin: null`` with the sign-in form's POST, which the same-origin
+    # check must refuse. same-origin sends nothing to other sites and the real origin to this one.
+    "referrer-policy": "same-origin",
     "x-frame-options": "DENY",
     "cache-control": "no-store",
 }
