@@ -51,7 +51,8 @@ from tests.support.store import TTL_DAYS, HttpFront, database_name
 LOGYSTERA = shutil.which("logystera", path=str(Path(sys.executable).parent)) or shutil.which("logystera")
 RULES = Path(__file__).resolve().parents[2] / "rules"
 TIMEOUT = 60
-VIEWS = ("signals_final", "alerts_final", "evidence_final", "metrics_final", "rejected_hourly", "deliveries_final")
+VIEWS = ("signals_final", "alerts_final", "evidence_final", "metrics_final", "rejected_hourly", "deliveries_final",
+         "silences_current")
 
 # Everything an analyst reads, as (section, key, value) strings: the same query in this process and through `logystera sql`.
 SNAPSHOT_SQL = " UNION ALL ".join([
