@@ -154,6 +154,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         f"ALTER TABLE {{db}}.signals MODIFY TTL toDateTime(least(ts + INTERVAL {{ttl_days}} DAY, {_LAST_DATETIME}))",
         f"ALTER TABLE {{db}}.metrics MODIFY TTL toDateTime(least(bucket_start + INTERVAL {{ttl_days}} DAY, {_LAST_DATETIME}))",
     )),
+    # The alert page reads one alert's notifications; ``alerts`` is sorted by (site, evaluated_at, …), so finding
+    # one alert_id there reads the whole table. ``alerts_by_id`` holds the same rows sorted by (alert_id, seq):
+    # a materialized view copies every block inserted into ``alerts``, and the INSERT fills it for the rows an
+    # existing store already has (run twice, it adds copies that ReplacingMergeTree and FINAL collapse).
+    Migration(3, "alerts_by_id: the notifications sorted by alert id, for the web console's alert page", (
+        """CREATE TABLE IF NOT EXISTS {db}.alerts_by_id AS {db}.alerts
+        ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(evaluated_at)
+        ORDER BY (alert_id, seq)""",
+        """CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.alerts_by_id_writer TO {db}.alerts_by_id
+        AS SELECT * FROM {db}.alerts""",
+        "INSERT INTO {db}.alerts_by_id SELECT * FROM {db}.alerts",
+    )),
     # Silences are shared by every deliver process and the console: in the store, one row per version (a change,
     # expiring, writes a new one; nothing is deleted), the newest version of each id in silences_current.
     Migration(4, "silences, and what held a notification back (deliveries.held_by)", (
@@ -188,7 +201,7 @@ MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {db}.schema_migrations (
     applied_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplacingMergeTree ORDER BY version"""
 
-TABLES = ("signals", "alerts", "evidence", "metrics", "rejected", "deliveries", "silences")
+TABLES = ("signals", "alerts", "evidence", "metrics", "rejected", "deliveries")
 
 
 # -- rows ------------------------------------------------------------------------------------------

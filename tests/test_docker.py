@@ -26,15 +26,18 @@ def _substituted(text: str) -> str:
     return VARIABLE.sub(lambda match: f"x{match.group(1).lower()}", text)
 
 
-def test_the_stack_runs_gateway_detect_and_deliver() -> None:
-    assert LOGYSTERA_SERVICES == ["deliver", "detect", "gateway"]
+def test_the_stack_runs_gateway_detect_as_two_processes_and_deliver() -> None:
+    assert LOGYSTERA_SERVICES == ["deliver", "detect-0", "detect-1", "gateway"]
+    for index in (0, 1):
+        command = build_parser().parse_args(COMPOSE["services"][f"detect-{index}"]["command"])
+        assert (command.addresses, command.process_id) == ("detect-0:2101,detect-1:2101", index)
 
 
 @pytest.mark.parametrize("name", LOGYSTERA_SERVICES)
 def test_service_command_parses(name: str) -> None:
     command = [_substituted(part) for part in COMPOSE["services"][name]["command"]]
     args = build_parser().parse_args(command)
-    assert args.handler.__name__ == f"cmd_{name}"
+    assert args.handler.__name__ == f"cmd_{name.split('-')[0]}"
 
 
 @pytest.mark.parametrize("name", LOGYSTERA_SERVICES)

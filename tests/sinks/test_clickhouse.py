@@ -51,8 +51,9 @@ from tests.support.store import TTL_DAYS, HttpFront, database_name
 LOGYSTERA = shutil.which("logystera", path=str(Path(sys.executable).parent)) or shutil.which("logystera")
 RULES = Path(__file__).resolve().parents[2] / "rules"
 TIMEOUT = 60
-VIEWS = ("signals_final", "alerts_final", "evidence_final", "metrics_final", "rejected_hourly", "deliveries_final",
-         "silences_current")
+VIEWS = ("signals_final", "alerts_final", "evidence_final", "metrics_final", "rejected_hourly", "deliveries_final")
+ALERT_LOOKUP = ("alerts_by_id", "alerts_by_id_writer")  # migration 3: the table and the materialized view filling it
+SILENCES = ("silences", "silences_current")  # migration 4: silences in the store, their newest versions
 
 # Everything an analyst reads, as (section, key, value) strings: the same query in this process and through `logystera sql`.
 SNAPSHOT_SQL = " UNION ALL ".join([
@@ -290,7 +291,7 @@ def test_http_store_connects_with_the_decoded_credentials_and_works_in_its_datab
     # Everything landed in the real engine behind the server.
     embedded = Store(parse_dsn(f"chdb://{chdb_dir}?database={database}"))
     tables = {row[0] for row in embedded.query(f"SELECT name FROM system.tables WHERE database = '{database}'").result_rows}
-    assert tables == {*TABLES, *VIEWS, "schema_migrations"}
+    assert tables == {*TABLES, *VIEWS, *ALERT_LOOKUP, *SILENCES, "schema_migrations"}
     assert table_rows(embedded, "signals") == 3
 
 
@@ -368,10 +369,11 @@ def test_migrations_apply_once(store_dsn: str) -> None:
     assert store.query(f"SELECT version, description FROM {database}.schema_migrations ORDER BY version").result_rows == [
         (1, "signals, alerts, evidence, metrics, rejected, deliveries and their deduplicated views"),
         (2, "retention (TTL) of signals and metrics without wrap-around for event times after 2106"),
+        (3, "alerts_by_id: the notifications sorted by alert id, for the web console's alert page"),
         (4, "silences, and what held a notification back (deliveries.held_by)"),
     ]
     tables = {row[0] for row in store.query(f"SELECT name FROM system.tables WHERE database = '{database}'").result_rows}
-    assert tables == {*TABLES, *VIEWS, "schema_migrations"}
+    assert tables == {*TABLES, *VIEWS, *ALERT_LOOKUP, *SILENCES, "schema_migrations"}
     ttl = store.query(f"SELECT create_table_query FROM system.tables WHERE database = '{database}' AND name = 'signals'")
     assert f"toIntervalDay({TTL_DAYS})" in ttl.result_rows[0][0]
 
