@@ -296,7 +296,26 @@ def cmd_deliver(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     ruleset = _load_ruleset(args.rules)
-    return run_deliver(open_deliver(args, ruleset.channels, os.environ))
+    return run_deliver(open_deliver(args, ruleset, os.environ))
+
+
+def cmd_silence(args: argparse.Namespace) -> int:
+    """Add, list or expire silences in the store (docs/silences.md)."""
+    from cli.silence import silence_add, silence_expire, silence_list
+    from sinks.clickhouse import RetryPolicy
+
+    if args.silence_command == "add":
+        rules = _load_ruleset(args.rules).enabled_rules  # before the store: a typo costs no connection
+        store = _open_store(args.store, retry=RetryPolicy(give_up_after=0))
+        silence_add(store, rules, args.rules, args.match, args.start, args.end, args.duration, args.by, args.comment,
+                    sys.stdout)
+        return 0
+    store = _open_store(args.store, retry=RetryPolicy(give_up_after=0))
+    if args.silence_command == "list":
+        silence_list(store, args.expired, sys.stdout)
+    else:
+        silence_expire(store, args.id, args.by, sys.stdout)
+    return 0
 
 
 def _add_detection_options(parser: argparse.ArgumentParser) -> None:
@@ -376,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     deliver.add_argument("--concurrency", type=int, default=4, metavar="N", help="calls in flight per channel")
     deliver.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on /metrics")
     deliver.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST")
+    deliver.add_argument("--silence-refresh", type=duration_option, default="5s", metavar="DURATION",
+                         help="how often the silences are read again (how fast a new one applies)")
     deliver.set_defaults(handler=cmd_deliver)
 
     db = commands.add_parser("db", help="manage the ClickHouse store")
@@ -394,6 +415,27 @@ def build_parser() -> argparse.ArgumentParser:
     web = commands.add_parser("web", help="serve the read-only web console over the store (the page of every alert link)")
     add_web_arguments(web, default_store())
     web.set_defaults(handler=cmd_web)
+
+    silence = commands.add_parser("silence", help="silence notifications on purpose: add, list, expire (docs/silences.md)")
+    silence_commands = silence.add_subparsers(dest="silence_command", required=True, parser_class=_Parser)
+    add = silence_commands.add_parser("add", help="hold matching notifications for a while; prints its id and what it holds")
+    add.add_argument("--match", action="append", required=True, metavar="MATCHER",
+                     help="field=value, field!=value, field=~regex or field!~regex (site, rule, kind, severity, "
+                          "subsystem or a group field); repeat for more, all must match")
+    add.add_argument("--start", metavar="TIME", help="RFC 3339 (default: now)")
+    add.add_argument("--end", metavar="TIME", help="RFC 3339; or --for")
+    add.add_argument("--for", dest="duration", type=duration_option, metavar="DURATION", help="e.g. 2h; or --end")
+    add.add_argument("--by", required=True, metavar="NAME", help="who silences")
+    add.add_argument("--comment", required=True, metavar="TEXT", help="why")
+    add.add_argument("--rules", default="rules", metavar="DIR", help="a silence must be able to match one of these rules")
+    listing = silence_commands.add_parser("list", help="silences in force or to come (with --expired: all)")
+    listing.add_argument("--expired", action="store_true", help="also list the expired ones")
+    expire = silence_commands.add_parser("expire", help="end a silence now")
+    expire.add_argument("id", metavar="ID")
+    expire.add_argument("--by", metavar="NAME", help="who ends it (recorded)")
+    for command in (add, listing, expire):
+        command.add_argument("--store", default=default_store(), metavar="DSN")
+        command.set_defaults(handler=cmd_silence)
     return parser
 
 
