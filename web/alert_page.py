@@ -242,7 +242,7 @@ def _holds(reads: Reads, deliveries: list[Delivery], site: str) -> dict[str, lis
     sources: dict[str, dict[str, Any]] = {}
     if ids[INHIBITED]:
         rows = reads.rows(
-            "inhibiting alerts", "SELECT alert_id, any(rule_id) AS rule_id FROM alerts_by_id "
+            "inhibiting alerts", "SELECT alert_id, any(rule_id) AS source_rule FROM alerts_by_id "
             "WHERE alert_id IN {ids:Array(String)} AND $scope GROUP BY alert_id", {"ids": ids[INHIBITED]},
         )
         sources = {row["alert_id"]: row for row in rows}
@@ -264,10 +264,10 @@ def _holds(reads: Reads, deliveries: list[Delivery], site: str) -> dict[str, lis
         holds[MUTED].append({"id": name, "text": f"muted by the maintenance window {name}", "held": _held_where(by[(MUTED, name)])})
     for source_id in ids[INHIBITED]:
         source = sources.get(source_id)
-        text = (f"inhibited by alert {source_id} ({source['rule_id']}, firing)" if source is not None
+        text = (f"inhibited by alert {source_id} ({source['source_rule']}, firing)" if source is not None
                 else "inhibited by an alert of a site you cannot see")
         holds[INHIBITED].append({"id": source_id if source is not None else None, "text": text,
-                                 "rule_id": source["rule_id"] if source is not None else None,
+                                 "rule_id": source["source_rule"] if source is not None else None,
                                  "held": _held_where(by[(INHIBITED, source_id)])})
     return holds
 

@@ -38,7 +38,7 @@ HELD_SHOWN = 50
 """Held notifications listed per silence (all of them are counted)."""
 
 _IN_SCOPE_HELD = (
-    "SELECT alert_id, any(site) AS site, any(rule_id) AS rule_id FROM alerts_by_id "  # noqa: S608 - constants
+    "SELECT alert_id, any(site) AS alert_site, any(rule_id) AS alert_rule FROM alerts_by_id "  # noqa: S608 - constants
     f"WHERE alert_id IN (SELECT alert_id FROM deliveries_final WHERE outcome = '{SILENCED}') AND $scope GROUP BY alert_id"
 )
 """The alerts of the viewer's sites that a silence held (``alerts_by_id`` is sorted by ``alert_id``)."""
@@ -134,10 +134,10 @@ def list_silences(reads: Reads, now_ms: int) -> tuple[list[ListedSilence], list[
         found = reads.rows(
             "held notifications",
             "SELECT d.held_by AS silence_id, d.alert_id AS alert_id, d.seq AS seq, d.channel AS channel, "  # noqa: S608
-            "toUnixTimestamp64Milli(d.attempted_at) AS held_at, a.site AS site, a.rule_id AS rule_id "
+            "toUnixTimestamp64Milli(d.attempted_at) AS held_at, a.alert_site AS site, a.alert_rule AS rule_id "
             f"FROM deliveries_final AS d INNER JOIN ({_IN_SCOPE_HELD}) AS a ON a.alert_id = d.alert_id "
             f"WHERE d.outcome = '{SILENCED}' AND d.held_by IN {{ids:Array(String)}} "
-            f"ORDER BY silence_id, held_at DESC, alert_id, seq, channel LIMIT {HELD_SHOWN} BY silence_id",
+            f"ORDER BY silence_id, held_at DESC, alert_id, seq DESC, channel LIMIT {HELD_SHOWN} BY silence_id",
             {"ids": [item.silence.id for item in with_held]},
         )
         by_id = {item.silence.id: item for item in with_held}
