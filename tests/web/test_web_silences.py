@@ -10,6 +10,7 @@ sees everything (the checks on alice are not vacuous: the admin's answers hold w
 from __future__ import annotations
 
 import asyncio
+import base64
 import html
 import json
 import re
@@ -34,9 +35,8 @@ from flows.replay import replay
 from schemas.alerts import parse_notification
 from schemas.matchers import parse_matcher
 from schemas.rule_loader import load_rules
-from schemas.rules import InhibitRule, MuteTime
+from schemas.rules import InhibitRule, MuteTime, WebhookChannel
 from sinks.clickhouse import Store
-from tests.delivery.test_delivery_service import ENV, SECRET, webhook
 from tests.support.incidents import SITE as SITE_A
 from tests.support.incidents import XSS
 from tests.support.receivers import WebhookReceiver
@@ -49,6 +49,12 @@ from web.app import ConsoleConfig, create_app
 RULES = Path(__file__).resolve().parents[2] / "rules"
 ALICE = Viewer(name="alice", sites=("shop-*",))
 HOUR = 3_600_000
+SECRET = "whsec_" + base64.b64encode(b"console-silences-test-secret-32b").decode()
+ENV = {"HOOK_SECRET": SECRET}
+
+
+def webhook(name: str, url: str) -> WebhookChannel:
+    return WebhookChannel.model_validate({"name": name, "type": "webhook", "url": url, "secret_env": "HOOK_SECRET"})
 
 
 @dataclass
