@@ -54,7 +54,8 @@ ENV = {"HOOK_SECRET": SECRET}
 
 
 def webhook(name: str, url: str) -> WebhookChannel:
-    return WebhookChannel.model_validate({"name": name, "type": "webhook", "url": url, "secret_env": "HOOK_SECRET"})
+    return WebhookChannel.model_validate({"name": name, "type": "webhook", "url": url, "secret_env": "HOOK_SECRET",
+                                         "send_resolved": True, "rate_limit": {"per": "1m", "max": 60}})
 
 
 @dataclass
