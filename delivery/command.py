@@ -53,9 +53,11 @@ class DeliverOptions:
     policy: DeliveryPolicy = field(default_factory=DeliveryPolicy)
     grace: float = 10.0
     metrics: tuple[str, int] | None = None  # (host, port) of the Prometheus endpoint
+    kafka_options: Mapping[str, str] = field(default_factory=dict)  # --kafka-option, checked
 
 
-def open_deliver(args: argparse.Namespace, channels: list[Channel], environ: Mapping[str, str]) -> DeliverOptions:
+def open_deliver(args: argparse.Namespace, channels: list[Channel], environ: Mapping[str, str],
+                 kafka_options: Mapping[str, str] | None = None) -> DeliverOptions:
     """The options of ``logystera deliver`` (durations in milliseconds), every channel opened (its secrets read now), the store open.
 
     Fails before anything is sent: a missing secret or a bad option with a
@@ -84,6 +86,7 @@ def open_deliver(args: argparse.Namespace, channels: list[Channel], environ: Map
         senders, store, source=args.alerts, bootstrap=args.bootstrap, topic=args.topic, group=args.group,
         policy=policy, grace=timeout,
         metrics=None if args.metrics_port is None else (args.metrics_host, args.metrics_port),
+        kafka_options=dict(kafka_options or {}),
     )
 
 
@@ -110,7 +113,7 @@ async def _run(options: DeliverOptions, err: TextIO) -> int:
             finished = await unless_stopped(service.guarded(deliver_file(service, options.source or "-", err)), stop)
         else:  # watches ``stop`` itself
             await service.guarded(deliver_kafka(service, options.bootstrap, options.topic, options.group, options.grace,
-                                                stop, err))
+                                                stop, err, options.kafka_options))
             finished = True
     finally:
         await service.stop(options.grace)
