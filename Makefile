@@ -1,5 +1,6 @@
 # Two entry points (README): `make demo` runs the main job, `make test` runs every check.
 # `make test-fast` is the inner loop: lint and the tests that start no broker, no process and are not slow.
+# `make test` first makes sure Chromium is installed for the browser tests (tests/support/ensure_chromium.sh).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,8 +14,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The demo ends by serving the web console over the stored day (two alert links printed) until Ctrl-C.
 demo: $(STAMP)
-	$(BIN)/logystera demo
+	$(BIN)/logystera demo --web
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -23,6 +25,7 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/logystera rules check rules
 	$(BIN)/logystera rules test tests/rules/pack
+	tests/support/ensure_chromium.sh
 	$(BIN)/pytest
 
 test-fast: lint

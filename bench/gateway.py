@@ -44,6 +44,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.children import cpu_seconds, wait_healthy  # noqa: E402
 from dispatcher import new_id, sign_batch  # noqa: E402
 from protocol.wire import encode_batch  # noqa: E402
 from schemas.factory import identity_hash, make_signal, signal_line  # noqa: E402
@@ -53,12 +54,6 @@ from tests.support.ports import free_port  # noqa: E402
 
 GOAL_PER_CORE = 20_000
 TOPIC = "signals"
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and all its threads (``/proc/<pid>/stat`` fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _signal(site: str, n: int, ts: int) -> dict[str, object]:
@@ -87,20 +82,6 @@ def _batches(sites: list[str], secrets: dict[str, str], count: int, size: int) -
                    "webhook-signature": sign_batch(secrets[site], batch_id, now, body)}
         out.append((body, headers))
     return out
-
-
-def wait_healthy(port: int, gateway: subprocess.Popen[bytes], log: Path) -> None:
-    """Block until the gateway on ``port`` answers ``/healthz``; exit with its log if it dies or takes over 30 s."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or gateway.poll() is not None:
-            raise SystemExit(f"gateway did not come up:\n{log.read_text()}")
-        time.sleep(0.1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,10 +132,10 @@ def main(argv: list[str] | None = None) -> int:
             wait_healthy(port, gateway, Path(work) / "gateway.log")
             with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
                 list(pool.map(post, warmup))
-                cpu_before, wall_before = _cpu_seconds(gateway.pid), time.perf_counter()
+                cpu_before, wall_before = cpu_seconds(gateway.pid), time.perf_counter()
                 latencies = list(pool.map(post, load))
                 wall = time.perf_counter() - wall_before
-                cpu = _cpu_seconds(gateway.pid) - cpu_before
+                cpu = cpu_seconds(gateway.pid) - cpu_before
         finally:
             gateway.terminate()
             gateway.wait(30)

@@ -45,7 +45,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.gateway import wait_healthy  # noqa: E402
+from bench.children import wait_healthy  # noqa: E402
 from dispatcher import new_id, sign_batch  # noqa: E402
 from protocol.wire import encode_batch  # noqa: E402
 from schemas.factory import make_signal, signal_line  # noqa: E402

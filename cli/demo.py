@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -32,10 +33,11 @@ from typing import Any, TextIO
 
 from flows.replay import ReplayResult, replay
 from flows.sources import DEFAULT_CHUNK_LINES
-from operators.notification import Emitted
+from operators.notification import DEFAULT_LINK_BASE, Emitted
 from schemas.rules import Rule
 from simulate.scenario import DAY_START, SITES, write_scenario
 from sinks.clickhouse import Store
+from web.command import serve_console
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 """The default rule pack: ``rules/`` beside ``cli/``, in a checkout and in an installed wheel alike (pyproject package-data)."""
@@ -227,11 +229,15 @@ def _invoked_as() -> str:
     return "logystera"
 
 
-def run_demo(data_dir: Path, workers: int = 1, console: Console | None = None, store: str = "none") -> int:
+def run_demo(data_dir: Path, workers: int = 1, console: Console | None = None, store: str = "none",
+             web: str | None = None) -> int:
     """Generate the scenario, replay it through the real flow with the default rules, report; 0 on success.
 
     With a ``store`` DSN (the CLI passes the embedded default), everything is
     also written to ClickHouse; replaying the day again replaces, never doubles.
+    With ``web`` (``HOST:PORT``), the console is then served over that store from
+    this process, and the links of the notifications point at it: the run prints
+    two of them and serves until SIGINT or SIGTERM (see :func:`serve_until_stopped`).
     """
     from schemas.rule_loader import load_rules
 
@@ -242,6 +248,10 @@ def run_demo(data_dir: Path, workers: int = 1, console: Console | None = None, s
     alerts_path = data_dir / "alerts.jsonl"
     ruleset = load_rules(RULES_DIR)  # a broken default pack: RuleLoadError, reported by cli.main (exit 2)
     rules = ruleset.enabled_rules
+    opened = None if store == "none" else Store.open(store)
+    # Bound before the day is made: a port in use is a usage error at once, and the links can name the console.
+    web_console = None if web is None else serve_console(web, opened, store, ruleset, str(RULES_DIR))
+    link_base = DEFAULT_LINK_BASE if web_console is None else web_console.url
 
     out.line(f"Logystera demo: one simulated day ({DAY_START[:10]}, UTC) of {len(SITES)} sites: {', '.join(SITES)}")
     started = time.perf_counter()
@@ -254,9 +264,9 @@ def run_demo(data_dir: Path, workers: int = 1, console: Console | None = None, s
         for alert in sorted(batch, key=lambda alert: alert.sort_key):
             out.line(alert_line(alert.record.model_dump()))
 
-    opened = None if store == "none" else Store.open(store)
     started = time.perf_counter()
-    result = replay_with_progress(signals_path, total, rules, workers, out, show, store=opened, metrics=ruleset.metrics)
+    result = replay_with_progress(signals_path, total, rules, workers, out, show, store=opened, metrics=ruleset.metrics,
+                                  link_base=link_base)
     seconds = time.perf_counter() - started
     with open(alerts_path, "w", encoding="utf-8", newline="\n") as alerts:
         for line in result.alerts:
@@ -280,4 +290,35 @@ def run_demo(data_dir: Path, workers: int = 1, console: Console | None = None, s
     if opened is not None:
         out.line(f"Store:   {opened.address}")
         out.line(f"  try: {_invoked_as()} {TRY_QUERY}")
+    if web_console is not None:
+        with web_console:
+            out.line("")
+            out.line(f"Web console: {web_console.url}/alerts — two of the alerts:")
+            for record in _showcase(records):
+                out.line(f"  {record['link']}  {record['severity']:<8}  {record['site']:<12}  {record['rule']['title']}")
+            out.line("Press Ctrl-C to stop.")
+            serve_until_stopped()
     return 0
+
+
+def _showcase(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Two episodes worth opening: the most severe first firings, of two different rules and sites where there are."""
+    first = sorted((r for r in records if r["seq"] == 1 and r["status"] == "firing"),
+                   key=lambda r: (_SEVERITY_ORDER.index(r["severity"]), r["started_at"], r["alert_id"]))
+    chosen: list[dict[str, Any]] = []
+    for record in first:
+        if all(record["rule"]["id"] != c["rule"]["id"] and record["site"] != c["site"] for c in chosen):
+            chosen.append(record)
+    return (chosen + [r for r in first if r not in chosen])[:2]
+
+
+def serve_until_stopped() -> None:
+    """Block until SIGINT (Ctrl-C) or SIGTERM: the console thread serves meanwhile; the caller then stops it."""
+    stop = threading.Event()
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

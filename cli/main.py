@@ -7,6 +7,7 @@ stderr and a documented exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from typing import Any, NoReturn
 from gateway.command import add_arguments as add_gateway_arguments
 from schemas.durations import duration_option
 from schemas.errors import EXIT_USAGE, LogysteraError, UsageError
+from web.command import add_arguments as add_web_arguments
 
 DEFAULT_STORE = "chdb://.logystera/store"
 
@@ -87,30 +89,57 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    """Replay a JSON Lines file through the detection flow."""
+    """Replay a JSON Lines file through the detection flow (with ``--processes``, as a local cluster: docs/scaling.md)."""
+    from flows.cluster import local_cluster
     from flows.replay import replay
 
     if args.signals != "-" and not Path(args.signals).is_file():
         raise UsageError(f"{args.signals}: no such file")
-    if args.workers < 1:
-        raise UsageError("--workers must be at least 1")
+    shape = _cluster_shape(args)
     link_base = _link_base(args.link_base)
     ruleset = _load_ruleset(args.rules)
-    store = None if args.store in (None, "none") else _open_store(args.store)
-    out = sys.stdout if args.out in (None, "-") else _open_output(args.out)
+    store = _cluster_store(args.store, shape)
+    out = sys.stdout if args.out in (None, "-") or not shape.owner else _open_output(args.out)
 
     def report(rejects: list[tuple[int, str]]) -> None:
         sys.stderr.write("".join(f"line {line}: {reason}\n" for line, reason in rejects))
         sys.stderr.flush()
 
-    result = replay(args.signals, ruleset.enabled_rules, workers=args.workers, lateness=args.allowed_lateness,
-                    link_base=link_base, store=store, metrics=ruleset.metrics, on_rejects=report)
+    with local_cluster(shape, args.argv) as here:
+        result = replay(args.signals, ruleset.enabled_rules, lateness=args.allowed_lateness, link_base=link_base,
+                        store=store, metrics=ruleset.metrics, on_rejects=report, cluster=here)
+    if not shape.owner:
+        return 0  # process 0 prints the cluster's output
     with out:
         for alert in result.alerts:
             out.write(alert)
             out.write("\n")
     print(result.totals_line, file=sys.stderr)
     return 0
+
+
+def _cluster_shape(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """``--workers``, ``--processes``, ``--addresses``, ``--process-id`` as a :class:`flows.cluster.ClusterShape`."""
+    from flows.cluster import cluster_shape
+
+    return cluster_shape(args.workers, args.processes, args.addresses, args.process_id)
+
+
+def _cluster_store(dsn: str | None, shape: Any):  # type: ignore[no-untyped-def]
+    """The store for this process of a cluster: opened (and migrated) by process 0 only.
+
+    The others do not connect to a chDB directory (process 0 writes every row there) and do not migrate.
+    """
+    from sinks.clickhouse import Store, StoreConfigError, parse_dsn
+
+    if dsn in (None, "none"):
+        return None
+    if shape.owner:
+        return _open_store(dsn)
+    try:
+        return Store(parse_dsn(dsn))
+    except StoreConfigError as error:
+        raise UsageError(f"--store: {error}") from None
 
 
 def _link_base(text: str) -> str:
@@ -127,21 +156,27 @@ def cmd_detect(args: argparse.Namespace) -> int:
     """Run the detection flow on Kafka until SIGINT/SIGTERM (docs/live.md)."""
     from flows.live import DetectSettings, run_detect
 
-    if args.workers < 1:
-        raise UsageError("--workers must be at least 1")
+    shape = _cluster_shape(args)
     if args.epoch_interval < 1000 or args.delivery_timeout < 1000:
         raise UsageError("--epoch-interval and --delivery-timeout must be at least 1s")
     link_base = _link_base(args.link_base)
     ruleset = _load_ruleset(args.rules)
-    store = None if args.store in (None, "none") else _open_store(args.store)
+    store = _cluster_store(args.store, shape)
     settings = DetectSettings(
         bootstrap=args.bootstrap, topic=args.topic, alerts_topic=args.alerts_topic,
-        recovery_dir=Path(args.recovery_dir) if args.recovery_dir else None, workers=args.workers,
+        recovery_dir=Path(args.recovery_dir) if args.recovery_dir else None, cluster=shape,
         lateness=args.allowed_lateness, link_base=link_base, epoch_interval=args.epoch_interval / 1000,
         delivery_timeout=args.delivery_timeout / 1000, exit_at_end=args.exit_at_end,
         kafka_options=_kafka_options(args.kafka_option),
     )
-    totals = run_detect(settings, ruleset.enabled_rules, ruleset.metrics, store)
+    if args.web is not None and not shape.owner:
+        raise UsageError("--web: only process 0 of a cluster serves the console (it is the one that holds the store)")
+    with _web_console(args.web, store, args.store, ruleset, args.rules) as console:
+        if console is not None:
+            print(f"detect: web console on {console.url}/alerts", file=sys.stderr, flush=True)
+        totals = run_detect(settings, ruleset.enabled_rules, ruleset.metrics, store, argv=args.argv)
+    if not shape.owner:
+        return 0  # process 0 reports the cluster's totals
     print(totals.decisions_line, file=sys.stderr)
     print(totals.line, file=sys.stderr)
     return 0
@@ -159,6 +194,13 @@ def _kafka_options(values: list[str]) -> dict[str, str]:
     from sinks.kafka_client import client_options
 
     return client_options(values)
+
+
+def _web_console(address: str | None, store: Any, store_dsn: str, ruleset: Any, rules_dir: str) -> contextlib.AbstractContextManager[Any]:
+    """``--web HOST:PORT``: the console served from this process, which holds the store (docs/web.md); else nothing."""
+    from web.command import serve_console
+
+    return contextlib.nullcontext() if address is None else serve_console(address, store, store_dsn, ruleset, rules_dir)
 
 
 def default_store() -> str:
@@ -243,11 +285,18 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return run_gateway(args)
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    """Serve the web console until SIGINT or SIGTERM (docs/web.md)."""
+    from web.command import run_web
+
+    return run_web(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Replay the bundled scenario and show the alerts as they fire."""
     from cli.demo import run_demo
 
-    return run_demo(Path(args.data_dir), workers=args.workers, store=args.store)
+    return run_demo(Path(args.data_dir), workers=args.workers, store=args.store, web=args.web)
 
 
 def cmd_deliver(args: argparse.Namespace) -> int:
@@ -264,13 +313,35 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     if args.kafka_option and args.bootstrap is None:
         raise UsageError("--kafka-option needs --bootstrap")
     ruleset = _load_ruleset(args.rules)
-    return run_deliver(open_deliver(args, ruleset.channels, os.environ, _kafka_options(args.kafka_option)))
+    return run_deliver(open_deliver(args, ruleset, os.environ, _kafka_options(args.kafka_option)))
+
+
+def cmd_silence(args: argparse.Namespace) -> int:
+    """Add, list or expire silences in the store (docs/silences.md)."""
+    from cli.silence import silence_add, silence_expire, silence_list
+    from sinks.clickhouse import RetryPolicy
+
+    if args.silence_command == "add":
+        rules = _load_ruleset(args.rules).enabled_rules  # before the store: a typo costs no connection
+        store = _open_store(args.store, retry=RetryPolicy(give_up_after=0))
+        silence_add(store, rules, args.rules, args.match, args.start, args.end, args.duration, args.by, args.comment,
+                    sys.stdout)
+        return 0
+    store = _open_store(args.store, retry=RetryPolicy(give_up_after=0))
+    if args.silence_command == "list":
+        silence_list(store, args.expired, sys.stdout)
+    else:
+        silence_expire(store, args.id, args.by, sys.stdout)
+    return 0
 
 
 def _add_detection_options(parser: argparse.ArgumentParser) -> None:
     """The options replay and detect share: the rules, the workers, the store and the two deployment knobs."""
     parser.add_argument("--rules", default="rules", metavar="DIR")
-    parser.add_argument("--workers", type=int, default=1, metavar="N")
+    parser.add_argument("--workers", type=int, default=1, metavar="N", help="worker threads per process")
+    parser.add_argument("--processes", type=int, metavar="N", help="run as a local cluster of N processes (docs/scaling.md)")
+    parser.add_argument("--addresses", metavar="HOST:PORT,…", help="every process of a cluster on several hosts, in process-id order")
+    parser.add_argument("--process-id", type=int, metavar="I", help="this process's position in --addresses")
     parser.add_argument("--store", metavar="DSN", help="ClickHouse DSN, or none (the default)")
     parser.add_argument("--allowed-lateness", type=duration_option, default="60s", metavar="DURATION")
     parser.add_argument("--link-base", default="http://localhost:8080", metavar="URL",
@@ -309,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="wait this long for the broker to acknowledge notifications, then stop")
     detect.add_argument("--exit-at-end", action="store_true", help="stop at the end of the topic instead of waiting for more")
     _add_kafka_option(detect)
+    detect.add_argument("--web", metavar="HOST:PORT", help="also serve the web console over --store from this process (loopback)")
     detect.set_defaults(handler=cmd_detect)
 
     schema = commands.add_parser("schema", help="print a JSON Schema")
@@ -319,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", default=".logystera/demo", metavar="DIR")
     demo.add_argument("--workers", type=int, default=1, metavar="N")
     demo.add_argument("--store", default=default_store(), metavar="DSN", help="where to store everything (none: nowhere)")
+    demo.add_argument("--web", nargs="?", const="127.0.0.1:8080", metavar="HOST:PORT",
+                      help="then serve the web console over the stored day until Ctrl-C (default 127.0.0.1:8080)")
     demo.set_defaults(handler=cmd_demo)
 
     gateway = commands.add_parser("gateway", help="run the ingest gateway: signed batches in, signals and ticks to Kafka")
@@ -340,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     deliver.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on /metrics")
     deliver.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST")
     _add_kafka_option(deliver)
+    deliver.add_argument("--silence-refresh", type=duration_option, default="5s", metavar="DURATION",
+                         help="how often the silences are read again (how fast a new one applies)")
     deliver.set_defaults(handler=cmd_deliver)
 
     db = commands.add_parser("db", help="manage the ClickHouse store")
@@ -351,8 +427,34 @@ def build_parser() -> argparse.ArgumentParser:
     sql = commands.add_parser("sql", help="query the store (chDB has no server to point clickhouse-client at)")
     sql.add_argument("query", metavar="QUERY")
     sql.add_argument("--store", default=default_store(), metavar="DSN")
-    sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sql.add_argument("--format", choices=["table", "csv", "json", "raw"], default="table",
+                     help="raw: the values of a one-column result, one per line")
     sql.set_defaults(handler=cmd_sql)
+
+    web = commands.add_parser("web", help="serve the read-only web console over the store (the page of every alert link)")
+    add_web_arguments(web, default_store())
+    web.set_defaults(handler=cmd_web)
+
+    silence = commands.add_parser("silence", help="silence notifications on purpose: add, list, expire (docs/silences.md)")
+    silence_commands = silence.add_subparsers(dest="silence_command", required=True, parser_class=_Parser)
+    add = silence_commands.add_parser("add", help="hold matching notifications for a while; prints its id and what it holds")
+    add.add_argument("--match", action="append", required=True, metavar="MATCHER",
+                     help="field=value, field!=value, field=~regex or field!~regex (site, rule, kind, severity, "
+                          "subsystem or a group field); repeat for more, all must match")
+    add.add_argument("--start", metavar="TIME", help="RFC 3339 (default: now)")
+    add.add_argument("--end", metavar="TIME", help="RFC 3339; or --for")
+    add.add_argument("--for", dest="duration", type=duration_option, metavar="DURATION", help="e.g. 2h; or --end")
+    add.add_argument("--by", required=True, metavar="NAME", help="who silences")
+    add.add_argument("--comment", required=True, metavar="TEXT", help="why")
+    add.add_argument("--rules", default="rules", metavar="DIR", help="a silence must be able to match one of these rules")
+    listing = silence_commands.add_parser("list", help="silences in force or to come (with --expired: all)")
+    listing.add_argument("--expired", action="store_true", help="also list the expired ones")
+    expire = silence_commands.add_parser("expire", help="end a silence now")
+    expire.add_argument("id", metavar="ID")
+    expire.add_argument("--by", metavar="NAME", help="who ends it (recorded)")
+    for command in (add, listing, expire):
+        command.add_argument("--store", default=default_store(), metavar="DSN")
+        command.set_defaults(handler=cmd_silence)
     return parser
 
 
@@ -361,7 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # clickhouse-connect logs each failed HTTP call; the store retries them and reports the outcome in one line.
     logging.getLogger("clickhouse_connect").setLevel(logging.CRITICAL)
     try:
-        args = build_parser().parse_args(argv)
+        arguments = list(sys.argv[1:] if argv is None else argv)
+        args = build_parser().parse_args(arguments)
+        args.argv = arguments  # what a local cluster's other processes are started with
         return int(args.handler(args))
     except LogysteraError as error:
         for line in error.lines():

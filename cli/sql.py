@@ -1,4 +1,8 @@
-"""``logystera sql``: one query against the store, printed as a table, CSV or JSON Lines."""
+"""``logystera sql``: one query against the store, printed as a table, CSV, JSON Lines or raw lines.
+
+``raw`` prints the values of a one-column result, one per line, as they are: the alert page's reproduce
+commands use it to write a span of stored signal envelopes back out as a JSON Lines file for ``replay``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import json
 from datetime import datetime
 from typing import Any, TextIO
 
+from schemas.errors import UsageError
 from sinks.clickhouse import Store
 
 
@@ -36,7 +41,12 @@ def run_sql(store: Store, query: str, output_format: str, out: TextIO) -> int:
         # chDB reports no column names for an empty result; ask the store for the result's shape.
         names = [row[0] for row in store.query(f"DESCRIBE ({query})").result_rows]
     rows = result.result_rows
-    if output_format == "json":
+    if output_format == "raw":
+        if len(names) != 1:
+            raise UsageError(f"--format raw prints one column; the query returns {len(names)}")
+        for (value,) in rows:
+            out.write(_cell(value) + "\n")
+    elif output_format == "json":
         for row in rows:
             out.write(json.dumps({name: _plain(value) for name, value in zip(names, row, strict=True)},
                                  ensure_ascii=False, default=str) + "\n")

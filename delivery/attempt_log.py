@@ -11,7 +11,8 @@ would lose the restart guarantees.
 :meth:`AttemptLog.earlier` reads what earlier runs recorded for some alerts:
 per (channel, alert, seq) the last attempt number, the calls made, the last
 outcome and whether the notification is finished there (delivered, gave up,
-failed, or collapsed into a later one) — a restart continues from it. A
+failed, held back by a silence, mute time or inhibition, or collapsed into a
+later one) — a restart continues from it. A
 last row ``started`` is a call whose outcome never reached the store (the
 process died during it): maybe delivered, so not finished; the restart
 makes the call again, with the same ``webhook-id`` and the same ``collapsed``
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from delivery.holds import HELD_OUTCOMES
 from delivery.schedule import COLLAPSED_INTO, DELIVERED, FAILED, GAVE_UP, RATE_LIMITED, Attempt
 from schemas.store import DELIVERY_COLUMNS
 from sinks.clickhouse import Store
@@ -34,7 +36,8 @@ from sinks.clickhouse import Store
 _ALERT_ID = re.compile(r"^[0-9a-f]{32}$")
 _CARRIER = re.compile(re.escape(COLLAPSED_INTO) + r"(\d+)$")
 _LOOKUP_BATCH = 1000
-_EARLIER = """SELECT channel, alert_id, seq, max(attempt), countIf(outcome != 'rate_limited'),
+_NOT_CALLS = ", ".join(f"'{outcome}'" for outcome in (RATE_LIMITED, *HELD_OUTCOMES))
+_EARLIER = """SELECT channel, alert_id, seq, max(attempt), countIf(outcome NOT IN ({not_calls})),
     argMax(outcome, attempt), argMax(error, attempt)
 FROM {db}.deliveries_final WHERE alert_id IN ({ids}) GROUP BY channel, alert_id, seq"""
 
@@ -52,7 +55,7 @@ class Earlier:
     @property
     def finished(self) -> bool:
         """Nothing more to do for it on this channel."""
-        return self.outcome in (DELIVERED, GAVE_UP, FAILED) or self.carrier is not None
+        return self.outcome in (DELIVERED, GAVE_UP, FAILED, *HELD_OUTCOMES) or self.carrier is not None
 
     @property
     def carrier(self) -> int | None:
@@ -136,7 +139,7 @@ class AttemptLog:
         found: dict[EarlierKey, Earlier] = {}
         for start in range(0, len(ids), _LOOKUP_BATCH):
             listed = ", ".join(f"'{alert_id}'" for alert_id in ids[start:start + _LOOKUP_BATCH])
-            query = _EARLIER.format(db=self.store.database, ids=listed)
+            query = _EARLIER.format(db=self.store.database, ids=listed, not_calls=_NOT_CALLS)
             result = await asyncio.to_thread(self.store.query, query)
             for channel, alert_id, seq, attempt, calls, outcome, error in result.result_rows:
                 found[(channel, alert_id, int(seq))] = Earlier(int(attempt), int(calls), outcome, error)

@@ -28,16 +28,18 @@ from typing import TYPE_CHECKING, TextIO
 
 from delivery.attempt_log import AttemptLog
 from delivery.file_source import deliver_file
+from delivery.holds import HoldPolicy
 from delivery.kafka_source import deliver_kafka
 from delivery.metrics import DeliveryMetrics
 from delivery.schedule import DeliveryPolicy
 from delivery.service import DeliveryService, unless_stopped
+from delivery.silences import SilenceCache
 from schemas.errors import UsageError
 from sinks.channel import ChannelSender
 from sinks.clickhouse import Store
 
 if TYPE_CHECKING:
-    from schemas.rules import Channel
+    from schemas.rule_loader import RuleSet
 
 
 @dataclass
@@ -53,10 +55,20 @@ class DeliverOptions:
     policy: DeliveryPolicy = field(default_factory=DeliveryPolicy)
     grace: float = 10.0
     metrics: tuple[str, int] | None = None  # (host, port) of the Prometheus endpoint
+    holds: HoldPolicy = field(default_factory=HoldPolicy)
+    silence_refresh: float = 5.0  # seconds between two reads of the silences
     kafka_options: Mapping[str, str] = field(default_factory=dict)  # --kafka-option, checked
 
 
-def open_deliver(args: argparse.Namespace, channels: list[Channel], environ: Mapping[str, str],
+def hold_policy(ruleset: RuleSet) -> HoldPolicy:
+    """The mute times and inhibit rules of a rule set, and which channels and rules name which mute times."""
+    return HoldPolicy(
+        ruleset.mute_times, {channel.name: channel.mute for channel in ruleset.channels},
+        {rule.id: rule.mute for rule in ruleset.rules}, ruleset.inhibit,
+    )
+
+
+def open_deliver(args: argparse.Namespace, ruleset: RuleSet, environ: Mapping[str, str],
                  kafka_options: Mapping[str, str] | None = None) -> DeliverOptions:
     """The options of ``logystera deliver`` (durations in milliseconds), every channel opened (its secrets read now), the store open.
 
@@ -74,7 +86,9 @@ def open_deliver(args: argparse.Namespace, channels: list[Channel], environ: Map
     timeout = args.timeout / 1000
     if timeout <= 0:
         raise UsageError("--timeout must be more than 0")
-    senders = [open_sender(channel, environ, timeout=timeout) for channel in channels]  # ChannelConfigError: exit 2
+    if args.silence_refresh < 100:
+        raise UsageError("--silence-refresh must be at least 100ms")
+    senders = [open_sender(channel, environ, timeout=timeout) for channel in ruleset.channels]  # ChannelConfigError: exit 2
     try:
         # chDB: the directory must be ours alone, and a taken one is reported at once instead of retried for a minute.
         store = Store.open(args.store, retry=RetryPolicy(give_up_after=0)) if args.store.startswith("chdb://") \
@@ -86,6 +100,7 @@ def open_deliver(args: argparse.Namespace, channels: list[Channel], environ: Map
         senders, store, source=args.alerts, bootstrap=args.bootstrap, topic=args.topic, group=args.group,
         policy=policy, grace=timeout,
         metrics=None if args.metrics_port is None else (args.metrics_host, args.metrics_port),
+        holds=hold_policy(ruleset), silence_refresh=args.silence_refresh / 1000,
         kafka_options=dict(kafka_options or {}),
     )
 
@@ -101,14 +116,17 @@ def run_deliver(options: DeliverOptions, err: TextIO = sys.stderr) -> int:
 
 
 async def _run(options: DeliverOptions, err: TextIO) -> int:
-    service = DeliveryService(options.senders, AttemptLog(options.store), options.policy)
+    silences = SilenceCache(options.store, options.holds, interval=options.silence_refresh, err=err)
+    service = DeliveryService(options.senders, AttemptLog(options.store), options.policy, holds=options.holds,
+                              silences=silences)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     server = DeliveryMetrics(service, loop).serve(*options.metrics)[0] if options.metrics else None
-    service.start()
     try:
+        await silences.refresh()  # nothing is sent before the silences are known
+        service.start()
         if options.bootstrap is None:
             finished = await unless_stopped(service.guarded(deliver_file(service, options.source or "-", err)), stop)
         else:  # watches ``stop`` itself

@@ -34,6 +34,7 @@ class _Reading:
     held: dict[str, int]
     in_flight: dict[str, int]
     pending: int
+    silences: int
 
 
 def _read(service: DeliveryService) -> _Reading:
@@ -44,6 +45,7 @@ def _read(service: DeliveryService) -> _Reading:
         {name: runner.schedule.held for name, runner in service.runners.items()},
         {name: runner.schedule.in_flight for name, runner in service.runners.items()},
         service.pending,
+        sum(1 for silence in service.holds.silences if silence.active(round(service.clock() * 1000))),
     )
 
 
@@ -78,7 +80,8 @@ class DeliveryMetrics(Collector):
             attempts.add_metric([channel, outcome], n)
         notifications = CounterMetricFamily(
             "logystera_delivery_notifications",
-            "Notifications per channel by how they ended (gave_up and failed never reached the receiver).",
+            "Notifications per channel by how they ended (gave_up and failed never reached the receiver; "
+            "silenced, muted and inhibited were held back on purpose).",
             labels=["channel", "result"])
         for (channel, result), n in sorted(now.notifications.items()):
             notifications.add_metric([channel, result], n)
@@ -93,7 +96,10 @@ class DeliveryMetrics(Collector):
             in_flight.add_metric([channel], n)
         pending = GaugeMetricFamily("logystera_delivery_pending_records", "Records read and not yet done on every channel.",
                                     value=now.pending)
-        yield from (attempts, notifications, records, held, in_flight, pending)
+        silences = GaugeMetricFamily("logystera_delivery_silences_active",
+                                     "Silences holding matching notifications now (as last read from the store).",
+                                     value=now.silences)
+        yield from (attempts, notifications, records, held, in_flight, pending, silences)
 
     def exposition(self) -> bytes:
         """The text exposition of every metric."""

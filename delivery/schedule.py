@@ -18,6 +18,11 @@ The policy, per channel:
   in the channel's queue (first come, first served) and each waiting
   notification is recorded ``rate_limited`` once. Retries take no token: they
   are spaced by backoff and are not new notifications.
+- **Quiet on purpose.** When an alert is next in line, the ``hold`` callback
+  (:class:`delivery.holds.HoldPolicy`) is asked about each of its waiting
+  notifications; one a silence, mute time or inhibition holds gets a final
+  ``silenced``/``muted``/``inhibited`` row naming what held it, takes no
+  token, and is never sent. Retries of a call already made are not asked.
 - **Collapse.** When a held alert gets its token, its backlog collapses to the
   latest notification, sent with ``collapsed`` = how many it replaces; each
   replaced one gets a final ``rate_limited`` row ``collapsed into seq N``.
@@ -48,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from protocol.resilience import Backoff
 
 if TYPE_CHECKING:
+    from delivery.holds import Hold
     from schemas.alerts import ReceivedRecord
     from sinks.channel import SendResult
 
@@ -127,6 +133,7 @@ class Item:
     calls: int = 0
     collapsed: int = 0
     held: bool = False
+    inhibited: Hold | None = None  # decided when it entered, in stream order (delivery.holds.Inhibitor)
 
     @property
     def alert_id(self) -> str:
@@ -153,11 +160,12 @@ class Attempt:
     latency_ms: int
     error: str
     final: bool
+    held_by: str = ""  # silenced, muted, inhibited: the silence id, mute time name or inhibiting alert id
 
     def row(self) -> tuple[Any, ...]:
         """The values in ``schemas.store.DELIVERY_COLUMNS`` order."""
         return (self.alert_id, self.seq, self.channel, self.attempt, self.attempted_at, self.outcome, self.status_code,
-                self.latency_ms, self.error)
+                self.latency_ms, self.error, self.held_by)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,10 +211,11 @@ class ChannelSchedule:
 
     def __init__(
         self, channel: str, rate_max: int, rate_per: float, policy: DeliveryPolicy, now: float,
-        random: Callable[[], float] = _random.random,
+        random: Callable[[], float] = _random.random, hold: Callable[[Item, float], Hold | None] | None = None,
     ) -> None:
         self.channel = channel
         self.policy = policy
+        self._hold_of = hold
         self.bucket = TokenBucket(rate_max, rate_per, now)
         self._backoff = Backoff(policy.backoff_base, policy.backoff_cap, random)
         self._lanes: dict[str, _Lane] = {}
@@ -333,8 +342,17 @@ class ChannelSchedule:
             lane.retry_at = None
             self._start(lane, lane.active, now)
             slots -= 1
-        while self._queue and slots > 0 and self.bucket.take(now):
-            lane = self._lanes[self._queue.popleft()]
+        while self._queue and slots > 0:
+            alert_id = self._queue[0]
+            lane = self._lanes[alert_id]
+            self._release_held(lane, now)
+            if not lane.waiting:  # every one was held back: nothing left to send, no token taken
+                self._queue.popleft()
+                del self._lanes[alert_id]
+                continue
+            if not self.bucket.take(now):
+                break
+            self._queue.popleft()
             lane.queued = False
             self._start(lane, self._next_of(lane, now), now)
             slots -= 1
@@ -345,6 +363,23 @@ class ChannelSchedule:
                     lane.held = True
                     for item in lane.waiting:
                         self._hold(item, now)
+
+    def _release_held(self, lane: _Lane, now: float) -> None:
+        """Take the waiting notifications a silence, mute time or inhibition holds out of the lane, each with its final row.
+
+        Asked when the lane is next in line, so a silence made while a
+        notification waits for a token (a held backlog) applies to it.
+        """
+        if self._hold_of is None:
+            return
+        kept = []
+        for item in lane.waiting:
+            hold = self._hold_of(item, now)
+            if hold is None:
+                kept.append(item)
+            else:
+                self._record(item, now, hold.outcome, None, 0, hold.reason, final=True, held_by=hold.by)
+        lane.waiting = kept
 
     def _next_of(self, lane: _Lane, now: float) -> Item:
         """The notification a lane sends when it gets its token: the next one, or if it was held, the latest."""
@@ -372,9 +407,10 @@ class ChannelSchedule:
 
     def _record(
         self, item: Item, at: float, outcome: str, status: int | None, latency_ms: int, error: str, *, final: bool,
+        held_by: str = "",
     ) -> None:
         item.attempt += 1
         self._records.append(Attempt(
             item.alert_id, item.seq, self.channel, item.attempt, round(at * 1000), outcome, status, latency_ms,
-            _short(error), final,
+            _short(error), final, held_by,
         ))

@@ -6,7 +6,8 @@
                                                           ├─ finished before (attempt log)  → skipped, counted
                                                           ├─ resolved, send_resolved false → skipped, counted
                                                           ├─ unknown channel                → one `failed` row
-                                                          └─ ChannelRunner.offer ─► ChannelSchedule (policy)
+                                                          └─ ChannelRunner.offer ─► ChannelSchedule (policy;
+                                                                                      silences, mute times, inhibition)
                                                                                    ─► sender.send (asyncio task)
                                                                                    ─► Attempt rows ─► AttemptLog
 
@@ -42,7 +43,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from delivery.attempt_log import AttemptLog, Earlier
+from delivery.holds import HELD_OUTCOMES, Hold, HoldPolicy
 from delivery.schedule import COLLAPSED_INTO, FAILED, Attempt, ChannelSchedule, DeliveryPolicy, Item, Send
+from delivery.silences import SilenceCache
 from schemas.alerts import ReceivedRecord
 from sinks.channel import ChannelSender
 
@@ -58,7 +61,8 @@ class DeliveryStats:
 
     ``attempts`` counts rows by (channel, outcome); ``notifications`` counts
     (notification, channel) pairs by how they ended: ``delivered``,
-    ``gave_up``, ``failed``, ``collapsed`` (carried by a later one), or were
+    ``gave_up``, ``failed``, ``collapsed`` (carried by a later one), ``silenced``,
+    ``muted``, ``inhibited`` (held back on purpose: delivery/holds.py), or were
     not attempted: ``not_sent_resolved`` (``send_resolved: false``) and
     ``done_before`` (an earlier run finished them).
     """
@@ -211,17 +215,22 @@ class DeliveryService:
         random: Callable[[], float] = _random.random,
         max_pending: int = 10_000,
         max_seen: int = MAX_SEEN_ALERTS,
+        holds: HoldPolicy | None = None,
+        silences: SilenceCache | None = None,
     ) -> None:
         self.log = log
         self.policy = policy or DeliveryPolicy()
         self.clock = clock
+        self.holds = holds or HoldPolicy()
+        self.silences = silences
         self.stats = DeliveryStats()
         self.max_pending = max_pending
         now = clock()
         self.runners: dict[str, ChannelRunner] = {}
         for sender in senders:
             limit = sender.config.rate_limit
-            schedule = ChannelSchedule(sender.config.name, limit.max, limit.per / 1000, self.policy, now, random)
+            schedule = ChannelSchedule(sender.config.name, limit.max, limit.per / 1000, self.policy, now, random,
+                                       self._hold_for(sender.config.name))
             self.runners[sender.config.name] = ChannelRunner(sender, schedule, log, self.stats, clock)
         self.max_seen = max_seen
         self._seen: OrderedDict[str, int] = OrderedDict()  # alert_id → highest seq handed out, least recent first
@@ -231,12 +240,22 @@ class DeliveryService:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
 
+    def _hold_for(self, channel: str) -> Callable[[Item, float], Hold | None]:
+        """The question a channel's schedule asks before sending: whether a notification is held back, and by what."""
+
+        def hold(item: Item, now: float) -> Hold | None:
+            return self.holds.hold(item.notification.record, channel, item.inhibited, round(now * 1000))
+
+        return hold
+
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the channel runners and the log's flusher (inside the running event loop)."""
+        """Start the channel runners, the log's flusher and the silences' refresh (inside the running event loop)."""
         self._tasks = [asyncio.create_task(runner.run(), name=f"channel {name}") for name, runner in self.runners.items()]
         self._tasks.append(asyncio.create_task(self.log.run(), name="attempt log"))
+        if self.silences is not None:
+            self._tasks.append(asyncio.create_task(self.silences.run(), name="silences"))
 
     async def guarded(self, work: Awaitable[Any]) -> None:
         """Await ``work``, but raise at once if a runner or the log failed (a store that gave up, say)."""
@@ -296,7 +315,7 @@ class DeliveryService:
         while self._pending >= self.max_pending:
             self._changed.clear()
             await self._changed.wait()
-        fresh: list[tuple[ReceivedRecord, Done | None]] = []
+        fresh: list[tuple[ReceivedRecord, Done | None, Hold | None]] = []
         for notification, on_done in records:
             self.stats.records += 1
             if not self._first_time(notification.record.alert_id, notification.record.seq):
@@ -304,18 +323,19 @@ class DeliveryService:
                 if on_done is not None:
                     on_done()
                 continue
-            fresh.append((notification, on_done))
+            # In stream order, also for records an earlier run finished: a restart rebuilds the same inhibitions.
+            fresh.append((notification, on_done, self.holds.inhibitor.observe(notification.record)))
         if not fresh:
             return
-        earlier = await self.log.earlier(notification.record.alert_id for notification, _ in fresh)
+        earlier = await self.log.earlier(notification.record.alert_id for notification, _, _ in fresh)
         now = self.clock()
-        for notification, on_done in fresh:
+        for notification, on_done, inhibited in fresh:
             self._pending += 1
             alert_id, seq = notification.record.alert_id, notification.record.seq
             self._active[alert_id] += 1
             record = _Record(self, alert_id, on_done)
             for channel in dict.fromkeys(notification.record.deliver):
-                self._hand_out(notification, channel, earlier.get((channel, alert_id, seq)), record, now)
+                self._hand_out(notification, channel, earlier.get((channel, alert_id, seq)), record, now, inhibited)
             record.channel_done()  # the hand-out is over: done as soon as every channel is
 
     def _first_time(self, alert_id: str, seq: int) -> bool:
@@ -345,7 +365,7 @@ class DeliveryService:
         return True
 
     def _hand_out(self, notification: ReceivedRecord, channel: str, earlier: Earlier | None, record: _Record,
-                  now: float) -> None:
+                  now: float, inhibited: Hold | None) -> None:
         if earlier is not None and earlier.finished:
             self.stats.notifications[(channel, "done_before")] += 1
             return
@@ -354,7 +374,7 @@ class DeliveryService:
             self.stats.notifications[(channel, "not_sent_resolved")] += 1
             return
         record.remaining += 1
-        item = Item(notification)
+        item = Item(notification, inhibited=inhibited)
         if earlier is not None:
             item.attempt, item.calls, item.collapsed = earlier.attempt, earlier.calls, earlier.collapsed
         if runner is not None:
@@ -398,7 +418,10 @@ class DeliveryService:
             if channel in wanted:
                 ended[result] += n
         attempts = sum(n for (channel, _), n in self.stats.attempts.items() if channel in wanted)
-        return ", ".join(f"{ended[result]} {label}" for result, label in _RESULTS) + f"; {attempts} attempts"
+        held = sum(ended[outcome] for outcome in HELD_OUTCOMES)
+        # Held counts only when something was held: the line stays as it was for a run without silences.
+        quiet = f", {held} held ({', '.join(f'{ended[outcome]} {outcome}' for outcome in HELD_OUTCOMES)})" if held else ""
+        return ", ".join(f"{ended[result]} {label}" for result, label in _RESULTS) + f"{quiet}; {attempts} attempts"
 
     def summary(self) -> list[str]:
         """One line per channel, then the totals (what ``logystera deliver`` prints at the end)."""

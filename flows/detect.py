@@ -30,7 +30,8 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 from typing_extensions import override
 
-from flows.sources import Line
+from flows.cluster import site_shard
+from flows.sources import Line, chunk_index
 from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS
 from operators.metrics import CompiledMetric, MetricPoint
 from operators.notification import DEFAULT_LINK_BASE, Decision, Emitted, Notification, decision_counts
@@ -39,6 +40,7 @@ from operators.site import SiteDetector
 from operators.snapshot import SnapshotCodec
 from schemas.records import Record, parse_lines, salvage_site_and_ts
 from schemas.store import alert_rows, metric_row, rejected_row, signal_columns
+from sinks.callback import OwnerSink
 from sinks.clickhouse import StoreItem
 
 Reject = tuple[int, str]
@@ -61,6 +63,11 @@ class FlowStats:
     decisions: dict[tuple[str, Decision], int] = field(default_factory=dict)
 
 
+PendingReject = tuple[int, str, str, int | None, int]
+"""A rejected line's store row before the latest valid ``ts`` of earlier chunks is known:
+(line, salvaged site, reason, its own ``ts`` or None, the latest valid ``ts`` before it in its chunk or 0)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Parsed:
     """What :class:`ParseAndRoute` makes of one chunk."""
@@ -68,7 +75,10 @@ class Parsed:
     rejects: list[Reject]
     valid: int
     work: list[tuple[str, list[Record]]]  # the routed records per site, in file order: the detect step's input
-    store: list[StoreItem]  # signals and rejected rows, with a store
+    store: list[StoreItem]  # signals and (unordered flow) rejected rows, with a store
+    pending: list[PendingReject] = field(default_factory=list)  # ordered flow, with a store: rejected rows to finish
+    latest_ts: int = 0  # the largest valid ts of the chunk (0: none)
+    chunk: int = 0  # ordered flow: which chunk of the file this is
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,15 +96,20 @@ class ParseAndRoute:
     With ``store_source`` set it also makes the rows for the store: every
     valid signal, and every rejected line (without its content) attributed to
     its own ``ts`` or, when it has none, to the latest valid ``ts`` before it.
-    That attribution depends only on the input order, never on chunking: this
-    step runs on the single worker that reads the input.
+    That attribution depends only on the input order, never on chunking: in
+    the unordered (live) flow this step runs on the worker that reads the
+    partition, in order; in the ordered (replay) flow, whose chunks are parsed
+    by every worker, the rows are finished by :class:`ChunkOrder`, which sees
+    the chunks in file order (``chunk_lines`` set: the chunk's index is known).
     """
 
-    def __init__(self, table: RoutingTable, store_source: str | None = None, metric_types: Iterable[str] = ()) -> None:
+    def __init__(self, table: RoutingTable, store_source: str | None = None, metric_types: Iterable[str] = (),
+                 chunk_lines: int | None = None) -> None:
         self.table = table
         self.store_source = store_source
         # A type only a metric reads must still reach its site's detector, or the metric never counts it.
         self.routed = set(table.by_type).union(metric_types)
+        self.chunk_lines = chunk_lines
         self.latest_ts = 0
 
     def __call__(self, chunk: list[Line]) -> Parsed:
@@ -102,32 +117,43 @@ class ParseAndRoute:
         by_site: dict[str, list[Record]] = {}
         records, rejects = parse_lines(chunk, self.routed, by_site)
         store: list[StoreItem] = []
+        pending: list[PendingReject] = []
+        latest = max(map(_ts_of, records)) if records else 0
         if self.store_source is not None:
             store.append(("signals", signal_columns(records)))
             if rejects:
-                store.append(("rejected", self._rejected_rows(chunk, records, rejects)))
-            if records:
-                self.latest_ts = max(self.latest_ts, max(map(_ts_of, records)))
-        return Parsed(rejects, len(records), list(by_site.items()), store)
+                pending = self._pending_rejects(chunk, records, rejects)
+            if self.chunk_lines is None:
+                if pending:
+                    store.append(("rejected", finish_rejected(self.store_source, pending, self.latest_ts)))
+                    pending = []
+                self.latest_ts = max(self.latest_ts, latest)
+        index = chunk_index(chunk, self.chunk_lines) if self.chunk_lines is not None else 0
+        return Parsed(rejects, len(records), list(by_site.items()), store, pending, latest, index)
 
-    def _rejected_rows(self, chunk: list[Line], records: list[Record], rejects: list[Reject]) -> list[tuple[Any, ...]]:
-        assert self.store_source is not None
+    def _pending_rejects(self, chunk: list[Line], records: list[Record], rejects: list[Reject]) -> list[PendingReject]:
         raw_of = dict(chunk)
         # No object per record: under the store every allocation that lives to the next collection costs GC time.
         lines = list(map(_line_of, records))
         if lines != sorted(lines):  # parse_lines keeps the chunk's order, which is line order
             records = sorted(records, key=_line_of)
             lines = list(map(_line_of, records))
-        latest, before = self.latest_ts, 0
-        rows = []
+        latest, before = 0, 0
+        rows: list[PendingReject] = []
         for line, reason in rejects:
             upto = bisect_left(lines, line, before)
             if upto > before:
                 latest = max(latest, max(map(_ts_of, records[before:upto])))
                 before = upto
             site, ts = salvage_site_and_ts(raw_of[line])
-            rows.append(rejected_row(self.store_source, line, site, reason, ts if ts is not None else latest))
+            rows.append((line, site, reason, ts, latest))
         return rows
+
+
+def finish_rejected(source: str, pending: list[PendingReject], latest_before_chunk: int) -> list[tuple[Any, ...]]:
+    """The ``rejected`` rows of a chunk, given the latest valid ``ts`` of every chunk before it."""
+    return [rejected_row(source, line, site, reason, ts if ts is not None else max(latest_before_chunk, latest))
+            for line, site, reason, ts, latest in pending]
 
 
 class DetectLogic(StatefulBatchLogic[list[Record], Detected, Any]):
@@ -146,23 +172,11 @@ class DetectLogic(StatefulBatchLogic[list[Record], Detected, Any]):
 
     @override
     def on_batch(self, values: list[list[Record]]) -> tuple[list[Detected], bool]:
-        # Called once per site and chunk: builds only what the batch needs (no metric points without metrics,
-        # nothing at all for the usual batch that makes no notification, is not late and closes no bucket).
-        out: list[Notification] = []
-        points: list[MetricPoint] | None = [] if self.metrics else None
         detector = self.detector
         if detector is None:
             detector = self.detector = SiteDetector(self.table, values[0][0].site, self.lateness, self.metrics)
-        late: list[int] = []
-        for records in values:
-            late += detector.process_all(records, out, points)
-        if not (out or late or points):
-            return [], StatefulBatchLogic.RETAIN
-        link_base = self.link_base
-        alerts = [notification.emitted(link_base) for notification in out]
-        stats = FlowStats(late=late, decisions=decision_counts(alerts)) if out or late else None
-        metrics: list[StoreItem] = [("metrics", [metric_row(point) for point in points])] if points else []
-        return [Detected(alerts, stats, metrics)], StatefulBatchLogic.RETAIN
+        detected = detect_batch(detector, values, self.link_base, bool(self.metrics))
+        return ([] if detected is None else [detected]), StatefulBatchLogic.RETAIN
 
     @override
     def on_eof(self) -> tuple[list[Detected], bool]:
@@ -170,8 +184,7 @@ class DetectLogic(StatefulBatchLogic[list[Record], Detected, Any]):
         # end of the input is a pause, and the buckets stay open in the snapshot for the next run to finish.
         if self.detector is None or not self.metrics or self.snapshots is not None:
             return [], StatefulBatchLogic.RETAIN
-        points = self.detector.flush_metrics()
-        return [Detected([], None, [("metrics", [metric_row(point) for point in points])])], StatefulBatchLogic.RETAIN
+        return [final_metrics(self.detector)], StatefulBatchLogic.RETAIN
 
     @override
     def snapshot(self) -> bytes | None:
@@ -179,6 +192,136 @@ class DetectLogic(StatefulBatchLogic[list[Record], Detected, Any]):
         if self.snapshots is None or self.detector is None:
             return None
         return self.snapshots.dump(self.detector)
+
+
+def detect_batch(detector: SiteDetector, values: Iterable[list[Record]], link_base: str, metrics: bool) -> Detected | None:
+    """Feed one site's detector its records, in order: what came out, or None for nothing.
+
+    Called once per site and chunk: builds only what the batch needs (no metric points without metrics,
+    nothing at all for the usual batch that makes no notification, is not late and closes no bucket).
+    """
+    out: list[Notification] = []
+    points: list[MetricPoint] | None = [] if metrics else None
+    late: list[int] = []
+    for records in values:
+        late += detector.process_all(records, out, points)
+    if not (out or late or points):
+        return None
+    alerts = [notification.emitted(link_base) for notification in out]
+    stats = FlowStats(late=late, decisions=decision_counts(alerts)) if out or late else None
+    rows: list[StoreItem] = [("metrics", [metric_row(point) for point in points])] if points else []
+    return Detected(alerts, stats, rows)
+
+
+def final_metrics(detector: SiteDetector) -> Detected:
+    """The site's open metric buckets, written as final (the input has ended)."""
+    return Detected([], None, [("metrics", [metric_row(point) for point in detector.flush_metrics()])])
+
+
+ShardWork = tuple[int, list[tuple[str, list[Record]]]]
+"""One chunk's routed records of the sites of one shard: (chunk index, [(site, records)])."""
+
+
+class ShardLogic(StatefulBatchLogic[ShardWork, Detected, None]):
+    """The detectors of the sites of one shard, fed their records in file order (the ordered, replay flow).
+
+    Every worker parses chunks of the file, so a site's records arrive from
+    several workers, in no particular order between them. Every parsed chunk
+    sends every shard its part (empty or not): the shard holds chunks that
+    arrive early and runs them strictly in chunk order, so each site sees
+    exactly the sequence of records a single reader would have given it —
+    and the output, lateness included, is the same for any cluster shape.
+    """
+
+    def __init__(self, table: RoutingTable, lateness: int, link_base: str, metrics: list[CompiledMetric]) -> None:
+        self.table = table
+        self.lateness = lateness
+        self.link_base = link_base
+        self.metrics = metrics
+        self.sites: dict[str, SiteDetector] = {}
+        self.next_chunk = 0
+        self.early: dict[int, list[tuple[str, list[Record]]]] = {}
+
+    @override
+    def on_batch(self, values: list[ShardWork]) -> tuple[list[Detected], bool]:
+        early, sites, link_base, metrics = self.early, self.sites, self.link_base, bool(self.metrics)
+        for index, work in values:
+            early[index] = work
+        out: list[Detected] = []
+        while self.next_chunk in early:
+            for site, records in early.pop(self.next_chunk):
+                detector = sites.get(site)
+                if detector is None:
+                    detector = sites[site] = SiteDetector(self.table, site, self.lateness, self.metrics)
+                detected = detect_batch(detector, (records,), link_base, metrics)
+                if detected is not None:
+                    out.append(detected)
+            self.next_chunk += 1
+        return out, StatefulBatchLogic.RETAIN
+
+    @override
+    def on_eof(self) -> tuple[list[Detected], bool]:
+        if not self.metrics:
+            return [], StatefulBatchLogic.RETAIN
+        return [final_metrics(self.sites[site]) for site in sorted(self.sites)], StatefulBatchLogic.RETAIN
+
+    @override
+    def snapshot(self) -> None:
+        return None  # the ordered flow is replay's, which has no recovery
+
+
+@dataclass(frozen=True, slots=True)
+class Ordered:
+    """What :class:`ChunkOrder` releases for one chunk, in file order."""
+
+    rejects: list[Reject]
+    store: list[StoreItem]
+
+
+ChunkReport = tuple[int, list[Reject], list[PendingReject], int]
+"""What :class:`ChunkOrder` needs of a parsed chunk (not its records): index, rejects, pending rows, latest ``ts``."""
+
+
+def chunk_report(parsed: Parsed) -> ChunkReport:
+    """The part of a parsed chunk that goes to :class:`ChunkOrder`."""
+    return parsed.chunk, parsed.rejects, parsed.pending, parsed.latest_ts
+
+
+class ChunkOrder(StatefulBatchLogic[ChunkReport, Ordered, None]):
+    """The parsed chunks' rejected lines in file order, and their store rows finished (one key: one worker).
+
+    Rejected lines are reported in line order whatever worker parsed them,
+    and a rejected line without a ``ts`` of its own is attributed to the
+    latest valid ``ts`` before it in the file — which only a step that sees
+    the chunks in order knows.
+    """
+
+    def __init__(self, store_source: str | None) -> None:
+        self.store_source = store_source
+        self.next_chunk = 0
+        self.latest_ts = 0
+        self.early: dict[int, ChunkReport] = {}
+
+    @override
+    def on_batch(self, values: list[ChunkReport]) -> tuple[list[Ordered], bool]:
+        early = self.early
+        for report in values:
+            early[report[0]] = report
+        out: list[Ordered] = []
+        while self.next_chunk in early:
+            _, rejects, pending, latest_ts = early.pop(self.next_chunk)
+            if rejects:
+                store: list[StoreItem] = []
+                if self.store_source is not None and pending:
+                    store.append(("rejected", finish_rejected(self.store_source, pending, self.latest_ts)))
+                out.append(Ordered(rejects, store))
+            self.latest_ts = max(self.latest_ts, latest_ts)
+            self.next_chunk += 1
+        return out, StatefulBatchLogic.RETAIN
+
+    @override
+    def snapshot(self) -> None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -197,6 +340,21 @@ class DetectOptions:
     store_source: str = "replay"
     metrics: list[CompiledMetric] = field(default_factory=list)
     snapshots: SnapshotCodec | None = None
+    ordering: Ordering | None = None
+
+
+@dataclass(frozen=True)
+class Ordering:
+    """The ordered (replay) flow: the file's chunks of ``chunk_lines`` lines are read by several partitions.
+
+    Sites are spread over ``shard_keys`` (:func:`flows.cluster.shard_keys`:
+    one per worker) and each shard runs its chunks in file order
+    (:class:`ShardLogic`); rejected lines are put back in order by
+    :class:`ChunkOrder`.
+    """
+
+    chunk_lines: int
+    shard_keys: tuple[str, ...] = ("0",)
 
 
 @dataclass(frozen=True)
@@ -211,11 +369,15 @@ class DetectOutputs:
 
 @dataclass(frozen=True)
 class DetectSinks:
-    """Where the flow's outputs go (``store`` None: no store)."""
+    """Where the flow's outputs go (``store`` None: no store).
 
-    alerts: Sink[Emitted]
-    rejects: Sink[Reject]
-    stats: Sink[FlowStats]
+    Items for a :class:`sinks.callback.OwnerSink` (one partition, in the
+    cluster's process 0) are keyed for it.
+    """
+
+    alerts: Sink[Emitted] | Sink[tuple[str, Emitted]]
+    rejects: Sink[Reject] | Sink[tuple[str, Reject]]
+    stats: Sink[FlowStats] | Sink[tuple[str, FlowStats]]
     store: Sink[StoreItem] | None = None
 
 
@@ -234,16 +396,32 @@ def detect(chunks: Stream[list[Line]], table: RoutingTable, options: DetectOptio
     line, as ``(table, rows)`` items.
     """
     site_metrics = options.metrics if storing else []
-    snapshots, lateness = options.snapshots, options.lateness
+    snapshots, lateness, ordering = options.snapshots, options.lateness, options.ordering
     if snapshots is not None and (snapshots.table is not table or snapshots.lateness != lateness or snapshots.metrics != site_metrics):
         raise ValueError("snapshots: the codec was made for other rules, lateness or metrics than this flow's")
+    if snapshots is not None and ordering is not None:
+        raise ValueError("the ordered flow has no recovery")
     metric_types = {signal_type for metric in site_metrics for signal_type in metric.types}
-    parse = ParseAndRoute(table, options.store_source if storing else None, metric_types)
+    store_source = options.store_source if storing else None
+    parse = ParseAndRoute(table, store_source, metric_types, ordering.chunk_lines if ordering is not None else None)
     parsed = op.map("parse_route", chunks, parse)
-    work = op.flat_map("work", parsed, lambda chunk: chunk.work)
-    results = op.stateful_batch(
-        "detect", work, lambda resume: DetectLogic(table, lateness, options.link_base, site_metrics, snapshots, resume),
-    )
+    store_parts: list[Stream[StoreItem]] = [op.flat_map("store_parsed", parsed, lambda chunk: chunk.store)]
+    if ordering is None:
+        work = op.flat_map("work", parsed, lambda chunk: chunk.work)
+        results = op.stateful_batch(
+            "detect", work, lambda resume: DetectLogic(table, lateness, options.link_base, site_metrics, snapshots, resume),
+        )
+        rejects = op.flat_map("rejected_lines", parsed, lambda chunk: chunk.rejects)
+    else:
+        keys = ordering.shard_keys
+        shard_work = op.flat_map("shard_work", parsed, lambda chunk: _shard_items(chunk, keys))
+        results = op.stateful_batch(
+            "detect", shard_work, lambda resume: ShardLogic(table, lateness, options.link_base, site_metrics),
+        )
+        reports = op.key_on("order_key", op.map("chunk_report", parsed, chunk_report), lambda _: "order")
+        ordered = op.key_rm("ordered", op.stateful_batch("order", reports, lambda resume: ChunkOrder(store_source)))
+        rejects = op.flat_map("rejected_lines", ordered, lambda chunk: chunk.rejects)
+        store_parts.append(op.flat_map("store_rejected", ordered, lambda chunk: chunk.store))
     detected = op.key_rm("detected", results)
     alerts = op.flat_map("notifications", detected, lambda batch: batch.alerts)
     stats = op.merge(
@@ -255,11 +433,20 @@ def detect(chunks: Stream[list[Line]], table: RoutingTable, options: DetectOptio
     if storing:
         store_rows = op.merge(
             "store_rows",
-            op.flat_map("store_parsed", parsed, lambda chunk: chunk.store),
+            *store_parts,
             op.flat_map("store_metrics", detected, lambda batch: batch.metrics),
             op.flat_map("alert_rows", alerts, _store_items),
         )
-    return DetectOutputs(alerts, op.flat_map("rejected_lines", parsed, lambda chunk: chunk.rejects), stats, store_rows)
+    return DetectOutputs(alerts, rejects, stats, store_rows)
+
+
+def _shard_items(parsed: Parsed, keys: tuple[str, ...]) -> list[tuple[str, ShardWork]]:
+    """A chunk's work for every shard, empty or not: a shard runs chunk ``n`` only once it has had every chunk before."""
+    parts: list[list[tuple[str, list[Record]]]] = [[] for _ in keys]
+    shards = len(keys)
+    for site, records in parsed.work:
+        parts[site_shard(site, shards)].append((site, records))
+    return [(key, (parsed.chunk, part)) for key, part in zip(keys, parts, strict=True)]
 
 
 def build_detect_flow(
@@ -268,9 +455,15 @@ def build_detect_flow(
     """Wire source → :func:`detect` → sinks; with a ``sinks.store``, everything also goes to the store."""
     flow = Dataflow("logystera_detect")
     outputs = detect(op.input("signals", flow, source), table, options or DetectOptions(), sinks.store is not None)
-    op.output("alerts", outputs.alerts, sinks.alerts)
-    op.output("rejects", outputs.rejects, sinks.rejects)
-    op.output("stats", outputs.stats, sinks.stats)
+    _output("alerts", outputs.alerts, sinks.alerts)
+    _output("rejects", outputs.rejects, sinks.rejects)
+    _output("stats", outputs.stats, sinks.stats)
     if sinks.store is not None and outputs.store_rows is not None:
         op.output("store", outputs.store_rows, sinks.store)
     return flow
+
+
+def _output(step_id: str, stream: Stream[Any], sink: Sink[Any]) -> None:
+    if isinstance(sink, OwnerSink):
+        stream = op.key_on(f"{step_id}_to_owner", stream, lambda _: "owner")
+    op.output(step_id, stream, sink)

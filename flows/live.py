@@ -29,10 +29,12 @@ deliveries in flight are awaited and buffered store rows are written.
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
+import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,10 +44,10 @@ from typing import Any, TextIO
 from bytewax.connectors.kafka import KafkaSource
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
-from bytewax.testing import cluster_main
 from confluent_kafka import OFFSET_BEGINNING
 from typing_extensions import override
 
+from flows.cluster import ClusterShape, local_cluster, run_on
 from flows.detect import DetectOptions, DetectSinks, FlowStats, Reject, build_detect_flow
 from flows.sources import Line
 from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS
@@ -55,7 +57,7 @@ from operators.routing import RoutingTable
 from operators.snapshot import SnapshotCodec
 from schemas.errors import Failure, LogysteraError, UsageError, root_cause
 from schemas.rules import MetricDefinition, Rule
-from sinks.callback import CallbackSink
+from sinks.callback import CallbackSink, OwnerSink
 from sinks.clickhouse import EpochStoreSink, Store, StoreSink
 from sinks.kafka import DEFAULT_TIMEOUT_S, KafkaTopicSink, missing_topics
 from sinks.kafka_client import CONSUMER_DEFAULTS, reported_once
@@ -151,20 +153,46 @@ def alert_message(alert: Emitted) -> tuple[bytes, bytes]:
     return alert.kafka_key.encode("utf-8"), alert.line.encode("utf-8")
 
 
-def prepare_recovery(directory: Path, partitions: int) -> bool:
+CLUSTER_FILE = "logystera-cluster.json"
+"""In a recovery directory: the number of processes it was made for (``{"processes": N}``)."""
+
+RECOVERY_WAIT_S = 30.0
+"""How long a process other than 0 waits for process 0 to initialise a shared recovery directory."""
+
+
+def prepare_recovery(directory: Path, shape: ClusterShape, wait_s: float = RECOVERY_WAIT_S) -> bool:
     """Create and initialise the recovery partitions on first start (``python -m bytewax.recovery DIR N``).
 
-    Returns whether it did; a directory that holds partitions is resumed from
-    as it is, whatever ``partitions`` says now.
+    Process 0 does it, with one partition per worker of the cluster, and
+    records the process count; the other processes wait for it (the
+    directory is shared). Returns whether this call initialised it. A
+    directory made for another number of processes is refused
+    (:class:`LiveConfigError`): its partitions are spread for that cluster,
+    and resuming part of them would be silently wrong. ``--workers`` may
+    change: Bytewax moves each site's state to the worker that now owns it.
     """
+    marker = directory / CLUSTER_FILE
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        if any(directory.glob("*.sqlite3")):
-            return False
-        init_db_dir(directory, partitions)
+        if not shape.owner:
+            deadline = time.monotonic() + wait_s
+            while not marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not marker.exists():
+                raise LiveConfigError(f"--recovery-dir {directory}: process 0 did not initialise it within {wait_s:.0f}s "
+                                      "(every process of a cluster uses the same, shared, directory)")
+        elif not any(directory.glob("*.sqlite3")):
+            init_db_dir(directory, shape.total_workers)
+            marker.write_text(json.dumps({"processes": shape.processes}) + "\n", encoding="utf-8")
+            return True
+        made_for = json.loads(marker.read_text(encoding="utf-8"))["processes"] if marker.exists() else 1
     except OSError as error:
         raise LiveConfigError(f"--recovery-dir {directory}: {error.strerror or error}") from None
-    return True
+    if made_for != shape.processes:
+        raise LiveConfigError(
+            f"--recovery-dir {directory} holds the state of a cluster of {made_for} process{'es' if made_for != 1 else ''}, "
+            f"not {shape.processes}: start it with --processes {made_for}, or give a new directory (docs/scaling.md)")
+    return False
 
 
 @dataclass(frozen=True)
@@ -175,7 +203,7 @@ class DetectSettings:
     topic: str = "signals"
     alerts_topic: str = "alerts"
     recovery_dir: Path | None = None
-    workers: int = 1
+    cluster: ClusterShape = field(default_factory=ClusterShape)
     lateness: int = DEFAULT_ALLOWED_LATENESS_MS
     link_base: str = DEFAULT_LINK_BASE
     epoch_interval: float = DEFAULT_EPOCH_S
@@ -215,8 +243,14 @@ class LiveTotals:
 
 
 def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[MetricDefinition], store: Store | None,
-               err: TextIO = sys.stderr) -> LiveTotals:
+               err: TextIO = sys.stderr, argv: Sequence[str] = ()) -> LiveTotals:
     """Run the live flow until SIGINT/SIGTERM (or the end of the topic with ``exit_at_end``).
+
+    With ``settings.cluster`` a local cluster still to start (``--processes
+    N`` without addresses), the other processes are started with ``argv``
+    (:func:`flows.cluster.local_cluster`); process 0 gathers the rejected
+    records and the totals of all, and in process 0 only the totals are
+    the cluster's.
 
     Raises :class:`LiveConfigError` when it cannot start as configured,
     :class:`sinks.kafka_client.KafkaUnreachable` when the broker does not answer,
@@ -233,7 +267,7 @@ def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[Metric
     recovery = None
     snapshots = None
     if settings.recovery_dir is not None:
-        prepare_recovery(settings.recovery_dir, settings.workers)
+        prepare_recovery(settings.recovery_dir, settings.cluster)
         recovery = RecoveryConfig(settings.recovery_dir, timedelta(0))
         snapshots = SnapshotCodec(table, settings.lateness, pairs, warn=lambda message: print(message, file=err, flush=True))
 
@@ -249,23 +283,27 @@ def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[Metric
             totals.late += len(stats.late)
             totals.decisions.update(stats.decisions)
 
+    shape = settings.cluster
+    gathered = shape.processes > 1
+    local_store = not gathered or shape.owner or (store is not None and store.address.kind != "chdb")
+    rejects: OwnerSink[Reject] | CallbackSink[Reject] = OwnerSink(report_rejects, shape.owner) if gathered else CallbackSink(report_rejects)
+    stats: OwnerSink[FlowStats] | CallbackSink[FlowStats] = OwnerSink(count, shape.owner) if gathered else CallbackSink(count)
     sinks = DetectSinks(
         alerts=KafkaTopicSink(settings.bootstrap, settings.alerts_topic, alert_message, timeout=settings.delivery_timeout,
                               options=settings.kafka_options),
-        rejects=CallbackSink(report_rejects),
-        stats=CallbackSink(count),
-        store=EpochStoreSink(StoreSink(store)) if store is not None else None,
+        rejects=rejects, stats=stats,
+        store=EpochStoreSink(StoreSink(store), local=local_store) if store is not None else None,
     )
     options = DetectOptions(lateness=settings.lateness, link_base=settings.link_base, store_source=f"kafka:{settings.topic}",
                             metrics=compiled_metrics, snapshots=snapshots)
     source = KafkaLinesSource(settings.bootstrap, settings.topic, tail=not settings.exit_at_end, options=settings.kafka_options)
     flow = build_detect_flow(source, table, sinks, options)
-    print(f"detect: {settings.topic} → {settings.alerts_topic} on {settings.bootstrap}, "
-          f"recovery {settings.recovery_dir or 'off (reading from the beginning)'}", file=err, flush=True)
+    if shape.owner:
+        print(f"detect: {settings.topic} → {settings.alerts_topic} on {settings.bootstrap}, {shape.describe}, "
+              f"recovery {settings.recovery_dir or 'off (reading from the beginning)'}", file=err, flush=True)
     try:
-        with _stop_on_sigterm():
-            cluster_main(flow, [], 0, epoch_interval=timedelta(seconds=settings.epoch_interval), recovery_config=recovery,
-                         worker_count_per_proc=settings.workers)
+        with _stop_on_sigterm(), local_cluster(shape, argv) as here:
+            run_on(flow, here, epoch_interval=timedelta(seconds=settings.epoch_interval), recovery=recovery)
     except KeyboardInterrupt:
         totals.stopped_by_signal = True
     except Exception as error:

@@ -1,7 +1,10 @@
 """Replay a JSON Lines file of signals through the detection dataflow.
 
-The flow's sinks collect into memory; the result is sorted as cli.md
-prescribes so that the output is byte-identical for any number of workers.
+The file is read by as many partitions as the cluster has workers and the
+flow puts every site's records back in file order (``flows.detect``'s
+ordered flow). The flow's sinks collect into memory — in a cluster, in
+process 0 —; the result is sorted as cli.md prescribes so that the output
+is byte-identical for any number of processes, workers and chunk size.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
+from typing import Any
 
 from bytewax.dataflow import Dataflow
-from bytewax.testing import cluster_main, run_main
 
-from flows.detect import DetectOptions, DetectSinks, FlowStats, Reject, build_detect_flow
+from flows.cluster import ClusterShape, run_on, shard_keys
+from flows.detect import DetectOptions, DetectSinks, FlowStats, Ordering, Reject, build_detect_flow
 from flows.sources import DEFAULT_CHUNK_LINES, JsonLinesSource
 from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS
 from operators.metrics import compile_metric
@@ -24,8 +28,8 @@ from operators.notification import DEFAULT_LINK_BASE, Decision, Emitted
 from operators.routing import RoutingTable
 from schemas.errors import LogysteraError, root_cause
 from schemas.rules import MetricDefinition, Rule
-from sinks.callback import CallbackSink
-from sinks.clickhouse import Store, StoreSink
+from sinks.callback import CallbackSink, OwnerSink
+from sinks.clickhouse import EpochStoreSink, Store, StoreSink
 
 _SORT_KEY = attrgetter("sort_key")
 
@@ -59,8 +63,8 @@ class ReplayResult:
         return f"replayed {self.valid} signals, {self.invalid} invalid, {len(self.late_lines)} late"
 
 
-def run_flow(flow: Dataflow, workers: int) -> None:
-    """Run a dataflow to completion with ``workers`` worker threads in this process.
+def run_flow(flow: Dataflow, cluster: ClusterShape) -> None:
+    """Run a dataflow to completion as this process of ``cluster``.
 
     The engine keeps many small long-lived objects (windows, rings), so the
     cyclic garbage collector's default thresholds make it rescan them every
@@ -71,10 +75,7 @@ def run_flow(flow: Dataflow, workers: int) -> None:
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
     try:
-        if workers == 1:
-            run_main(flow)
-        else:
-            cluster_main(flow, [], 0, worker_count_per_proc=workers)
+        run_on(flow, cluster)
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
@@ -92,8 +93,13 @@ def replay(
     metrics: list[MetricDefinition] | None = None,
     source: str | None = None,
     on_rejects: Callable[[list[Reject]], None] | None = None,
+    cluster: ClusterShape | None = None,
 ) -> ReplayResult:
     """Run the detection flow over a file (``-`` = stdin) and return sorted results.
+
+    ``cluster`` (its addresses known: :func:`flows.cluster.local_cluster`)
+    runs this as one process of a cluster; otherwise it is one process of
+    ``workers`` workers. Only process 0 gets results: the others' are empty.
 
     Rejected lines are kept in the result, or with ``on_rejects`` handed to
     it as they are found, in line order, and only counted: a file of a
@@ -112,7 +118,7 @@ def replay(
             on_alerts(items)
 
     def take_rejects(items: list[Reject]) -> None:
-        # One worker parses (the input is one partition) and its sink partition gets its items in order.
+        # One worker puts them in order (flows.detect.ChunkOrder) and this sink gets its items in that order.
         result.invalid += len(items)
         if on_rejects is None:
             result.rejects.extend(items)
@@ -123,17 +129,25 @@ def replay(
         for stats in items:
             result.add(stats)
 
-    sinks = DetectSinks(
-        alerts=CallbackSink(take_alerts), rejects=CallbackSink(take_rejects), stats=CallbackSink(take_stats),
-        store=StoreSink(store) if store is not None else None,
-    )
+    shape = cluster or ClusterShape(1, workers)
+    gathered = shape.processes > 1
+
+    def sink(callback: Callable[[list[Any]], None]) -> Any:
+        return OwnerSink(callback, shape.owner) if gathered else CallbackSink(callback)
+
+    store_sink: Any = None
+    if store is not None:
+        # A chDB directory is opened by one process: in a cluster its rows go to process 0's store.
+        store_sink = EpochStoreSink(StoreSink(store), local=shape.owner) if gathered and store.address.kind == "chdb" else StoreSink(store)
+    sinks = DetectSinks(alerts=sink(take_alerts), rejects=sink(take_rejects), stats=sink(take_stats), store=store_sink)
     options = DetectOptions(
         lateness=lateness, link_base=link_base, store_source=source or (Path(signals).name if signals != "-" else "stdin"),
         metrics=[compile_metric(metric) for metric in metrics or []],
+        ordering=Ordering(chunk_lines, shard_keys(shape.total_workers)),
     )
-    flow = build_detect_flow(JsonLinesSource(signals, chunk_lines), RoutingTable(rules), sinks, options)
+    flow = build_detect_flow(JsonLinesSource(signals, chunk_lines, shape.total_workers), RoutingTable(rules), sinks, options)
     try:
-        run_flow(flow, workers)
+        run_flow(flow, shape)
     except Exception as error:
         # Bytewax re-raises a step's exception wrapped; the error a person must read (a store that gave up) is inside.
         cause = root_cause(error, LogysteraError)

@@ -1,8 +1,15 @@
 """Input for replay: a JSON Lines file (or stdin) read in chunks of numbered lines.
 
-One partition, so a site's records reach the detection step in file order
-whatever the number of workers; the chunks keep Bytewax's per-item cost off
-the per-signal path.
+The file is cut into chunks of ``chunk_lines`` lines — chunk ``b`` holds
+lines ``b × chunk_lines + 1`` onwards — and, read by ``partitions``
+partitions, chunk ``b`` is read by partition ``b mod partitions``. Every
+partition reads the whole file, counting the lines of the chunks it skips
+(``bytes`` per line and no parsing: a small part of the cost of the chunks it
+parses), so it knows every line's number without talking to the others, and
+the chunks of all partitions advance together: the step that puts a site's
+records back in file order (:class:`flows.detect.ShardLogic`) holds only a
+few chunks. Stdin is read by one partition. The chunks keep Bytewax's
+per-item cost off the per-signal path.
 """
 
 from __future__ import annotations
@@ -23,12 +30,19 @@ DEFAULT_CHUNK_LINES = 10_000
 
 
 class _LinesPartition(StatefulSourcePartition[list[Line], int]):
-    def __init__(self, stream: BinaryIO, chunk_lines: int, resume_line: int) -> None:
+    def __init__(self, stream: BinaryIO, chunk_lines: int, resume_line: int, index: int = 0, partitions: int = 1) -> None:
         self._stream = stream
         self._chunk_lines = chunk_lines
+        self._skip = chunk_lines * (partitions - 1)  # the lines of the other partitions' chunks between two of ours
         self._line = 0
-        while self._line < resume_line and stream.readline():
-            self._line += 1
+        if resume_line:  # a snapshot is taken after a chunk and the skip behind it: the start of our next chunk
+            self._skip_lines(resume_line)
+        else:
+            self._skip_lines(chunk_lines * index)
+
+    def _skip_lines(self, count: int) -> None:
+        # The file iterator, not readline(): it reads ahead in blocks, and a bytes object per line is all it costs.
+        self._line += sum(1 for _ in islice(self._stream, count))
 
     @override
     def next_batch(self) -> Iterable[list[Line]]:
@@ -37,7 +51,10 @@ class _LinesPartition(StatefulSourcePartition[list[Line], int]):
             raise StopIteration
         first = self._line + 1
         self._line += len(raws)
-        return [list(zip(range(first, self._line + 1), raws, strict=True))]
+        chunk = list(zip(range(first, self._line + 1), raws, strict=True))
+        if self._skip:
+            self._skip_lines(self._skip)
+        return [chunk]
 
     @override
     def snapshot(self) -> int:
@@ -49,18 +66,29 @@ class _LinesPartition(StatefulSourcePartition[list[Line], int]):
             self._stream.close()
 
 
-class JsonLinesSource(FixedPartitionedSource[list[Line], int]):
-    """Chunks of ``(line number, bytes)`` from a file path, or ``-`` for stdin."""
+def chunk_index(chunk: list[Line], chunk_lines: int) -> int:
+    """Which chunk of the file this is (0-based), from its first line number."""
+    return (chunk[0][0] - 1) // chunk_lines
 
-    def __init__(self, path: str | Path, chunk_lines: int = DEFAULT_CHUNK_LINES) -> None:
+
+class JsonLinesSource(FixedPartitionedSource[list[Line], int]):
+    """Chunks of ``(line number, bytes)`` from a file path, or ``-`` for stdin (stdin or a pipe: one partition).
+
+    ``partitions`` should be the cluster's worker count: Bytewax gives the
+    partitions, in name order, to the workers in turn, so each worker reads one.
+    """
+
+    def __init__(self, path: str | Path, chunk_lines: int = DEFAULT_CHUNK_LINES, partitions: int = 1) -> None:
         self.path = str(path)
         self.chunk_lines = chunk_lines
+        self.partitions = partitions if self.path != "-" and Path(self.path).is_file() else 1  # a pipe is read once
 
     @override
     def list_parts(self) -> list[str]:
-        return ["lines"]
+        return [f"lines-{index:05d}" for index in range(self.partitions)]
 
     @override
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _LinesPartition:
         stream = sys.stdin.buffer if self.path == "-" else open(self.path, "rb")  # noqa: SIM115 - closed by close()
-        return _LinesPartition(stream, self.chunk_lines, resume_state or 0)
+        index = int(for_part.removeprefix("lines-"))
+        return _LinesPartition(stream, self.chunk_lines, resume_state or 0, index, self.partitions)

@@ -9,7 +9,7 @@ persistent id, in pickle's terms), and the unpickler resolves it against the
 rules of the running flow. The
 fingerprint is a hash of the definition minus its presentation fields
 (:data:`PRESENTATION_FIELDS`: title, description, severity, subsystem,
-deliver), so a snapshot is never applied to a rule that decides differently:
+deliver, mute), so a snapshot is never applied to a rule that decides differently:
 
 - a rule whose definition changed, or that was removed, resolves to a
   :class:`Stale` marker; its runner is dropped and the rule (if still there)
@@ -44,7 +44,7 @@ from schemas.rules import MetricDefinition, Rule
 FORMAT = 2  # 2: fingerprints carry ``deadline`` (the deadline of their last evaluation)
 """Bumped whenever the layout below changes; a snapshot of another format starts its site fresh."""
 
-PRESENTATION_FIELDS = frozenset({"title", "description", "severity", "subsystem", "deliver"})
+PRESENTATION_FIELDS = frozenset({"title", "description", "severity", "subsystem", "deliver", "mute"})
 """Rule fields read only when a notification is written out: changing them keeps the rule's state."""
 
 _SITE_FIELDS = {"by_type", "clock", "dues", "index", "lateness", "metrics", "runners", "started", "tick_max", "ticks"}

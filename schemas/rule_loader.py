@@ -1,10 +1,11 @@
-"""Load a rules directory: every rule, metric and channel, every problem reported.
+"""Load a rules directory: every rule, metric, channel, mute time and inhibit rule, every problem reported.
 
 A YAML document in the directory is one rule (a mapping with ``id``), a list
-of rules, or a mapping with any of ``rules:``, ``metrics:`` and ``channels:``.
+of rules, or a mapping with any of ``rules:``, ``metrics:``, ``channels:``,
+``mute_times:`` and ``inhibit:`` (the last two are delivery's: docs/silences.md).
 Loading never stops at the first problem: the point is that a rule author
 sees all of them at once, each as ``FILE: rule <id>: <field>: <message>``
-(``metric <name>`` and ``channel <name>`` likewise).
+(``metric <name>``, ``channel <name>``, ``mute time <name>`` and ``inhibit rule <name>`` likewise).
 """
 
 from __future__ import annotations
@@ -20,8 +21,18 @@ from schemas.conditions import check_conditions, field_specs
 from schemas.durations import parse_duration
 from schemas.errors import Problems
 from schemas.excerpt import clip, excerpt
+from schemas.matchers import check_field, parse_matcher
 from schemas.problems import StrictYamlLoader, validation_problems
-from schemas.rules import KIND_PARAMS, MAX_METRIC_SERIES, Channel, MetricDefinition, Rule, kind_block_problems
+from schemas.rules import (
+    KIND_PARAMS,
+    MAX_METRIC_SERIES,
+    Channel,
+    InhibitRule,
+    MetricDefinition,
+    MuteTime,
+    Rule,
+    kind_block_problems,
+)
 
 _CHANNEL_ADAPTER: TypeAdapter[Any] = TypeAdapter(Channel)
 
@@ -32,6 +43,10 @@ MAX_FILES = 1000
 """Rule files a rules directory may hold."""
 MAX_DEFINITIONS = 10_000
 """Rules, metrics and channels a rules directory may define, together."""
+
+
+_SECTIONS = ("rules", "metrics", "channels", "mute_times", "inhibit")
+"""The top-level keys of a mapping document."""
 
 
 class _TooMany(Exception):
@@ -52,6 +67,8 @@ class RuleSet:
     rules: list[Rule] = field(default_factory=list)
     metrics: list[MetricDefinition] = field(default_factory=list)
     channels: list[Any] = field(default_factory=list)
+    mute_times: list[MuteTime] = field(default_factory=list)
+    inhibit: list[InhibitRule] = field(default_factory=list)
 
     @property
     def enabled_rules(self) -> list[Rule]:
@@ -107,8 +124,9 @@ class _Loader:
         self.problems: list[str] = []
         self.ruleset = RuleSet()
         self.rule_files: dict[str, str] = {}
-        self.names: dict[str, set[str]] = {"metric": set(), "channel": set()}
+        self.names: dict[str, set[str]] = {"metric": set(), "channel": set(), "mute time": set(), "inhibit rule": set()}
         self.deliveries: list[_Delivery] = []
+        self.mutes: list[tuple[str, str, list[str]]] = []  # (file, label, names) of every `mute:` list, checked at the end
         self.definitions = 0
 
     def count(self, file: str) -> None:
@@ -157,11 +175,13 @@ class _Loader:
                 for raw in document:
                     position += 1
                     self.load_rule(raw, shown, position)
-            elif isinstance(document, dict) and "id" not in document and document.keys() & {"rules", "metrics", "channels"}:
-                unknown = sorted(map(str, set(document) - {"rules", "metrics", "channels"}))
+            elif isinstance(document, dict) and "id" not in document and document.keys() & set(_SECTIONS):
+                unknown = sorted(map(str, set(document) - set(_SECTIONS)))
                 for name in unknown:
                     self.problems.append(f"{shown}: (file): {clip(name)}: unknown top-level key")
-                for kind, loader in (("rules", self.load_rule), ("metrics", self.load_metric), ("channels", self.load_channel)):
+                loaders = (("rules", self.load_rule), ("metrics", self.load_metric), ("channels", self.load_channel),
+                           ("mute_times", self.load_mute_time), ("inhibit", self.load_inhibit))
+                for kind, loader in loaders:
                     entries = document.get(kind)
                     if entries is None:
                         continue
@@ -177,7 +197,8 @@ class _Loader:
                 position += 1
                 self.load_rule(document, shown, position)
             else:
-                self.problems.append(f"{shown}: (file): document: must be a rule, a list of rules, or a mapping of rules/metrics/channels")
+                self.problems.append(f"{shown}: (file): document: must be a rule, a list of rules, "
+                                     f"or a mapping of {'/'.join(_SECTIONS)}")
 
     def _validate(self, model: type[BaseModel] | TypeAdapter[Any], raw: Any, file: str, label: str) -> tuple[Any, _Failed]:
         """The validated model (or None) and the field paths whose problems were reported."""
@@ -221,6 +242,8 @@ class _Loader:
                 self.report(file, label, "id", f"duplicate rule id (first defined in {self.rule_files[rule_id]})")
             else:
                 self.rule_files[rule_id] = file
+        if not failed("mute"):
+            self.mutes.append((file, label, list(raw.get("mute") or [])))
         valid = rule if rule is not None and len(self.problems) == before else None
         if not failed("deliver"):
             # A rule whose own checks passed is kept once its channels are known to exist.
@@ -307,17 +330,62 @@ class _Loader:
         channel, failed = self._validate(_CHANNEL_ADAPTER, raw, file, label)
         if not isinstance(raw, dict):
             return
-        channel_name = raw.get("name")
-        if not failed("name") and isinstance(channel_name, str):
-            if channel_name in self.names["channel"]:
-                self.report(file, label, "name", "duplicate channel name")
-                return
-            self.names["channel"].add(channel_name)
+        if not failed("mute"):
+            self.mutes.append((file, label, list(raw.get("mute") or [])))
+        if not self.unique("channel", raw, failed, file, label):
+            return
         if channel is not None:
             self.ruleset.channels.append(channel)
 
+    def unique(self, kind: str, raw: dict[str, Any], failed: _Failed, file: str, label: str) -> bool:
+        """Records the ``name`` of a channel, mute time or inhibit rule; False (and a problem) if it is taken."""
+        name = raw.get("name")
+        if not failed("name") and isinstance(name, str):
+            if name in self.names[kind]:
+                self.report(file, label, "name", f"duplicate {kind} name")
+                return False
+            self.names[kind].add(name)
+        return True
+
+    def load_mute_time(self, raw: Any, file: str, position: int) -> None:
+        """A maintenance window: its shape (weekdays, times, days, months, zone) and a unique name."""
+        self.count(file)
+        label = _label("mute time", raw, position)
+        mute_time, failed = self._validate(MuteTime, raw, file, label)
+        if isinstance(raw, dict) and self.unique("mute time", raw, failed, file, label) and mute_time is not None:
+            self.ruleset.mute_times.append(mute_time)
+
+    def load_inhibit(self, raw: Any, file: str, position: int) -> None:
+        """An inhibit rule: its matchers parse (fields known, regexes compile), its ``equal`` fields exist."""
+        self.count(file)
+        label = _label("inhibit rule", raw, position)
+        inhibit, failed = self._validate(InhibitRule, raw, file, label)
+        if not isinstance(raw, dict):
+            return
+        before = len(self.problems)
+        for side in ("source", "target"):
+            if failed(side):
+                continue
+            for index, text in enumerate(raw.get(side) or []):
+                try:
+                    parse_matcher(text)
+                except ValueError as error:
+                    self.report(file, label, f"{side}.{index}", str(error))
+        if not failed("equal"):
+            for index, name in enumerate(raw.get("equal") or []):
+                try:
+                    check_field(name)
+                except ValueError as error:
+                    self.report(file, label, f"equal.{index}", str(error))
+        if self.unique("inhibit rule", raw, failed, file, label) and inhibit is not None and len(self.problems) == before:
+            self.ruleset.inhibit.append(inhibit)
+
     def check_references(self) -> None:
-        """Every ``deliver`` name must be a declared channel (declared anywhere, even if it has problems of its own)."""
+        """Every ``deliver`` name must be a declared channel, every ``mute`` name a declared mute time (declared anywhere)."""
+        for file, label, names in self.mutes:
+            for name in names:
+                if name not in self.names["mute time"]:
+                    self.report(file, label, "mute", f"unknown mute time {excerpt(name)}")
         for delivery in self.deliveries:
             unknown = [name for name in delivery.names if name not in self.names["channel"]]
             for name in unknown:

@@ -7,6 +7,8 @@ and turns every problem into one ``FILE: rule <id>: <field>: <message>`` line.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -172,6 +174,7 @@ class Rule(BaseModel):
     evidence: Annotated[int, Field(ge=1, le=100)] = 10
     max_groups: Annotated[int, Field(ge=1, le=100_000)] = 1000
     deliver: list[str] = []
+    mute: list[str] = []
     enabled: bool = True
 
     @property
@@ -273,6 +276,7 @@ class _Channel(BaseModel):
     name: Annotated[str, Field(pattern=CHANNEL_NAME_PATTERN)]
     rate_limit: RateLimit = RateLimit(per="1m", max=60)  # type: ignore[arg-type]
     send_resolved: bool = False
+    mute: list[str] = []
 
 
 class _UrlChannel(_Channel):
@@ -317,6 +321,148 @@ class EmailChannel(_Channel):
 Channel = Annotated[WebhookChannel | SlackChannel | TeamsChannel | EmailChannel, Field(discriminator="type")]
 
 
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+          "november", "december")
+_CLOCK = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$|^24:00$")
+
+
+def _minute_of_day(text: Any) -> int:
+    """``HH:MM`` (``24:00`` allowed, as an end) as minutes since midnight."""
+    if not isinstance(text, str) or not _CLOCK.match(text):
+        raise ValueError(f"{excerpt(text)} is not a time of day: use HH:MM (00:00 to 24:00)")
+    hours, minutes = text.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def _range_of(names: tuple[str, ...], what: str, value: Any) -> tuple[int, int]:
+    """``monday`` / ``monday:friday`` (names of ``names``) as the 1-based (first, last) it means."""
+    parts = value.split(":") if isinstance(value, str) else []
+    if not 1 <= len(parts) <= 2 or any(part.strip().lower() not in names for part in parts):
+        raise ValueError(f"{excerpt(value)} is not a {what} or a range of them ({names[0]}:{names[-1]})")
+    first, last = (names.index(part.strip().lower()) + 1 for part in (parts[0], parts[-1]))
+    if first > last:
+        raise ValueError(f"{excerpt(value)}: the range ends before it starts")
+    return first, last
+
+
+def weekday_range(value: Any) -> tuple[int, int]:
+    """A weekday or a range of them, Monday = 1."""
+    return _range_of(WEEKDAYS, "weekday", value)
+
+
+def month_range(value: Any) -> tuple[int, int]:
+    """A month or a range of them, January = 1."""
+    return _range_of(MONTHS, "month", value)
+
+
+def day_range(value: Any) -> tuple[int, int]:
+    """A day of the month or a range (``1``, ``"1:7"``, ``"-1"`` = the last day, ``"-7:-1"`` = the last week)."""
+    parts = str(value).split(":") if isinstance(value, (int, str)) and not isinstance(value, bool) else []
+    try:
+        days = [int(part) for part in parts]
+    except ValueError:
+        days = []
+    if not 1 <= len(days) <= 2 or any(day == 0 or not -31 <= day <= 31 for day in days):
+        raise ValueError(f"{excerpt(value)} is not a day of the month (1 to 31, -1 = the last) or a range of them")
+    first, last = days[0], days[-1]
+    if (first > 0) == (last > 0) and first > last:
+        raise ValueError(f"{excerpt(value)}: the range ends before it starts")
+    return first, last
+
+
+class TimeRange(BaseModel):
+    """A time of day from ``start`` (included) to ``end`` (excluded), local time; ``24:00`` ends at midnight."""
+
+    model_config = RULE_CONFIG
+    start: str
+    end: str
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TimeRange:
+        problems: list[tuple[str, str]] = []
+        for name in ("start", "end"):
+            try:
+                _minute_of_day(getattr(self, name))
+            except ValueError as error:
+                problems.append((name, str(error)))
+        if not problems and self.start_minute >= self.end_minute:
+            problems.append(("end", "must be after start (a window across midnight is two ranges: to 24:00, from 00:00)"))
+        if problems:
+            raise FieldProblems(problems)
+        return self
+
+    @property
+    def start_minute(self) -> int:
+        """Minutes since midnight at which the range starts."""
+        return _minute_of_day(self.start)
+
+    @property
+    def end_minute(self) -> int:
+        """Minutes since midnight at which it ends (excluded)."""
+        return _minute_of_day(self.end)
+
+
+def _kept_if(parse: Callable[[Any], tuple[int, int]]) -> Callable[[Any], Any]:
+    """A validator that keeps the value as written once ``parse`` accepts it (the model dumps what the file says)."""
+
+    def check(value: Any) -> Any:
+        parse(value)
+        return value
+
+    return check
+
+
+Weekdays = Annotated[str, AfterValidator(_kept_if(weekday_range))]
+Months = Annotated[str, AfterValidator(_kept_if(month_range))]
+DaysOfMonth = Annotated[int | str, AfterValidator(_kept_if(day_range))]
+
+
+class MuteInterval(BaseModel):
+    """When a window is on: every field given must hold (an absent field holds always), in the window's time zone."""
+
+    model_config = RULE_CONFIG
+    weekdays: Annotated[list[Weekdays], Field(min_length=1)] | None = None
+    times: Annotated[list[TimeRange], Field(min_length=1)] | None = None
+    days_of_month: Annotated[list[DaysOfMonth], Field(min_length=1)] | None = None
+    months: Annotated[list[Months], Field(min_length=1)] | None = None
+
+    def weekday_ranges(self) -> list[tuple[int, int]]:
+        """``weekdays`` as 1-based (first, last) pairs, Monday = 1."""
+        return [weekday_range(value) for value in self.weekdays or ()]
+
+    def month_ranges(self) -> list[tuple[int, int]]:
+        """``months`` as 1-based (first, last) pairs."""
+        return [month_range(value) for value in self.months or ()]
+
+    def day_ranges(self) -> list[tuple[int, int]]:
+        """``days_of_month`` as (first, last) pairs; negative days count from the month's end."""
+        return [day_range(value) for value in self.days_of_month or ()]
+
+
+class MuteTime(BaseModel):
+    """A named, recurring maintenance window (Alertmanager's time intervals): on while any of its intervals holds."""
+
+    model_config = RULE_CONFIG
+    name: Annotated[str, Field(pattern=CHANNEL_NAME_PATTERN)]
+    timezone: Annotated[str, AfterValidator(_check_zone)] = "UTC"
+    intervals: Annotated[list[MuteInterval], Field(min_length=1, max_length=100)]
+
+
+class InhibitRule(BaseModel):
+    """While a notification matching ``source`` is firing, hold those matching ``target`` with equal ``equal`` fields.
+
+    Matchers are strings (``rule=integration-silent``, :mod:`schemas.matchers`);
+    the loader checks them.
+    """
+
+    model_config = RULE_CONFIG
+    name: Annotated[str, Field(pattern=CHANNEL_NAME_PATTERN)]
+    source: Annotated[list[str], Field(min_length=1, max_length=20)]
+    target: Annotated[list[str], Field(min_length=1, max_length=20)]
+    equal: Annotated[list[str], Field(max_length=8)] = []
+
+
 class RuleFileDocument(BaseModel):
     """For the JSON Schema only: the shapes a rules-directory YAML document may take."""
 
@@ -324,3 +470,5 @@ class RuleFileDocument(BaseModel):
     rules: list[Rule] | None = None
     metrics: list[MetricDefinition] | None = None
     channels: list[Channel] | None = None
+    mute_times: list[MuteTime] | None = None
+    inhibit: list[InhibitRule] | None = None

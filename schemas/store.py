@@ -34,7 +34,10 @@ EVIDENCE_COLUMNS = ("alert_id", "seq", "position", "site", "signal_id", "type", 
 METRIC_COLUMNS = ("site", "metric", "labels_key", "labels", "bucket_start", "resolution_s", "value", "signals")
 REJECTED_COLUMNS = ("source", "line", "site", "reason", "hour")
 DELIVERY_COLUMNS = (
-    "alert_id", "seq", "channel", "attempt", "attempted_at", "outcome", "status_code", "latency_ms", "error",
+    "alert_id", "seq", "channel", "attempt", "attempted_at", "outcome", "status_code", "latency_ms", "error", "held_by",
+)
+SILENCE_COLUMNS = (
+    "id", "updated_at", "updated_by", "matchers", "starts_at", "ends_at", "created_by", "comment", "created_at",
 )
 
 
@@ -150,6 +153,45 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "retention (TTL) of signals and metrics without wrap-around for event times after 2106", (
         f"ALTER TABLE {{db}}.signals MODIFY TTL toDateTime(least(ts + INTERVAL {{ttl_days}} DAY, {_LAST_DATETIME}))",
         f"ALTER TABLE {{db}}.metrics MODIFY TTL toDateTime(least(bucket_start + INTERVAL {{ttl_days}} DAY, {_LAST_DATETIME}))",
+    )),
+    # The alert page reads one alert's notifications; ``alerts`` is sorted by (site, evaluated_at, …), so finding
+    # one alert_id there reads the whole table. ``alerts_by_id`` holds the same rows sorted by (alert_id, seq):
+    # a materialized view copies every block inserted into ``alerts``, and the INSERT fills it for the rows an
+    # existing store already has (run twice, it adds copies that ReplacingMergeTree and FINAL collapse).
+    Migration(3, "alerts_by_id: the notifications sorted by alert id, for the web console's alert page", (
+        """CREATE TABLE IF NOT EXISTS {db}.alerts_by_id AS {db}.alerts
+        ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(evaluated_at)
+        ORDER BY (alert_id, seq)""",
+        """CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.alerts_by_id_writer TO {db}.alerts_by_id
+        AS SELECT * FROM {db}.alerts""",
+        "INSERT INTO {db}.alerts_by_id SELECT * FROM {db}.alerts",
+    )),
+    # Silences are shared by every deliver process and the console: in the store, one row per version (a change,
+    # expiring, writes a new one; nothing is deleted), the newest version of each id in silences_current.
+    Migration(4, "silences, and what held a notification back (deliveries.held_by)", (
+        """CREATE TABLE IF NOT EXISTS {db}.silences (
+            id String,
+            updated_at DateTime64(3, 'UTC') COMMENT 'when this version was written',
+            updated_by String COMMENT 'who wrote this version (the creator, or who expired it)',
+            matchers String COMMENT 'JSON list of [field, op, value]',
+            starts_at DateTime64(3, 'UTC'),
+            ends_at DateTime64(3, 'UTC'),
+            created_by String,
+            comment String,
+            created_at DateTime64(3, 'UTC')
+        ) ENGINE = ReplacingMergeTree
+        ORDER BY (id, updated_at)""",
+        """CREATE VIEW IF NOT EXISTS {db}.silences_current AS
+            SELECT id, max(updated_at) AS updated_at, argMax(updated_by, s.updated_at) AS updated_by,
+                argMax(matchers, s.updated_at) AS matchers, argMax(starts_at, s.updated_at) AS starts_at,
+                argMax(ends_at, s.updated_at) AS ends_at, argMax(created_by, s.updated_at) AS created_by,
+                argMax(comment, s.updated_at) AS comment, argMax(created_at, s.updated_at) AS created_at
+            FROM {db}.silences AS s FINAL GROUP BY id""",
+        "ALTER TABLE {db}.deliveries ADD COLUMN IF NOT EXISTS held_by String DEFAULT '' "
+        "COMMENT 'silenced, muted, inhibited: the silence id, mute time name or inhibiting alert id'",
+        # A view's * is expanded when it is created: made again, it has the new column.
+        "CREATE OR REPLACE VIEW {db}.deliveries_final AS SELECT * FROM {db}.deliveries FINAL",
     )),
 )
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,9 +287,13 @@ class Store:
         """Run one statement (DDL or admin)."""
         return self._with_retry("run a command", lambda client: client.command(sql))
 
-    def query(self, sql: str) -> Any:
-        """Run a query and return clickhouse-connect's result (``column_names``, ``result_rows``)."""
-        return self._with_retry("query", lambda client: client.query(sql))
+    def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> Any:
+        """Run a query and return clickhouse-connect's result (``column_names``, ``result_rows``, ``summary``).
+
+        ``parameters`` are bound by the server (``{name:Type}`` placeholders): values from a request or a
+        signal never become SQL text.
+        """
+        return self._with_retry("query", lambda client: client.query(sql, parameters=parameters))
 
     def wire_types(self, table: str, columns: Sequence[str]) -> list[str]:
         """The column types to encode ``columns`` of ``table`` with.
@@ -490,16 +494,23 @@ class EpochStoreSink(FixedPartitionedSink[StoreRows, None]):
     seconds, so that rows do not wait for the next item on a quiet stream. It
     takes the same ``(table, rows)`` items, keyed by table: one partition per
     table, so each table has one writer.
+
+    In a cluster, ``local`` says whether this process may write: a chDB
+    directory is opened by one process, so there only the owner (process 0)
+    lists the partitions and every row is exchanged to it; a ClickHouse
+    server takes writes from every process, and the tables' partitions are
+    spread over the cluster's workers.
     """
 
-    def __init__(self, sink: StoreSink, flush_every: float = 0.5) -> None:
+    def __init__(self, sink: StoreSink, flush_every: float = 0.5, local: bool = True) -> None:
         self.sink = sink
         self.flush_every = flush_every
+        self.local = local
         self._tables = sorted(ROW_COLUMNS)  # Bytewax indexes partitions in sorted order
 
     @override
     def list_parts(self) -> list[str]:
-        return list(self._tables)
+        return list(self._tables) if self.local else []
 
     @override
     def part_fn(self, item_key: str) -> int:

@@ -4,4 +4,4 @@ The repository root is on ``sys.path`` through pytest's ``pythonpath``
 (pyproject.toml), so ``tests.support`` and the packages import from here.
 """
 
-pytest_plugins = ["tests.support.kafka_broker", "tests.support.store"]
+pytest_plugins = ["tests.support.kafka_broker", "tests.support.store", "tests.support.browser"]

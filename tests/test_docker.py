@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from cli.main import build_parser
+from web.users import load_users
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker/compose.yaml").read_text())
@@ -26,15 +27,18 @@ def _substituted(text: str) -> str:
     return VARIABLE.sub(lambda match: f"x{match.group(1).lower()}", text)
 
 
-def test_the_stack_runs_gateway_detect_and_deliver() -> None:
-    assert LOGYSTERA_SERVICES == ["deliver", "detect", "gateway"]
+def test_the_stack_runs_gateway_detect_as_two_processes_deliver_and_the_console() -> None:
+    assert LOGYSTERA_SERVICES == ["deliver", "detect-0", "detect-1", "gateway", "web"]
+    for index in (0, 1):
+        command = build_parser().parse_args(COMPOSE["services"][f"detect-{index}"]["command"])
+        assert (command.addresses, command.process_id) == ("detect-0:2101,detect-1:2101", index)
 
 
 @pytest.mark.parametrize("name", LOGYSTERA_SERVICES)
 def test_service_command_parses(name: str) -> None:
     command = [_substituted(part) for part in COMPOSE["services"][name]["command"]]
     args = build_parser().parse_args(command)
-    assert args.handler.__name__ == f"cmd_{name}"
+    assert args.handler.__name__ == f"cmd_{name.split('-')[0]}"
 
 
 @pytest.mark.parametrize("name", LOGYSTERA_SERVICES)
@@ -65,3 +69,9 @@ def test_registry_names_secrets_the_stack_passes() -> None:
     registry = yaml.safe_load((ROOT / "docker/config/sites.yaml").read_text())
     environment = COMPOSE["services"]["gateway"]["environment"]
     assert {site["secret_env"] for site in registry["sites"]} <= set(environment)
+
+
+def test_the_console_users_file_loads_and_signs_no_one_in_until_edited() -> None:
+    users = load_users(ROOT / "docker/config/users.yaml")
+    assert [user.name for user in users.users] == ["admin"]
+    assert users.by_token("") is None and users.by_token("admin") is None

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("schemas", "protocol", "operators", "flows", "sinks", "delivery", "gateway", "dispatcher", "cli", "simulate")
+PACKAGES = ("schemas", "protocol", "operators", "flows", "sinks", "delivery", "gateway", "dispatcher", "cli", "simulate", "web")
 
 ALLOWED: dict[str, set[str]] = {
     "schemas": {"schemas"},
@@ -26,6 +26,7 @@ ALLOWED: dict[str, set[str]] = {
 FORBIDDEN: dict[str, set[str]] = {
     "gateway": {"dispatcher"},
     "delivery": {"dispatcher"},
+    "web": {"dispatcher", "gateway", "flows"},
 }
 """The server never imports the site client: what they share is in ``protocol/``."""
 FORBIDDEN_THIRD_PARTY: dict[str, set[str]] = {"operators": {"bytewax"}}

@@ -325,7 +325,7 @@ def test_replay_unwritable_out(rules_dir: Path, signals_file: Path, tmp_path: Pa
 
 def test_unknown_subcommand() -> None:
     result = run("frobnicate")
-    choices = "'rules', 'replay', 'detect', 'schema', 'demo', 'gateway', 'deliver', 'db', 'sql'"
+    choices = "'rules', 'replay', 'detect', 'schema', 'demo', 'gateway', 'deliver', 'db', 'sql', 'web', 'silence'"
     assert_usage_error(result, f"logystera: error: argument command: invalid choice: 'frobnicate' (choose from {choices})")
 
 

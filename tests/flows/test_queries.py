@@ -33,7 +33,7 @@ import pytest
 
 from schemas.factory import signal_line
 from schemas.rule_loader import load_rules
-from schemas.store import rejection_reason
+from schemas.store import DELIVERY_COLUMNS, rejection_reason
 from schemas.timestamps import parse_ts
 from simulate.scenario import generate_day
 from tests.support.receivers import Reply, WebhookReceiver, refused_url
@@ -477,8 +477,9 @@ def _deliveries(result: Result, run: Replayed, query: str) -> None:
     copy = run.scratch / "store-with-deliveries"
     shutil.copytree(run.directory, copy, symlinks=True)  # like `cp -a`: chDB links tables to their data
     values = ", ".join("(" + ", ".join(map(sql_value, attempt)) + ")" for attempt in DELIVERY_ATTEMPTS)
+    names = ", ".join(DELIVERY_COLUMNS[:9])  # held_by (silences) keeps its default
     for _ in range(2):
-        insert = logystera("sql", "--store", f"chdb://{copy}", f"INSERT INTO deliveries VALUES {values}")
+        insert = logystera("sql", "--store", f"chdb://{copy}", f"INSERT INTO deliveries ({names}) VALUES {values}")
         assert insert.returncode == 0, insert.stderr
     filled = run_sql(f"chdb://{copy}", query)
     assert filled.columns == ["channel", "notifications", "attempts", "delivered", "failed", "retrying", "rate_limited",
@@ -593,7 +594,7 @@ def _not_through(result: Result, run: Replayed, query: str) -> None:
         last = rows[-1]
         if last["outcome"] in ("gave_up", "failed"):
             state = last["outcome"]
-        elif last["outcome"] == "delivered" or last["error"].startswith("collapsed into seq "):
+        elif last["outcome"] in ("delivered", "silenced", "muted", "inhibited") or last["error"].startswith("collapsed into seq "):
             continue
         else:
             state = "pending"
@@ -636,6 +637,44 @@ def _delivery_delay(result: Result, run: Replayed, query: str) -> None:
     (oncall,) = got.rows
     assert oncall["channel"] == "oncall" and int(oncall["delivered"]) == filled.answered[204]
     assert int(oncall["held_first"]) > 0 and int(oncall["retried"]) >= 1 and filled.answered[503] == 1
+
+
+SILENCES = [  # id, updated_at, updated_by, matchers, starts_at, ends_at, created_by, comment, created_at
+    ("0" * 31 + "1", "2026-11-28 15:00:00.000", "alice", '[["site", "=", "shop-eu"], ["rule", "=~", "mail-.*"]]',
+     "2026-11-28 15:00:00.000", "2026-11-28 17:00:00.000", "alice", "PHP 8.4 migration", "2026-11-28 15:00:00.000"),
+    ("0" * 31 + "1", "2026-11-28 15:40:00.000", "bob", '[["site", "=", "shop-eu"], ["rule", "=~", "mail-.*"]]',
+     "2026-11-28 15:00:00.000", "2026-11-28 15:40:00.000", "alice", "PHP 8.4 migration", "2026-11-28 15:00:00.000"),
+    ("0" * 31 + "2", "2026-11-28 16:00:00.000", "carol", '[["site", "=", "blog-us"], ["rule", "=", "backup-missed"]]',
+     "2026-11-28 16:00:00.000", "2026-11-28 18:00:00.000", "carol", "backup window", "2026-11-28 16:00:00.000"),
+]
+
+
+@check("What was silenced, by whom, and what it held")
+def _silenced(result: Result, run: Replayed, query: str) -> None:
+    assert result.rows == []  # no silence yet
+    copy = run.scratch / "store-with-silences"
+    shutil.copytree(run.directory, copy, symlinks=True)
+    mail = next(r for r in run.alerts if r["rule"]["id"] == "mail-delivery-failing" and r["site"] == "shop-eu")
+    silence = SILENCES[0][0]
+    alert_id, seq = mail["alert_id"], mail["seq"]
+    held = [(alert_id, seq, channel, 1, at, "silenced", None, 0, "silence …", silence)
+            for channel, at in (("oncall", "2026-11-28 15:10:00.000"), ("chat", "2026-11-28 15:20:00.000"))]
+    held.append((alert_id, seq, "ops-slack", 1, "2026-11-28 15:20:00.000", "delivered", 200, 30, "", ""))
+    for table, rows in (("silences", SILENCES), ("deliveries", held)):
+        values = ", ".join("(" + ", ".join(map(sql_value, row)) + ")" for row in rows)
+        for _ in range(2):  # twice: the views keep one of each
+            insert = logystera("sql", "--store", f"chdb://{copy}", f"INSERT INTO {table} VALUES {values}")
+            assert insert.returncode == 0, insert.stderr
+    filled = run_sql(f"chdb://{copy}", query)
+    assert filled.columns == ["id", "created_by", "comment", "matchers", "starts_at", "ends_at", "updated_by", "held",
+                              "alerts", "channels", "rules", "first_held_at", "last_held_at"]
+    rows = [list(row.values()) for row in filled.rows]
+    assert [row[:3] + row[6:] for row in rows] == [
+        ["0" * 31 + "2", "carol", "backup window", "carol", "0", "0", "[]", "[]", "NULL", "NULL"],
+        ["0" * 31 + "1", "alice", "PHP 8.4 migration", "bob", "2", "1", '["chat", "oncall"]', '["mail-delivery-failing"]',
+         "2026-11-28T15:10:00.000Z", "2026-11-28T15:20:00.000Z"],
+    ]
+    assert rows[1][5] == "2026-11-28T15:40:00.000Z", "ended early: the newest version's end"
 
 
 # -- the tests -------------------------------------------------------------------------------------

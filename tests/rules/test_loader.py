@@ -26,7 +26,8 @@ EXPECTED: dict[str, list[str]] = {
     "yaml-syntax": ["DIR/rule.yaml: (file): yaml: expected ',' or ']', but got ':' at line 6, column 5"],
     "duplicate-yaml-key": ["DIR/rule.yaml: (file): yaml: duplicate key 'kind' at line 8, column 1"],
     "not-utf8": ["DIR/rule.yaml: (file): encoding: not UTF-8 (invalid continuation byte at byte 7)"],
-    "scalar-document": ["DIR/rule.yaml: (file): document: must be a rule, a list of rules, or a mapping of rules/metrics/channels"],
+    "scalar-document": ["DIR/rule.yaml: (file): document: must be a rule, a list of rules, "
+                        "or a mapping of rules/metrics/channels/mute_times/inhibit"],
     "list-with-scalar": ["DIR/rules.yaml: rule #2: (document): must be a mapping"],
     "unknown-top-level-key": ["DIR/rules.yaml: (file): alerts: unknown top-level key"],
     "unknown-field": [MAIL + "labels: unknown field"],

@@ -32,7 +32,7 @@ from schemas.errors import root_cause
 from schemas.factory import make_signal, signal_line
 from schemas.records import Record, compact_json, parse_lines
 from schemas.rule_loader import load_rules
-from schemas.store import REJECTED_COLUMNS, SIGNAL_COLUMNS, TABLES, rejected_row, signal_rows
+from schemas.store import MIGRATIONS, REJECTED_COLUMNS, SIGNAL_COLUMNS, TABLES, rejected_row, signal_rows
 from simulate.corpus import write_corpus
 from sinks.clickhouse import (
     DEFAULT_DATABASE,
@@ -52,6 +52,8 @@ LOGYSTERA = shutil.which("logystera", path=str(Path(sys.executable).parent)) or 
 RULES = Path(__file__).resolve().parents[2] / "rules"
 TIMEOUT = 60
 VIEWS = ("signals_final", "alerts_final", "evidence_final", "metrics_final", "rejected_hourly", "deliveries_final")
+ALERT_LOOKUP = ("alerts_by_id", "alerts_by_id_writer")  # migration 3: the table and the materialized view filling it
+SILENCES = ("silences", "silences_current")  # migration 4: silences in the store, their newest versions
 
 # Everything an analyst reads, as (section, key, value) strings: the same query in this process and through `logystera sql`.
 SNAPSHOT_SQL = " UNION ALL ".join([
@@ -274,7 +276,7 @@ def test_http_store_connects_with_the_decoded_credentials_and_works_in_its_datab
     database = database_name(request.node.name)
     store = Store(parse_dsn(http_dsn(http_front, database)), ttl_days=TTL_DAYS)
     assert str(store.address) == f"http://ana+ops@127.0.0.1:{http_front.port}/{database}"
-    assert store.migrate() == [1, 2]
+    assert store.migrate() == [migration.version for migration in MIGRATIONS]
     assert store.migrate() == []
     assert http_front.requests, "the client never reached the server"
     assert {(user, password) for user, password, _, _ in http_front.requests} == {("ana+ops", "p@ss:w/rd")}
@@ -289,7 +291,7 @@ def test_http_store_connects_with_the_decoded_credentials_and_works_in_its_datab
     # Everything landed in the real engine behind the server.
     embedded = Store(parse_dsn(f"chdb://{chdb_dir}?database={database}"))
     tables = {row[0] for row in embedded.query(f"SELECT name FROM system.tables WHERE database = '{database}'").result_rows}
-    assert tables == {*TABLES, *VIEWS, "schema_migrations"}
+    assert tables == {*TABLES, *VIEWS, *ALERT_LOOKUP, *SILENCES, "schema_migrations"}
     assert table_rows(embedded, "signals") == 3
 
 
@@ -359,7 +361,7 @@ def test_an_insert_the_server_rejects_twice_is_retried_on_a_new_connection_and_l
 
 def test_migrations_apply_once(store_dsn: str) -> None:
     store = Store(parse_dsn(store_dsn), ttl_days=TTL_DAYS)
-    assert store.migrate() == [1, 2]
+    assert store.migrate() == [migration.version for migration in MIGRATIONS]
     assert store.migrate() == []
     assert Store(parse_dsn(store_dsn)).migrate() == []
     assert Store.open(store_dsn).migrate() == []
@@ -367,9 +369,11 @@ def test_migrations_apply_once(store_dsn: str) -> None:
     assert store.query(f"SELECT version, description FROM {database}.schema_migrations ORDER BY version").result_rows == [
         (1, "signals, alerts, evidence, metrics, rejected, deliveries and their deduplicated views"),
         (2, "retention (TTL) of signals and metrics without wrap-around for event times after 2106"),
+        (3, "alerts_by_id: the notifications sorted by alert id, for the web console's alert page"),
+        (4, "silences, and what held a notification back (deliveries.held_by)"),
     ]
     tables = {row[0] for row in store.query(f"SELECT name FROM system.tables WHERE database = '{database}'").result_rows}
-    assert tables == {*TABLES, *VIEWS, "schema_migrations"}
+    assert tables == {*TABLES, *VIEWS, *ALERT_LOOKUP, *SILENCES, "schema_migrations"}
     ttl = store.query(f"SELECT create_table_query FROM system.tables WHERE database = '{database}' AND name = 'signals'")
     assert f"toIntervalDay({TTL_DAYS})" in ttl.result_rows[0][0]
 
@@ -378,11 +382,13 @@ def test_migrations_apply_once(store_dsn: str) -> None:
 def test_cli_db_migrate_twice(tmp_path: Path) -> None:
     dsn = f"chdb://{tmp_path}/store?database=ops"
     first = run_cli("db", "migrate", "--store", dsn)
-    assert (first.returncode, first.stdout) == (0, f"{dsn}: applied migration(s) 1, 2\n"), first.stderr
+    versions = ", ".join(str(migration.version) for migration in MIGRATIONS)
+    assert (first.returncode, first.stdout) == (0, f"{dsn}: applied migration(s) {versions}\n"), first.stderr
     second = run_cli("db", "migrate", "--store", dsn)
     assert (second.returncode, second.stdout) == (0, f"{dsn}: schema already up to date\n"), second.stderr
     listed = run_cli("sql", "SELECT version FROM schema_migrations ORDER BY version", "--store", dsn, "--format", "json")
-    assert (listed.returncode, listed.stdout) == (0, '{"version": 1}\n{"version": 2}\n'), listed.stderr
+    expected = "".join(f'{{"version": {migration.version}}}\n' for migration in MIGRATIONS)
+    assert (listed.returncode, listed.stdout) == (0, expected), listed.stderr
 
 
 # -- the Bytewax sink ----------------------------------------------------------------------------------

@@ -147,7 +147,9 @@ class FrontHandler(BaseHTTPRequestHandler):
                     return
                 named = _FORMAT.search(sql)
                 output_format = named.group(1).decode() if named else params.get("default_format", "TabSeparated")
-                result = self.engine.query(sql.decode(), output_format)
+                # Server-side parameters ({name:Type} placeholders) travel as param_<name> in the URL.
+                bound = {name[len("param_"):]: value for name, value in params.items() if name.startswith("param_")}
+                result = self.engine.query(sql.decode(), output_format, params=bound or None)
         except Exception as error:  # the engine's own error, passed on as the server would
             text = str(error).strip()
             code = re.search(r"Code: (\d+)", text)

@@ -1,0 +1,300 @@
+"""The shape of a Bytewax cluster, and running a flow on it: one module for replay and detect.
+
+A cluster is ``processes`` processes of ``workers`` worker threads each
+(Bytewax's ``-a``/``-i``/``-w``): a flow's input partitions and keyed state
+spread over all ``processes × workers`` workers, which exchange keyed items
+over TCP. Threads share one interpreter (the GIL); processes are what use
+more cores.
+
+- ``--processes N`` on one host: the command becomes process 0 and starts
+  processes 1…N-1 itself (:func:`local_cluster`) — the same command line
+  plus ``--addresses`` (loopback ports it picked) and ``--process-id``. They
+  die with it (``PR_SET_PDEATHSIG``), and when one of them ends otherwise
+  than cleanly the whole cluster is stopped and the command fails.
+- ``--addresses h1:p1,h2:p2,… --process-id I`` on several hosts: the user
+  starts every process, with the same addresses (Bytewax's ``-a``/``-i``).
+
+Process 0 is the **owner**: what must happen once — printing notifications,
+rejected lines and totals, writing to an embedded chDB store (one process per
+directory) — happens there, the other processes exchange those items to it
+(:class:`sinks.callback.OwnerSink`, :class:`sinks.clickhouse.EpochStoreSink`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import cache
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.recovery import RecoveryConfig
+from bytewax.testing import TestingSource, cluster_main, run_main
+from typing_extensions import override
+
+from schemas.errors import Failure, UsageError
+
+STOP_GRACE_S = 5.0
+"""How long process 0 waits for its own part to stop after another process failed, before it exits anyway."""
+
+
+class ClusterError(Failure):
+    """A process of the cluster ended otherwise than cleanly: the cluster is stopped (exit 1)."""
+
+
+@dataclass(frozen=True)
+class ClusterShape:
+    """How many processes and workers run a flow, and which process this is."""
+
+    processes: int = 1
+    workers: int = 1  # per process
+    addresses: tuple[str, ...] = ()  # every process's host:port, this one's included; () for one process
+    process_id: int = 0
+
+    @property
+    def total_workers(self) -> int:
+        """Workers in the whole cluster: the input partitions replay makes and the recovery partitions detect needs."""
+        return self.processes * self.workers
+
+    @property
+    def owner(self) -> bool:
+        """Whether this process is process 0, where output is gathered and an embedded store is written."""
+        return self.process_id == 0
+
+    @property
+    def describe(self) -> str:
+        """``2 processes × 1 worker`` (for messages)."""
+        return f"{self.processes} process{'es' if self.processes != 1 else ''} × {self.workers} worker{'s' if self.workers != 1 else ''}"
+
+
+def cluster_shape(workers: int, processes: int | None, addresses: str | None, process_id: int | None) -> ClusterShape:
+    """The shape the options describe, or :class:`UsageError` saying what is inconsistent.
+
+    ``--processes N`` alone: a local cluster this command starts (addresses
+    are chosen later, by :func:`local_cluster`). ``--addresses`` (comma
+    separated, every process's, in process-id order) with ``--process-id``:
+    this process of a cluster someone else starts; ``--processes``, if given,
+    must agree with the number of addresses.
+    """
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if processes is not None and processes < 1:
+        raise UsageError("--processes must be at least 1")
+    if addresses is None:
+        if process_id is not None:
+            raise UsageError("--process-id needs --addresses (every process's host:port, in process-id order)")
+        return ClusterShape(processes or 1, workers)
+    listed = tuple(address.strip() for address in addresses.split(","))
+    for address in listed:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise UsageError(f"--addresses: {address!r} is not host:port")
+    if processes is not None and processes != len(listed):
+        raise UsageError(f"--processes {processes} but --addresses lists {len(listed)} processes")
+    if process_id is None or not 0 <= process_id < len(listed):
+        raise UsageError(f"--addresses needs --process-id between 0 and {len(listed) - 1} (this process's position in the list)")
+    return ClusterShape(len(listed), workers, listed if len(listed) > 1 else (), process_id)
+
+
+def run_on(flow: Dataflow, shape: ClusterShape, epoch_interval: timedelta | None = None,
+           recovery: RecoveryConfig | None = None) -> None:
+    """Run ``flow`` as this process of ``shape`` (its addresses already known) until it ends."""
+    if shape.total_workers == 1 and recovery is None and epoch_interval is None:  # replay's usual case: no threads at all
+        run_main(flow)
+        return
+    cluster_main(flow, list(shape.addresses), shape.process_id, epoch_interval=epoch_interval,
+                 recovery_config=recovery, worker_count_per_proc=shape.workers)
+
+
+def _free_loopback_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 now (all bound at once, so they differ)."""
+    import socket
+
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGKILL when the process that started it dies (Linux; elsewhere nothing)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def local_cluster(shape: ClusterShape, argv: Sequence[str]) -> Iterator[ClusterShape]:
+    """Start processes 1…N-1 of a local cluster running ``logystera argv``; yield this process's shape (process 0).
+
+    The children's output goes to stderr. SIGINT and SIGTERM received here
+    are passed on to them. If a child ends with a failure (or is killed)
+    while the cluster runs, the others are killed and :class:`ClusterError`
+    is raised here once this process's part has stopped — Bytewax itself
+    stops a process whose peer disappears. Leaving the block waits for every
+    child.
+    """
+    if shape.processes == 1 or shape.addresses:
+        yield shape
+        return
+    addresses = tuple(f"127.0.0.1:{port}" for port in _free_loopback_ports(shape.processes))
+    here = ClusterShape(shape.processes, shape.workers, addresses, 0)
+    command = [sys.executable, "-m", "cli.main", *argv, "--addresses", ",".join(addresses)]
+    children = [
+        # Bytewax writes its messages to stdout: a child's goes to stderr, as its stderr, never into the output.
+        subprocess.Popen([*command, "--process-id", str(index)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,  # noqa: S603
+                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        for index in range(1, shape.processes)
+    ]
+    forwarders = [threading.Thread(target=_forward_output, args=(child,), daemon=True) for child in children]
+    for forwarder in forwarders:
+        forwarder.start()
+    failed: list[str] = []
+
+    def watch(child: subprocess.Popen[bytes], index: int) -> None:
+        code = child.wait()
+        if code != 0 and not stopping.is_set():
+            failed.append(f"process {index} of the cluster ended with {_exit_status(code)}: the cluster is stopped")
+            stopping.set()
+            for other in children:
+                if other.poll() is None:
+                    other.kill()
+            os.kill(os.getpid(), signal.SIGTERM)  # this process's part stops between two steps, if it can
+            if not finished.wait(STOP_GRACE_S):
+                # Its workers wait on the dead peer and never reach a step: end as the peer did. Recovery resumes
+                # from the last completed epoch, exactly as after a kill -9 of this process.
+                sys.stderr.write(f"logystera: error: {failed[0]}\n")
+                sys.stderr.flush()
+                os._exit(1)
+
+    stopping = threading.Event()
+    finished = threading.Event()  # this process's part has stopped
+    watchers = [threading.Thread(target=watch, args=(child, index), daemon=True) for index, child in enumerate(children, 1)]
+    for watcher in watchers:
+        watcher.start()
+    forwarded = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def forward(signum: int, frame: Any) -> None:
+        signum = signal.Signals(signum)
+        if not failed:
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signum)
+        previous = forwarded[signum]
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    for signum in forwarded:
+        signal.signal(signum, forward)
+    try:
+        yield here
+    except BaseException:
+        # This process's part stopped early: because a child failed (Bytewax stops a process whose peer is gone), or
+        # by itself (then the children are stopped too).
+        ended = [(index, child.poll()) for index, child in enumerate(children, 1)]
+        stopping.set()
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+        failed.extend(f"process {index} of the cluster ended with {_exit_status(code)}: the cluster is stopped"
+                      for index, code in ended if code not in (None, 0))
+        if failed:
+            raise ClusterError(failed[0]) from None
+        raise
+    finally:
+        finished.set()
+        for signum, previous in forwarded.items():
+            signal.signal(signum, previous)
+        for child in children:
+            child.wait()
+        for forwarder in forwarders:
+            forwarder.join()
+    if failed:
+        raise ClusterError(failed[0])
+
+
+def _forward_output(child: subprocess.Popen[bytes]) -> None:
+    """Pass a child's output on to stderr, without Bytewax's lines about a peer not listening yet (it retries)."""
+    assert child.stdout is not None
+    for line in child.stdout:
+        if not _RETRYING.search(line):
+            sys.stderr.buffer.write(line)
+            sys.stderr.buffer.flush()
+
+
+_RETRYING = re.compile(rb"error connecting to worker \d+: .*; retrying$")
+
+
+def _exit_status(code: int) -> str:
+    return f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+
+
+def site_shard(site: str, shards: int) -> int:
+    """The shard (0…shards-1) a site's detector lives in: stable across processes and runs (not Python's ``hash``)."""
+    return zlib.crc32(site.encode("utf-8")) % shards
+
+
+class _WhereSink(DynamicSink[tuple[str, str]]):
+    def __init__(self, found: dict[int, str], lock: threading.Lock) -> None:
+        self._found = found
+        self._lock = lock
+
+    @override
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _WherePartition:
+        return _WherePartition(self._found, self._lock, worker_index)
+
+
+class _WherePartition(StatelessSinkPartition[tuple[str, str]]):
+    def __init__(self, found: dict[int, str], lock: threading.Lock, worker: int) -> None:
+        self._found, self._lock, self._worker = found, lock, worker
+
+    @override
+    def write_batch(self, items: list[tuple[str, str]]) -> None:
+        with self._lock:
+            for key, _ in items:
+                known = self._found.get(self._worker)
+                if known is None or int(key) < int(known):
+                    self._found[self._worker] = key
+
+
+@cache
+def shard_keys(workers: int) -> tuple[str, ...]:
+    """For each worker index, a Bytewax state key that lives on that worker: one shard per worker, none idle.
+
+    Bytewax routes a key to ``hash(key) mod workers`` (a hash it keeps to
+    itself), so with keys ``"0"…"N-1"`` some workers would hold two shards
+    and others none. The routing depends only on the key and the total
+    worker count, so a throw-away flow of ``workers`` threads here finds,
+    for each worker, the first key it routes there — the same in every
+    process of the cluster.
+    """
+    if workers == 1:
+        return ("0",)
+    found: dict[int, str] = {}
+    candidates = 16 * workers
+    while True:
+        flow = Dataflow("logystera_shard_probe")
+        keyed = op.input("keys", flow, TestingSource([(str(key), str(key)) for key in range(candidates)]))
+        where = op.stateful_map("where", keyed, lambda state, value: (None, value))
+        op.output("found", where, _WhereSink(found, threading.Lock()))
+        cluster_main(flow, [], 0, worker_count_per_proc=workers)
+        if len(found) == workers:
+            return tuple(found[worker] for worker in range(workers))
+        candidates *= 4

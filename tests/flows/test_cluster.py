@@ -1,0 +1,140 @@
+"""The detection flow as a Bytewax cluster of several processes (flows/cluster.py, docs/scaling.md).
+
+Real processes, started by ``logystera replay|detect --processes N`` itself:
+the notifications, rejected lines and totals must be byte-identical to one
+process's whatever the cluster's shape; a ``kill -9`` of one process stops
+the cluster and a restart on the recovery directory gives the notifications
+of an uninterrupted run; a recovery directory made for another process count
+is refused in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from flows.cluster import ClusterShape, cluster_shape, shard_keys
+from flows.live import LiveConfigError, prepare_recovery
+from schemas.errors import UsageError
+from simulate.corpus import write_corpus
+from tests.flows.test_live_kafka import (
+    LOGYSTERA,
+    RULES_DIR,
+    Detect,
+    corpus,
+    notifications,
+    produce_lines,
+    replayed,
+    run_detect,
+    sql,
+    wait_for,
+)
+from tests.support.kafka_broker import Broker, unique_topic
+
+
+def run_replay(corpus_path: Path, *options: str) -> tuple[bytes, bytes]:
+    assert LOGYSTERA is not None
+    result = subprocess.run([LOGYSTERA, "replay", str(corpus_path), "--rules", str(RULES_DIR), *options],
+                            capture_output=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    return result.stdout, result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.process
+def test_replay_is_byte_identical_for_1_2_and_3_processes_of_1_and_2_workers(tmp_path: Path) -> None:
+    path = tmp_path / "signals.jsonl"
+    write_corpus(path, 20_000, 60, seed=11, duration_s=3600)
+    expected_out, expected_err = run_replay(path)
+    assert expected_out.count(b"\n") > 20
+    assert b"late" in expected_err and b"line " in expected_err  # rejected lines, in line order, then the totals
+    assert not expected_err.endswith(b" 0 late\n")
+    for processes, workers in ((2, 1), (2, 2), (3, 1), (3, 2), (2, 1)):
+        out, err = run_replay(path, "--processes", str(processes), "--workers", str(workers))
+        assert (out, err) == (expected_out, expected_err), f"{processes} processes × {workers} workers"
+
+
+def test_shard_keys_put_one_shard_on_each_worker() -> None:
+    keys = shard_keys(4)
+    assert len(set(keys)) == 4 and shard_keys(1) == ("0",)
+
+
+def test_the_cluster_options_are_checked() -> None:
+    assert cluster_shape(2, 3, None, None) == ClusterShape(3, 2)
+    assert cluster_shape(1, None, "a:1,b:2", 1) == ClusterShape(2, 1, ("a:1", "b:2"), 1)
+    for bad in ((1, 2, "a:1,b:2,c:3", 0), (1, None, "a:1,b:2", None), (1, None, None, 1), (1, None, "a1,b:2", 0), (0, None, None, None)):
+        with pytest.raises(UsageError):
+            cluster_shape(*bad)
+
+
+def test_a_recovery_directory_made_for_another_process_count_is_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "recovery"
+    assert prepare_recovery(directory, ClusterShape(2, 1))
+    assert len(list(directory.glob("*.sqlite3"))) == 2
+    assert not prepare_recovery(directory, ClusterShape(2, 3))  # workers may change: Bytewax moves the state
+    with pytest.raises(LiveConfigError, match=r"holds the state of a cluster of 2 processes, not 1: start it with --processes 2"):
+        prepare_recovery(directory, ClusterShape(1, 2))
+
+
+@pytest.mark.broker
+@pytest.mark.process
+def test_detect_refuses_a_recovery_directory_of_another_process_count_in_one_line(broker: Broker, tmp_path: Path) -> None:
+    signals, alerts = unique_topic("signals"), unique_topic("alerts")
+    broker.create_topics([signals, alerts], partitions=2)
+    recovery = tmp_path / "recovery"
+    prepare_recovery(recovery, ClusterShape(2, 1))
+    returncode, detect = run_detect(broker, "--topic", signals, "--alerts-topic", alerts, "--recovery-dir", str(recovery))
+    assert returncode == 2
+    assert detect.lines == [f"logystera: error: --recovery-dir {recovery} holds the state of a cluster of 2 processes, not 1: "
+                            "start it with --processes 2, or give a new directory (docs/scaling.md)"]
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+@pytest.mark.process
+def test_kill_9_of_one_process_of_a_cluster_and_a_restart_give_the_notifications_of_replay(broker: Broker, tmp_path: Path) -> None:
+    signals, alerts = unique_topic("signals"), unique_topic("alerts")
+    broker.create_topics([signals, alerts], partitions=4)
+    lines = corpus(4000, seed=41)
+    half = len(lines) // 2
+    expected = replayed(tmp_path, lines, "all")
+    assert len(expected.alerts) > 20
+    producer = broker.producer()
+    recovery, store = tmp_path / "recovery", tmp_path / "store"
+    args = ("--topic", signals, "--alerts-topic", alerts, "--recovery-dir", str(recovery), "--processes", "2",
+            "--store", f"chdb://{store}", "--epoch-interval", "1s")
+
+    run = Detect(broker, *args)
+    produce_lines(producer, signals, lines[:half])
+    wait_for(lambda: len(broker.read_all(alerts)) > 3, "notifications of the first half")
+    children = subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True, text=True, check=False).stdout.split()
+    assert len(children) == 1, children  # process 1 of the cluster, started by process 0
+    subprocess.run(["kill", "-9", children[0]], check=True)
+    assert run.process.wait(60) == 1  # the cluster stops, and says why
+    wait_for(lambda: any("process 1 of the cluster ended with signal SIGKILL" in line for line in run.lines), "the reason")
+
+    produce_lines(producer, signals, lines[half:])
+    returncode, last = run_detect(broker, *args, "--exit-at-end")
+    assert returncode == 0, "\n".join(last.lines)
+    versions: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for record in notifications(broker, alerts):
+        assert record.value is not None
+        body = json.loads(record.value)
+        versions[(body["alert_id"], body["seq"])].add(record.value.decode())
+    assert all(len(texts) == 1 for texts in versions.values()), "a notification was emitted twice with different bytes"
+    assert {text for texts in versions.values() for text in texts} == set(expected.alerts)
+
+    # The embedded store was written by process 0 only, and holds what a single-process replay stores.
+    single = tmp_path / "single"
+    path = tmp_path / "all.jsonl"
+    assert LOGYSTERA is not None
+    subprocess.run([LOGYSTERA, "replay", str(path), "--rules", str(RULES_DIR), "--store", f"chdb://{single}", "--out", "/dev/null"],
+                   capture_output=True, timeout=300, check=True)
+    for query in ("SELECT alert_id, seq, site, record FROM alerts FINAL ORDER BY alert_id, seq",
+                  "SELECT site, type, ts, id, seq FROM signals FINAL ORDER BY site, ts, id, seq"):
+        assert sql(store, query) == sql(single, query), query
+    assert run.lines[0].startswith("detect: ") and "2 processes × 1 worker" in run.lines[0]
