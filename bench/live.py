@@ -291,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--posters", type=int, default=8, help="threads posting batches")
     parser.add_argument("--partitions", type=int, default=4, help="partitions of the signals and alerts topics")
     parser.add_argument("--detect-workers", type=int, default=1, help="detect's --workers")
+    parser.add_argument("--detect-processes", type=int, default=1, help="detect's --processes (a local cluster; CPU is process 0's)")
     parser.add_argument("--kafka-option", action="append", default=[], metavar="KEY=VALUE",
                         help="passed to detect as --kafka-option (repeatable), e.g. fetch.wait.max.ms=500 for librdkafka's default")
     parser.add_argument("--incident-every", type=float, default=0.1, help="seconds between incidents")
@@ -298,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     rates = [float(rate) for rate in args.rates.split(",")]
 
     print(f"Logystera live-path benchmark: {args.sites:,} sites, batches of {args.batch_size}, {args.posters} posting threads, "
-          f"{args.partitions} partitions; gateway ticks every 10 s; detect: default rule pack, {args.detect_workers} worker(s), "
+          f"{args.partitions} partitions; gateway ticks every 10 s; detect: default rule pack, {args.detect_processes} process(es) × "
+          f"{args.detect_workers} worker(s), "
           f"recovery on, 10-s epochs, Kafka options {args.kafka_option or 'default'}")
     print("The sites are this process signing and posting with protocol/wire.py, not Dispatcher instances; "
           f"an incident ({INCIDENT_RULE}) every {args.incident_every:g} s")
@@ -311,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         registry = SiteRegistry.write(workdir / "sites.yaml", [f"site-{n:04d}" for n in range(args.sites)])
         gateway = start_gateway(broker, signals, registry, workdir, tick_interval="10s")
         detect = Detect(broker, signals, alerts, RULES, "--recovery-dir", str(workdir / "recovery"),
-                        "--workers", str(args.detect_workers), *(f"--kafka-option={option}" for option in args.kafka_option))
+                        "--workers", str(args.detect_workers), *(f"--kafka-option={option}" for option in args.kafka_option),
+                        *(["--processes", str(args.detect_processes)] if args.detect_processes > 1 else []))
         on_signals = Watcher(broker, signals, args.partitions, incident_signal)
         on_alerts = Watcher(broker, alerts, args.partitions, incident_notification)
         driver = Driver(registry, gateway.url, args.batch_size, args.posters, args.incident_every)
