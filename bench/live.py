@@ -3,6 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python bench/live.py [--rates 2000,10000] [--seconds 20] [--sites 1000] [--batch-size 200] [--posters 8]
+        [--detect-processes 2] [--detect-workers 1] [--kafka-option fetch.wait.max.ms=500]
 
 What runs: a Tansu broker (memory storage), ``logystera gateway`` (ticks
 every 10 s for every site) and ``logystera detect`` (the default rule pack,
