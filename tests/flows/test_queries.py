@@ -263,14 +263,14 @@ def _episodes(result: Result, run: Replayed, _: str) -> None:
         first, latest = records[0], records[-1]
         started = parse_ts(first["started_at"])
         end = parse_ts(latest["ended_at"] or max(r["evaluated_at"] for r in records))
-        expected.append((started, first["site"], first["rule"]["id"], {
+        expected.append((started, first["site"], first["rule"]["id"], alert_id, {
             "alert_id": alert_id, "site": first["site"], "rule": first["rule"]["id"], "severity": first["severity"],
             "group": first["group"], "ended": latest["ended_at"], "latest_status": latest["status"],
             "notifications": latest["seq"], "lasted_s": end // 1000 - started // 1000,
         }))
-    expected.sort(key=lambda item: item[:3])
+    expected.sort(key=lambda item: item[:4])
     assert len(result.rows) == len(expected) > 0
-    for row, (started, _site, _rule, want) in zip(result.rows, expected, strict=True):
+    for row, (started, _site, _rule, _alert_id, want) in zip(result.rows, expected, strict=True):
         assert ch_ms(row["started"]) == started
         assert (row["ended"] == "NULL") == (want["ended"] is None)
         if want["ended"] is not None:
