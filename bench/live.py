@@ -3,6 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python bench/live.py [--rates 2000,10000] [--seconds 20] [--sites 1000] [--batch-size 200] [--posters 8]
+        [--detect-processes 2] [--detect-workers 1] [--kafka-option fetch.wait.max.ms=500]
 
 What runs: a Tansu broker (memory storage), ``logystera gateway`` (ticks
 every 10 s for every site) and ``logystera detect`` (the default rule pack,
@@ -209,11 +210,16 @@ class Watcher:
 
     def _read(self) -> None:
         while not self._stop.is_set():
-            for message in self._consumer.consume(1000, 0.05):
+            # poll() returns as soon as a record is there; consume(n, t) would wait all of t unless n records came,
+            # making every arrival it notes up to t late. What came with the first is drained without waiting.
+            first = self._consumer.poll(0.05)
+            if first is None:
+                continue
+            arrived = time.monotonic()
+            for message in [first, *self._consumer.consume(1000, 0)]:
                 value = message.value()
                 if message.error() is not None or value is None:
                     continue
-                arrived = time.monotonic()
                 self.records += 1
                 incident = self._incident_of(value)
                 if incident is not None:
@@ -285,12 +291,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--posters", type=int, default=8, help="threads posting batches")
     parser.add_argument("--partitions", type=int, default=4, help="partitions of the signals and alerts topics")
+    parser.add_argument("--detect-workers", type=int, default=1, help="detect's --workers")
+    parser.add_argument("--detect-processes", type=int, default=1, help="detect's --processes (a local cluster; CPU is process 0's)")
+    parser.add_argument("--kafka-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="passed to detect as --kafka-option (repeatable), e.g. fetch.wait.max.ms=500 for librdkafka's default")
     parser.add_argument("--incident-every", type=float, default=0.1, help="seconds between incidents")
     args = parser.parse_args(argv)
     rates = [float(rate) for rate in args.rates.split(",")]
 
     print(f"Logystera live-path benchmark: {args.sites:,} sites, batches of {args.batch_size}, {args.posters} posting threads, "
-          f"{args.partitions} partitions; gateway ticks every 10 s; detect: default rule pack, 1 worker, recovery on, 10-s epochs")
+          f"{args.partitions} partitions; gateway ticks every 10 s; detect: default rule pack, {args.detect_processes} process(es) × "
+          f"{args.detect_workers} worker(s), "
+          f"recovery on, 10-s epochs, Kafka options {args.kafka_option or 'default'}")
     print("The sites are this process signing and posting with protocol/wire.py, not Dispatcher instances; "
           f"an incident ({INCIDENT_RULE}) every {args.incident_every:g} s")
     print(f"load average before: {load_average()}")
@@ -301,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         broker.create_topics([signals, alerts], partitions=args.partitions)
         registry = SiteRegistry.write(workdir / "sites.yaml", [f"site-{n:04d}" for n in range(args.sites)])
         gateway = start_gateway(broker, signals, registry, workdir, tick_interval="10s")
-        detect = Detect(broker, signals, alerts, RULES, "--recovery-dir", str(workdir / "recovery"))
+        detect = Detect(broker, signals, alerts, RULES, "--recovery-dir", str(workdir / "recovery"),
+                        "--workers", str(args.detect_workers), *(f"--kafka-option={option}" for option in args.kafka_option),
+                        *(["--processes", str(args.detect_processes)] if args.detect_processes > 1 else []))
         on_signals = Watcher(broker, signals, args.partitions, incident_signal)
         on_alerts = Watcher(broker, alerts, args.partitions, incident_notification)
         driver = Driver(registry, gateway.url, args.batch_size, args.posters, args.incident_every)

@@ -167,6 +167,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         recovery_dir=Path(args.recovery_dir) if args.recovery_dir else None, cluster=shape,
         lateness=args.allowed_lateness, link_base=link_base, epoch_interval=args.epoch_interval / 1000,
         delivery_timeout=args.delivery_timeout / 1000, exit_at_end=args.exit_at_end,
+        kafka_options=_kafka_options(args.kafka_option),
     )
     if args.web is not None and not shape.owner:
         raise UsageError("--web: only process 0 of a cluster serves the console (it is the one that holds the store)")
@@ -179,6 +180,20 @@ def cmd_detect(args: argparse.Namespace) -> int:
     print(totals.decisions_line, file=sys.stderr)
     print(totals.line, file=sys.stderr)
     return 0
+
+
+def _add_kafka_option(parser: argparse.ArgumentParser) -> None:
+    """``--kafka-option`` of detect and deliver (the gateway's producer-only one is in gateway/command.py)."""
+    parser.add_argument("--kafka-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="librdkafka setting for every Kafka client (repeatable), e.g. security.protocol=SSL; "
+                             "default fetch.wait.max.ms=20")
+
+
+def _kafka_options(values: list[str]) -> dict[str, str]:
+    """The ``--kafka-option`` items, checked now: one line and exit 2 for a malformed, reserved or unknown setting."""
+    from sinks.kafka_client import client_options
+
+    return client_options(values)
 
 
 def _web_console(address: str | None, store: Any, store_dsn: str, ruleset: Any, rules_dir: str) -> contextlib.AbstractContextManager[Any]:
@@ -295,8 +310,10 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     for name in ("max_attempts", "concurrency"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.kafka_option and args.bootstrap is None:
+        raise UsageError("--kafka-option needs --bootstrap")
     ruleset = _load_ruleset(args.rules)
-    return run_deliver(open_deliver(args, ruleset, os.environ))
+    return run_deliver(open_deliver(args, ruleset, os.environ, _kafka_options(args.kafka_option)))
 
 
 def cmd_silence(args: argparse.Namespace) -> int:
@@ -362,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--delivery-timeout", type=duration_option, default="30s", metavar="DURATION",
                         help="wait this long for the broker to acknowledge notifications, then stop")
     detect.add_argument("--exit-at-end", action="store_true", help="stop at the end of the topic instead of waiting for more")
+    _add_kafka_option(detect)
     detect.add_argument("--web", metavar="HOST:PORT", help="also serve the web console over --store from this process (loopback)")
     detect.set_defaults(handler=cmd_detect)
 
@@ -395,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     deliver.add_argument("--concurrency", type=int, default=4, metavar="N", help="calls in flight per channel")
     deliver.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on /metrics")
     deliver.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST")
+    _add_kafka_option(deliver)
     deliver.add_argument("--silence-refresh", type=duration_option, default="5s", metavar="DURATION",
                          help="how often the silences are read again (how fast a new one applies)")
     deliver.set_defaults(handler=cmd_deliver)

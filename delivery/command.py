@@ -57,6 +57,7 @@ class DeliverOptions:
     metrics: tuple[str, int] | None = None  # (host, port) of the Prometheus endpoint
     holds: HoldPolicy = field(default_factory=HoldPolicy)
     silence_refresh: float = 5.0  # seconds between two reads of the silences
+    kafka_options: Mapping[str, str] = field(default_factory=dict)  # --kafka-option, checked
 
 
 def hold_policy(ruleset: RuleSet) -> HoldPolicy:
@@ -67,7 +68,8 @@ def hold_policy(ruleset: RuleSet) -> HoldPolicy:
     )
 
 
-def open_deliver(args: argparse.Namespace, ruleset: RuleSet, environ: Mapping[str, str]) -> DeliverOptions:
+def open_deliver(args: argparse.Namespace, ruleset: RuleSet, environ: Mapping[str, str],
+                 kafka_options: Mapping[str, str] | None = None) -> DeliverOptions:
     """The options of ``logystera deliver`` (durations in milliseconds), every channel opened (its secrets read now), the store open.
 
     Fails before anything is sent: a missing secret or a bad option with a
@@ -99,6 +101,7 @@ def open_deliver(args: argparse.Namespace, ruleset: RuleSet, environ: Mapping[st
         policy=policy, grace=timeout,
         metrics=None if args.metrics_port is None else (args.metrics_host, args.metrics_port),
         holds=hold_policy(ruleset), silence_refresh=args.silence_refresh / 1000,
+        kafka_options=dict(kafka_options or {}),
     )
 
 
@@ -128,7 +131,7 @@ async def _run(options: DeliverOptions, err: TextIO) -> int:
             finished = await unless_stopped(service.guarded(deliver_file(service, options.source or "-", err)), stop)
         else:  # watches ``stop`` itself
             await service.guarded(deliver_kafka(service, options.bootstrap, options.topic, options.group, options.grace,
-                                                stop, err))
+                                                stop, err, options.kafka_options))
             finished = True
     finally:
         await service.stop(options.grace)

@@ -52,11 +52,14 @@ class OffsetTracker:
 
 
 async def deliver_kafka(service: DeliveryService, bootstrap: str, topic: str, group: str, grace: float,
-                        stop: asyncio.Event, err: TextIO) -> None:
-    """Read ``topic`` into the service until ``stop`` is set; then finish the calls in flight and commit what they finished."""
+                        stop: asyncio.Event, err: TextIO, options: Mapping[str, str] | None = None) -> None:
+    """Read ``topic`` into the service until ``stop`` is set; then finish the calls in flight and commit what they finished.
+
+    ``options``: ``--kafka-option`` (:func:`sinks.kafka_client.client_options` checked them).
+    """
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer(consumer_config(bootstrap, group, lambda text: print(f"kafka: {text}", file=err, flush=True)))
+    consumer = Consumer(consumer_config(bootstrap, group, lambda text: print(f"kafka: {text}", file=err, flush=True), options))
     try:
         topics = await asyncio.to_thread(list_topics, consumer, bootstrap, METADATA_TIMEOUT_S)
         if topic not in topics:
@@ -69,7 +72,7 @@ async def deliver_kafka(service: DeliveryService, bootstrap: str, topic: str, gr
         tracker = OffsetTracker(start)
         last_commit = {tp.partition: tp.offset for tp in committed}  # the first commit records every partition's start too
         while not stop.is_set():
-            messages = await asyncio.to_thread(consumer.consume, KAFKA_BATCH, KAFKA_POLL_S)
+            messages = await asyncio.to_thread(_read, consumer)
             batch: list[tuple[ReceivedRecord, Callable[[], None]]] = []
             for message in messages:
                 problem = message.error()
@@ -92,6 +95,12 @@ async def deliver_kafka(service: DeliveryService, bootstrap: str, topic: str, gr
         await _commit(consumer, topic, tracker, last_commit)
     finally:
         await asyncio.to_thread(consumer.close)
+
+
+def _read(consumer: Any) -> list[Any]:
+    """Up to :data:`KAFKA_BATCH` records, as soon as there is one (``consume(n, t)`` alone waits ``t`` unless ``n`` come)."""
+    first = consumer.poll(KAFKA_POLL_S)
+    return [] if first is None else [first, *consumer.consume(KAFKA_BATCH - 1, 0)]
 
 
 async def _commit(consumer: Any, topic: str, tracker: OffsetTracker, last: dict[int, int]) -> dict[int, int]:

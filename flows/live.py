@@ -34,7 +34,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -60,7 +60,7 @@ from schemas.rules import MetricDefinition, Rule
 from sinks.callback import CallbackSink, OwnerSink
 from sinks.clickhouse import EpochStoreSink, Store, StoreSink
 from sinks.kafka import DEFAULT_TIMEOUT_S, KafkaTopicSink, missing_topics
-from sinks.kafka_client import reported_once
+from sinks.kafka_client import CONSUMER_DEFAULTS, reported_once
 
 LINE_STRIDE = 10**12
 """A Kafka record's line number is ``partition × LINE_STRIDE + offset`` (``3000000000042``: partition 3, offset 42)."""
@@ -130,13 +130,14 @@ class _KafkaLinesPartition(StatefulSourcePartition[list[Line], int | None]):
 class KafkaLinesSource(FixedPartitionedSource[list[Line], int | None]):
     """Bytewax's ``KafkaSource`` for ``topic``, each poll as one chunk of ``(line, bytes)``.
 
-    ``tail=False`` ends each partition where it ended when reached (``--exit-at-end``).
+    ``tail=False`` ends each partition where it ended when reached (``--exit-at-end``); ``options`` (``--kafka-option``)
+    change :data:`sinks.kafka_client.CONSUMER_DEFAULTS` and add to them.
     """
 
-    def __init__(self, bootstrap: str, topic: str, tail: bool = True) -> None:
-        self._kafka = KafkaSource(
-            [bootstrap], [topic], tail=tail, starting_offset=OFFSET_BEGINNING, add_config=reported_once(),
-        )
+    def __init__(self, bootstrap: str, topic: str, tail: bool = True, options: Mapping[str, str] | None = None) -> None:
+        self.consumer_settings: dict[str, Any] = {**CONSUMER_DEFAULTS, **(options or {}), **reported_once()}
+        """What each partition's consumer is given on top of Bytewax's own settings."""
+        self._kafka = KafkaSource([bootstrap], [topic], tail=tail, starting_offset=OFFSET_BEGINNING, add_config=self.consumer_settings)
 
     @override
     def list_parts(self) -> list[str]:
@@ -208,6 +209,8 @@ class DetectSettings:
     epoch_interval: float = DEFAULT_EPOCH_S
     delivery_timeout: float = DEFAULT_TIMEOUT_S
     exit_at_end: bool = False
+    kafka_options: Mapping[str, str] = field(default_factory=dict)
+    """``--kafka-option``: librdkafka settings for every client (consumers, producer, metadata check)."""
 
 
 @dataclass
@@ -254,7 +257,7 @@ def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[Metric
     and the :class:`KafkaReadError`, :class:`sinks.kafka.KafkaDeliveryError`
     or :class:`sinks.clickhouse.StoreError` that stopped it.
     """
-    missing = missing_topics(settings.bootstrap, [settings.topic, settings.alerts_topic])
+    missing = missing_topics(settings.bootstrap, [settings.topic, settings.alerts_topic], options=settings.kafka_options)
     if missing:
         raise LiveConfigError(f"topic {missing[0]!r} does not exist on {settings.bootstrap} (create it with the partitions it needs)")
     totals = LiveTotals()
@@ -286,14 +289,15 @@ def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[Metric
     rejects: OwnerSink[Reject] | CallbackSink[Reject] = OwnerSink(report_rejects, shape.owner) if gathered else CallbackSink(report_rejects)
     stats: OwnerSink[FlowStats] | CallbackSink[FlowStats] = OwnerSink(count, shape.owner) if gathered else CallbackSink(count)
     sinks = DetectSinks(
-        alerts=KafkaTopicSink(settings.bootstrap, settings.alerts_topic, alert_message, timeout=settings.delivery_timeout),
+        alerts=KafkaTopicSink(settings.bootstrap, settings.alerts_topic, alert_message, timeout=settings.delivery_timeout,
+                              options=settings.kafka_options),
         rejects=rejects, stats=stats,
         store=EpochStoreSink(StoreSink(store), local=local_store) if store is not None else None,
     )
     options = DetectOptions(lateness=settings.lateness, link_base=settings.link_base, store_source=f"kafka:{settings.topic}",
                             metrics=compiled_metrics, snapshots=snapshots)
-    flow = build_detect_flow(KafkaLinesSource(settings.bootstrap, settings.topic, tail=not settings.exit_at_end), table,
-                             sinks, options)
+    source = KafkaLinesSource(settings.bootstrap, settings.topic, tail=not settings.exit_at_end, options=settings.kafka_options)
+    flow = build_detect_flow(source, table, sinks, options)
     if shape.owner:
         print(f"detect: {settings.topic} → {settings.alerts_topic} on {settings.bootstrap}, {shape.describe}, "
               f"recovery {settings.recovery_dir or 'off (reading from the beginning)'}", file=err, flush=True)

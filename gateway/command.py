@@ -61,17 +61,6 @@ def _positive(option: str, ms: int, problems: list[str]) -> int:
     return ms
 
 
-def _kafka_options(values: list[str], problems: list[str]) -> dict[str, str]:
-    options: dict[str, str] = {}
-    for item in values:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            problems.append(f"logystera: error: --kafka-option: {name.strip() or item!r} is not KEY=VALUE")
-            continue
-        options[name.strip()] = value
-    return options
-
-
 def run_gateway(args: argparse.Namespace) -> int:
     """Validate everything, then serve until stopped; :class:`ConfigProblems` for anything a user must fix."""
     import uvicorn
@@ -79,7 +68,7 @@ def run_gateway(args: argparse.Namespace) -> int:
     from gateway.app import Gateway, GatewayConfig, uvicorn_config
     from gateway.kafka import KafkaWriter
     from gateway.registry import RegistryError, load_registry
-    from sinks.kafka_client import KafkaUnreachable
+    from sinks.kafka_client import KafkaUnreachable, parse_kafka_options
 
     problems: list[str] = []
     tick_ms = args.tick_interval
@@ -96,7 +85,7 @@ def run_gateway(args: argparse.Namespace) -> int:
         problems.append("logystera: error: --max-connections: must be at least 1")
     if args.max_pending_mib < 1:
         problems.append("logystera: error: --max-pending-mib: must be at least 1 (one batch body may be 1 MiB)")
-    kafka_options = _kafka_options(args.kafka_option, problems)
+    kafka_options = parse_kafka_options(args.kafka_option, problems)
     if not 0 <= args.port <= 65535:
         problems.append("logystera: error: --port: must be 0–65535")
     try:

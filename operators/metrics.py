@@ -12,7 +12,9 @@ for a bucket that can no longer change is late and counted, never added.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS
@@ -22,6 +24,8 @@ from schemas.rules import MetricDefinition
 
 RESOLUTION_MS = {"10s": 10_000, "1m": 60_000, "5m": 300_000, "1h": 3_600_000}
 OTHER, NONE = "other", "none"
+LABELS_CACHE_LIMIT = 4096
+"""Label combinations remembered per metric and payload class (the values of a label may be unbounded: ``path``)."""
 
 
 class MetricPoint(NamedTuple):
@@ -34,6 +38,10 @@ class MetricPoint(NamedTuple):
     resolution: int
     value: float
     signals: int
+
+
+_NOTHING: tuple[MetricPoint, ...] = ()
+"""What most records finalise: shared, so that the per-record path allocates no empty list."""
 
 
 def label_text(value: Any) -> str:
@@ -70,9 +78,37 @@ class CompiledMetric:
     labels: tuple[tuple[str, dict[Any, str]], ...]
     sum_field: str | None
     resolution: int
+    _by_class: dict[type, tuple[Callable[[Any], Any] | None, dict[Any, tuple[tuple[str, str], ...]]]] = field(
+        default_factory=dict, repr=False)
+    """Per payload class: a getter of the label values (None when the class lacks a label field), and the
+    combinations seen, by those values. Exact: a strict payload field holds one type (never both ``bool`` and
+    ``int``, the only values that compare equal and label differently), so within a class equal values label alike."""
 
     def labels_of(self, data: Any) -> tuple[tuple[str, str], ...]:
-        """The label combination of one payload, bucketed into declared / other / none."""
+        """The label combination of one payload, bucketed into declared / other / none (remembered: the per-signal path)."""
+        if not self.labels:
+            return ()
+        kind = type(data)
+        entry = self._by_class.get(kind)
+        if entry is None:
+            names = [name for name, _ in self.labels]
+            fields = getattr(kind, "model_fields", {})
+            entry = self._by_class[kind] = (attrgetter(*names) if all(name in fields for name in names) else None, {})
+        getter, seen = entry
+        if getter is None:
+            return self._labels_of(data)
+        values = getter(data)
+        try:
+            found = seen.get(values)
+        except TypeError:  # a list (`flags`) is not hashable: not remembered
+            return self._labels_of(data)
+        if found is None:
+            if len(seen) >= LABELS_CACHE_LIMIT:
+                seen.clear()
+            found = seen[values] = self._labels_of(data)
+        return found
+
+    def _labels_of(self, data: Any) -> tuple[tuple[str, str], ...]:
         combination = []
         for name, declared in self.labels:
             value = getattr(data, name, None)
@@ -122,7 +158,7 @@ class SiteMetrics:
         self.open: dict[tuple[int, str, tuple[tuple[str, str], ...]], list[float]] = {}
         self.next_end: int | None = None  # the earliest end among open buckets: nothing is final before it
 
-    def process(self, record: Record) -> list[MetricPoint]:
+    def process(self, record: Record) -> Sequence[MetricPoint]:
         """Account one record (signal or tick); return the buckets it made final."""
         ts = record.ts
         clock = self.clock
@@ -132,21 +168,25 @@ class SiteMetrics:
                 self.clock = ts
                 if self.next_end is not None and self.next_end < ts - self.lateness:
                     return self._final()
-            return []
+            return _NOTHING
         if clock is not None and ts <= clock - self.lateness:
             self.late += 1
-            return []
+            return _NOTHING
+        data = record.data
+        buckets = self.open
         for metric in metrics:
-            data = record.data
-            if metric.matches is not None and not metric.matches(data):
+            matches = metric.matches
+            if matches is not None and not matches(data):
                 continue
-            start = ts - ts % metric.resolution
+            resolution = metric.resolution
+            start = ts - ts % resolution
             key = (start, metric.name, metric.labels_of(data))
-            amount = 1.0 if metric.sum_field is None else summand(getattr(data, metric.sum_field, None))
-            bucket = self.open.get(key)
+            sum_field = metric.sum_field
+            amount = 1.0 if sum_field is None else summand(getattr(data, sum_field, None))
+            bucket = buckets.get(key)
             if bucket is None:
-                self.open[key] = [amount, 1]
-                end = start + metric.resolution
+                buckets[key] = [amount, 1]
+                end = start + resolution
                 if self.next_end is None or end < self.next_end:
                     self.next_end = end
             else:
@@ -154,8 +194,9 @@ class SiteMetrics:
                 bucket[1] += 1
         if clock is None or ts > clock:
             self.clock = ts
-            return self._final()
-        return []
+            if self.next_end is not None and self.next_end < ts - self.lateness:
+                return self._final()
+        return _NOTHING
 
     def _final(self) -> list[MetricPoint]:
         """Buckets whose end plus the allowed lateness the clock has passed."""
@@ -176,9 +217,12 @@ class SiteMetrics:
         return self._emit(list(self.open))
 
     def _emit(self, keys: list[tuple[int, str, tuple[tuple[str, str], ...]]]) -> list[MetricPoint]:
+        # A final bucket per site, metric, label combination and minute: about one for every two lines of a busy
+        # corpus, so each is built by tuple.__new__ directly (MetricPoint(...) goes through a Python-level __new__).
         points = []
+        pop, site, resolutions, make = self.open.pop, self.site, self.resolutions, tuple.__new__
         for key in sorted(keys):
-            value, signals = self.open.pop(key)
+            value, signals = pop(key)
             start, name, labels = key
-            points.append(MetricPoint(self.site, name, labels, start, self.resolutions[name], value, int(signals)))
+            points.append(make(MetricPoint, (site, name, labels, start, resolutions[name], value, int(signals))))
         return points

@@ -22,7 +22,7 @@ topic fails at start, not at the first record.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Generic, TypeVar
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -42,9 +42,13 @@ class KafkaDeliveryError(Failure):
     """Records were not acknowledged by the broker in time (or were refused)."""
 
 
-def missing_topics(bootstrap: str, topics: Iterable[str], timeout: float = 10.0) -> list[str]:
-    """The ``topics`` the cluster does not have; :class:`sinks.kafka_client.KafkaUnreachable` if it does not answer."""
-    found = list_topics(AdminClient({"bootstrap.servers": bootstrap, **reported_once(lambda _text: None)}), bootstrap, timeout)
+def missing_topics(bootstrap: str, topics: Iterable[str], timeout: float = 10.0, options: Mapping[str, str] | None = None) -> list[str]:
+    """The ``topics`` the cluster does not have; :class:`sinks.kafka_client.KafkaUnreachable` if it does not answer.
+
+    ``options``: the command's ``--kafka-option`` settings (security settings must reach this client too).
+    """
+    admin = AdminClient({**(options or {}), "bootstrap.servers": bootstrap, **reported_once(lambda _text: None)})
+    found = list_topics(admin, bootstrap, timeout)
     return [topic for topic in topics if topic not in found]
 
 
@@ -101,12 +105,13 @@ class KafkaTopicSink(DynamicSink[X], Generic[X]):
         topic: str,
         message: Callable[[X], tuple[bytes, bytes]],
         timeout: float = DEFAULT_TIMEOUT_S,
+        options: Mapping[str, str] | None = None,
     ) -> None:
         self.topic = topic
         self.timeout = timeout
         self._message = message
         self._config = {
-            **producer_config(bootstrap, {"message.timeout.ms": max(1, int(timeout * 1000))}),
+            **producer_config(bootstrap, {**(options or {}), "message.timeout.ms": max(1, int(timeout * 1000))}),
             **reported_once(),
         }
 

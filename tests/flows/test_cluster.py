@@ -48,14 +48,15 @@ def run_replay(corpus_path: Path, *options: str) -> tuple[bytes, bytes]:
 @pytest.mark.process
 def test_replay_is_byte_identical_for_1_2_and_3_processes_of_1_and_2_workers(tmp_path: Path) -> None:
     path = tmp_path / "signals.jsonl"
-    write_corpus(path, 20_000, 60, seed=11, duration_s=3600)
+    write_corpus(path, 50_000, 60, seed=11, duration_s=3600)
     expected_out, expected_err = run_replay(path)
     assert expected_out.count(b"\n") > 20
     assert b"late" in expected_err and b"line " in expected_err  # rejected lines, in line order, then the totals
     assert not expected_err.endswith(b" 0 late\n")
-    for processes, workers in ((2, 1), (2, 2), (3, 1), (3, 2), (2, 1)):
+    shapes = [(processes, workers) for processes in (1, 2, 3) for workers in (1, 2)]
+    for run, (processes, workers) in enumerate(shapes * 2):  # every shape, twice
         out, err = run_replay(path, "--processes", str(processes), "--workers", str(workers))
-        assert (out, err) == (expected_out, expected_err), f"{processes} processes × {workers} workers"
+        assert (out, err) == (expected_out, expected_err), f"run {run}: {processes} processes × {workers} workers"
 
 
 def test_shard_keys_put_one_shard_on_each_worker() -> None:
