@@ -42,9 +42,10 @@ MAX_COMMENT = 1000
 """Characters of ``--comment``."""
 REFRESH_S = 5.0
 """How often a running ``deliver`` reads the silences again: the longest a new silence or an expiry takes to apply."""
-_SELECT = """SELECT id, toUnixTimestamp64Milli(updated_at), updated_by, matchers, toUnixTimestamp64Milli(starts_at),
-    toUnixTimestamp64Milli(ends_at), created_by, comment, toUnixTimestamp64Milli(created_at)
-FROM {db}.silences_current"""
+SILENCE_FIELDS = """id, toUnixTimestamp64Milli(updated_at), updated_by, matchers, toUnixTimestamp64Milli(starts_at),
+    toUnixTimestamp64Milli(ends_at), created_by, comment, toUnixTimestamp64Milli(created_at)"""
+"""The columns of ``silences_current`` that :func:`silence_of_row` reads, in its order (the console selects them too)."""
+_SELECT = "SELECT " + SILENCE_FIELDS + " FROM {db}.silences_current"  # noqa: S608 - constants
 
 
 def new_silence(identifier: str, matchers: Sequence[Matcher], starts_at: int, ends_at: int, by: str, comment: str,
@@ -71,7 +72,8 @@ def write_silence(store: Store, silence: Silence) -> None:
     store.insert("silences", SILENCE_COLUMNS, [[value] for value in row])
 
 
-def _silence(row: Sequence[Any]) -> Silence:
+def silence_of_row(row: Sequence[Any]) -> Silence:
+    """A silence from a row of :data:`SILENCE_FIELDS` (ValueError or TypeError when its matchers do not read back)."""
     identifier, updated_at, updated_by, matchers, starts_at, ends_at, created_by, comment, created_at = row
     return Silence(identifier, tuple(matchers_from_lists(json.loads(matchers))), int(starts_at), int(ends_at),
                    created_by, comment, int(created_at), int(updated_at), updated_by)
@@ -88,7 +90,7 @@ def read_silences(store: Store, *, unexpired_at: int | None = None, skipped: lis
     found = []
     for row in rows:
         try:
-            found.append(_silence(row))
+            found.append(silence_of_row(row))
         except (ValueError, TypeError) as error:
             if skipped is not None:
                 skipped.append(f"silence {clip(str(row[0]))}: {clip(str(error), 200)}")
@@ -105,7 +107,7 @@ def silence_by_id(store: Store, identifier: str) -> Silence | None:
     if not SILENCE_ID.match(identifier):
         return None
     rows = store.query(_SELECT.format(db=store.database) + f" WHERE id = '{identifier}'").result_rows
-    return _silence(rows[0]) if rows else None
+    return silence_of_row(rows[0]) if rows else None
 
 
 @dataclass(frozen=True)

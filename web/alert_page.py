@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,6 +31,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from delivery.holds import HELD_OUTCOMES, INHIBITED, MUTED, SILENCED, Silence, iso_ms
+from delivery.silences import SILENCE_FIELDS, silence_of_row
 from operators.conditions import compile_conditions
 from schemas.durations import format_duration, spoken_duration
 from schemas.rules import Rule
@@ -77,6 +80,7 @@ class Delivery:
     status_code: int | None
     latency_ms: int
     error: str
+    held_by: str = ""
     next_retry: str = ""
 
     @property
@@ -191,13 +195,13 @@ def _deliveries(reads: Reads, alert_id: str, site: str, channels: list[str]) -> 
     rows = reads.rows(
         "deliveries",
         "SELECT channel, seq, attempt, toUnixTimestamp64Milli(attempted_at) AS attempted_at, outcome, status_code, "
-        "latency_ms, error FROM deliveries FINAL WHERE channel IN {channels:Array(String)} AND alert_id = {alert_id:String} "
+        "latency_ms, error, held_by FROM deliveries FINAL WHERE channel IN {channels:Array(String)} AND alert_id = {alert_id:String} "
         "AND $scope_alert ORDER BY channel, seq, attempt",
         {"channels": channels, "alert_id": alert_id, "site": site},
         alert="{site:String}",  # deliveries has no site column: the alert's own site (already seen to be visible)
     )
     attempts = [Delivery(**{name: row[name] for name in (
-        "channel", "seq", "attempt", "attempted_at", "outcome", "status_code", "latency_ms", "error")}) for row in rows]
+        "channel", "seq", "attempt", "attempted_at", "outcome", "status_code", "latency_ms", "error", "held_by")}) for row in rows]
     for index, current in enumerate(attempts):
         following = attempts[index + 1] if index + 1 < len(attempts) else None
         same = following is not None and (following.channel, following.seq) == (current.channel, current.seq)
@@ -206,6 +210,66 @@ def _deliveries(reads: Reads, alert_id: str, site: str, channels: list[str]) -> 
         elif current.outcome == "started" and not same:
             current.next_retry = "call in flight (its outcome was never stored)"
     return attempts
+
+
+def _held_where(holds: list[Delivery]) -> str:
+    """Which notifications a hold kept back: ``seq 2 on oncall, seq 3 on oncall``."""
+    return ", ".join(f"seq {d.seq} on {d.channel}" for d in holds)
+
+
+def _holds(reads: Reads, deliveries: list[Delivery], site: str) -> dict[str, list[dict[str, Any]]]:
+    """What held notifications of the alert back, in words: the silences (who, why, until), mute times, inhibiting alerts.
+
+    The silences are read by id (``silences_current``); an inhibiting alert is named only when its site is one
+    the viewer may see (an inhibit rule need not be limited to one site).
+    """
+    by: dict[tuple[str, str], list[Delivery]] = {}
+    for attempt in deliveries:
+        if attempt.outcome in HELD_OUTCOMES and attempt.held_by:
+            by.setdefault((attempt.outcome, attempt.held_by), []).append(attempt)
+    ids = {outcome: sorted(name for kind, name in by if kind == outcome) for outcome in HELD_OUTCOMES}
+    silences: dict[str, Silence] = {}
+    if ids[SILENCED]:
+        rows = reads.rows(
+            "silences",
+            f"SELECT {SILENCE_FIELDS} FROM silences_current WHERE id IN {{ids:Array(String)}} AND $scope_alert",  # noqa: S608
+            {"ids": ids[SILENCED], "site": site}, alert="{site:String}",  # the alert's own site, already seen to be visible
+        )
+        for row in rows:
+            with suppress(ValueError, TypeError):
+                silence = silence_of_row(list(row.values()))
+                silences[silence.id] = silence
+    sources: dict[str, dict[str, Any]] = {}
+    if ids[INHIBITED]:
+        rows = reads.rows(
+            "inhibiting alerts", "SELECT alert_id, any(rule_id) AS source_rule FROM alerts_by_id "
+            "WHERE alert_id IN {ids:Array(String)} AND $scope GROUP BY alert_id", {"ids": ids[INHIBITED]},
+        )
+        sources = {row["alert_id"]: row for row in rows}
+    holds: dict[str, list[dict[str, Any]]] = {outcome: [] for outcome in HELD_OUTCOMES}
+    for silence_id in ids[SILENCED]:
+        known = silences.get(silence_id)
+        where = _held_where(by[(SILENCED, silence_id)])
+        if known is None:
+            text = f"silenced by {silence_id} (a silence no longer in the store)"
+            holds[SILENCED].append({"id": silence_id, "text": text, "held": where})
+            continue
+        ended_early = known.updated_at > known.created_at and known.updated_by
+        holds[SILENCED].append({
+            "id": silence_id, "created_by": known.created_by, "comment": known.comment,
+            "until": iso_ms(known.ends_at), "expired_by": ended_early or None, "held": where,
+            "text": f"silenced by {silence_id} ({known.created_by}: {known.comment}) until {iso_ms(known.ends_at)}",
+        })
+    for name in ids[MUTED]:
+        holds[MUTED].append({"id": name, "text": f"muted by the maintenance window {name}", "held": _held_where(by[(MUTED, name)])})
+    for source_id in ids[INHIBITED]:
+        source = sources.get(source_id)
+        text = (f"inhibited by alert {source_id} ({source['source_rule']}, firing)" if source is not None
+                else "inhibited by an alert of a site you cannot see")
+        holds[INHIBITED].append({"id": source_id if source is not None else None, "text": text,
+                                 "rule_id": source["source_rule"] if source is not None else None,
+                                 "held": _held_where(by[(INHIBITED, source_id)])})
+    return holds
 
 
 def _previous_start(reads: Reads, first: Notification, rule_id: str, site: str, group: dict[str, Any]) -> int | None:
@@ -319,6 +383,7 @@ def alert_view(request: Request, alert_id: str) -> dict[str, Any]:
     chart = _chart(reads, rule, site, group, types, (first.started_at, episode_end), first.evaluated_at)
     channels = sorted({channel for n in notifications for channel in n.record["deliver"]})
     deliveries = _deliveries(reads, alert_id, site, channels)
+    holds = _holds(reads, deliveries, site)
     repro = _reproduce(reads, config, alert_id, rule, notifications, site, group, types)
     return {
         "alert_id": alert_id, "site": site, "group": group, "group_text": group_text(group), "types": types,
@@ -327,7 +392,7 @@ def alert_view(request: Request, alert_id: str) -> dict[str, Any]:
         "status": {"status": last.status, "started_at": format_ts(first.started_at), "until": format_ts(episode_end),
                    "as_of_site_clock": firing, "text": status_text},
         "notifications": notifications, "chart": chart, "evidence": _evidence(notifications),
-        "deliveries": deliveries, "channels": channels, "reproduce": repro, "reads": reads.stats,
+        "deliveries": deliveries, "holds": holds, "channels": channels, "reproduce": repro, "reads": reads.stats,
     }
 
 
@@ -353,7 +418,8 @@ def alert_json(request: Request) -> Response:
     view = alert_view(request, request.path_params["alert_id"])
     chart: ActivityChart = view["chart"]
     body = {
-        **{key: view[key] for key in ("alert_id", "site", "group", "rule", "status", "evidence", "channels", "reproduce")},
+        **{key: view[key] for key in ("alert_id", "site", "group", "rule", "status", "evidence", "channels", "holds",
+                                      "reproduce")},
         "notifications": [notification.record for notification in view["notifications"]],
         "chart": {"start": format_ts(chart.start), "bucket_ms": chart.bucket, "counts": chart.counts, "matching": chart.matching,
                   "episode": [format_ts(chart.episode[0]), format_ts(chart.episode[1])], "threshold": chart.threshold,

@@ -19,7 +19,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from sinks.clickhouse import StoreUnavailable
-from web import alert_page, auth_routes, lists
+from web import alert_page, auth_routes, lists, silences_page
 from web.pages import (
     HERE,
     SECURITY_HEADERS,
@@ -102,6 +102,7 @@ def routes() -> list[Route | Mount]:
         *auth_routes.ROUTES,
         *alert_page.ROUTES,
         *lists.ROUTES,
+        *silences_page.ROUTES,
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
 
