@@ -4,7 +4,10 @@ Playwright cannot download a browser of its own here, so it drives ``/usr/bin/ch
 (``make test`` installs it first: ``tests/support/ensure_chromium.sh``). A missing Chromium fails the
 test with the line that says how to install it; it is never a skip.
 
-- ``chromium`` (session): one browser process for the whole session;
+- ``chromium`` (module): one browser process per test module. Not per session: Playwright's sync API keeps
+  its event loop running in the main thread until it stops, and every later test that calls
+  ``asyncio.run()`` (the delivery service, the channels, the SMTP server) would fail with "cannot be
+  called from a running event loop";
 - ``page`` (per test): a fresh context (no cookies, no cache) and a page in it, closed after the test.
 
 The flags keep Chromium off the network it would otherwise call on its own (updates, safe browsing,
@@ -37,9 +40,9 @@ def launch(playwright: Playwright) -> Browser:
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
-    """One headless Chromium for the session."""
+    """One headless Chromium for the module (stopped at its end, with Playwright's event loop)."""
     with sync_playwright() as playwright:
         browser = launch(playwright)
         try:
