@@ -121,12 +121,10 @@ class ParseAndRoute:
         store: list[StoreItem] = []
         if self.store_source is not None:
             store.append(("signals", signal_columns(records)))
-            times = valid_times(records)
             if rejects:
                 rows = reject_rows(chunk, rejects)
-                store.append(("rejected", finish_rejected(self.store_source, rows, self.latest_ts, [times])))
-            if times[1]:
-                self.latest_ts = max(self.latest_ts, times[1][-1])
+                store.append(("rejected", finish_rejected(self.store_source, rows, self.latest_ts, [valid_times(records)])))
+            self.latest_ts = max(self.latest_ts, max(map(_ts_of, records), default=0))
         return Parsed(rejects, len(records), list(by_site.items()), store)
 
 
