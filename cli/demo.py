@@ -289,7 +289,9 @@ def run_demo(data_dir: Path, workers: int = 1, console: Console | None = None, s
     out.line(f"Alerts:  {alerts_path}")
     if opened is not None:
         out.line(f"Store:   {opened.address}")
-        out.line(f"  try: {_invoked_as()} {TRY_QUERY}")
+        # While the console serves, this process holds the chDB directory: the query works once it stops.
+        when = "after Ctrl-C, " if web_console is not None else ""
+        out.line(f"  {when}try: {_invoked_as()} {TRY_QUERY}")
     if web_console is not None:
         with web_console:
             out.line("")
