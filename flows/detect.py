@@ -17,10 +17,12 @@ tick (routed to every rule) one dictionary append instead of one per rule.
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from operator import attrgetter
+from itertools import accumulate, chain
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import bytewax.operators as op
@@ -38,7 +40,7 @@ from operators.notification import DEFAULT_LINK_BASE, Decision, Emitted, Notific
 from operators.routing import RoutingTable
 from operators.site import SiteDetector
 from operators.snapshot import SnapshotCodec
-from schemas.records import Record, parse_lines, salvage_site_and_ts
+from schemas.records import Record, parse_lines, routing_site, salvage_site_and_ts
 from schemas.store import alert_rows, metric_row, rejected_row, signal_columns
 from sinks.callback import OwnerSink
 from sinks.clickhouse import StoreItem
@@ -47,6 +49,7 @@ Reject = tuple[int, str]
 """A rejected input line: its number and the one-line reason."""
 
 _line_of, _ts_of = attrgetter("line"), attrgetter("ts")
+_first = itemgetter(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,22 +66,22 @@ class FlowStats:
     decisions: dict[tuple[str, Decision], int] = field(default_factory=dict)
 
 
-PendingReject = tuple[int, str, str, int | None, int]
-"""A rejected line's store row before the latest valid ``ts`` of earlier chunks is known:
-(line, salvaged site, reason, its own ``ts`` or None, the latest valid ``ts`` before it in its chunk or 0)."""
+RejectRow = tuple[int, str, str, int | None]
+"""A rejected line's store row before its time is attributed: (line, salvaged site, reason, its own ``ts`` or None)."""
+
+ValidTimes = tuple["array[int]", "array[int]"]
+"""The valid records of (part of) a chunk, in line order: their line numbers, and ``tops[i]``, the largest ``ts`` of the
+first ``i + 1`` of them — all that attributing a rejected line to the latest valid ``ts`` before it needs."""
 
 
 @dataclass(frozen=True, slots=True)
 class Parsed:
-    """What :class:`ParseAndRoute` makes of one chunk."""
+    """What :class:`ParseAndRoute` makes of one chunk (the unordered, live flow)."""
 
     rejects: list[Reject]
     valid: int
     work: list[tuple[str, list[Record]]]  # the routed records per site, in file order: the detect step's input
-    store: list[StoreItem]  # signals and (unordered flow) rejected rows, with a store
-    pending: list[PendingReject] = field(default_factory=list)  # ordered flow, with a store: rejected rows to finish
-    latest_ts: int = 0  # the largest valid ts of the chunk (0: none)
-    chunk: int = 0  # ordered flow: which chunk of the file this is
+    store: list[StoreItem]  # signals and rejected rows, with a store
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,26 +93,25 @@ class Detected:
     metrics: list[StoreItem]
 
 
+def routed_types(table: RoutingTable, metric_types: Iterable[str]) -> set[str]:
+    """The types a site's detector must get: those a rule reads, and those only a metric reads (or it never counts them)."""
+    return set(table.by_type).union(metric_types)
+
+
 class ParseAndRoute:
-    """Validate a chunk of lines and group the routed records per site, keeping file order.
+    """Validate a chunk of lines and group the routed records per site, keeping file order (the unordered, live flow).
 
     With ``store_source`` set it also makes the rows for the store: every
     valid signal, and every rejected line (without its content) attributed to
     its own ``ts`` or, when it has none, to the latest valid ``ts`` before it.
-    That attribution depends only on the input order, never on chunking: in
-    the unordered (live) flow this step runs on the worker that reads the
-    partition, in order; in the ordered (replay) flow, whose chunks are parsed
-    by every worker, the rows are finished by :class:`ChunkOrder`, which sees
-    the chunks in file order (``chunk_lines`` set: the chunk's index is known).
+    That attribution depends only on the input order, never on chunking: this
+    step runs on the worker that reads the partition, in order.
     """
 
-    def __init__(self, table: RoutingTable, store_source: str | None = None, metric_types: Iterable[str] = (),
-                 chunk_lines: int | None = None) -> None:
+    def __init__(self, table: RoutingTable, store_source: str | None = None, metric_types: Iterable[str] = ()) -> None:
         self.table = table
         self.store_source = store_source
-        # A type only a metric reads must still reach its site's detector, or the metric never counts it.
-        self.routed = set(table.by_type).union(metric_types)
-        self.chunk_lines = chunk_lines
+        self.routed = routed_types(table, metric_types)
         self.latest_ts = 0
 
     def __call__(self, chunk: list[Line]) -> Parsed:
@@ -117,43 +119,52 @@ class ParseAndRoute:
         by_site: dict[str, list[Record]] = {}
         records, rejects = parse_lines(chunk, self.routed, by_site)
         store: list[StoreItem] = []
-        pending: list[PendingReject] = []
-        latest = max(map(_ts_of, records)) if records else 0
         if self.store_source is not None:
             store.append(("signals", signal_columns(records)))
             if rejects:
-                pending = self._pending_rejects(chunk, records, rejects)
-            if self.chunk_lines is None:
-                if pending:
-                    store.append(("rejected", finish_rejected(self.store_source, pending, self.latest_ts)))
-                    pending = []
-                self.latest_ts = max(self.latest_ts, latest)
-        index = chunk_index(chunk, self.chunk_lines) if self.chunk_lines is not None else 0
-        return Parsed(rejects, len(records), list(by_site.items()), store, pending, latest, index)
+                rows = reject_rows(chunk, rejects)
+                store.append(("rejected", finish_rejected(self.store_source, rows, self.latest_ts, [valid_times(records)])))
+            self.latest_ts = max(self.latest_ts, max(map(_ts_of, records), default=0))
+        return Parsed(rejects, len(records), list(by_site.items()), store)
 
-    def _pending_rejects(self, chunk: list[Line], records: list[Record], rejects: list[Reject]) -> list[PendingReject]:
-        raw_of = dict(chunk)
-        # No object per record: under the store every allocation that lives to the next collection costs GC time.
+
+def valid_times(records: list[Record]) -> ValidTimes:
+    """The :data:`ValidTimes` of parsed records (no object per record: under the store that would cost GC time)."""
+    lines = list(map(_line_of, records))
+    if lines != sorted(lines):  # parse_lines keeps its input's order, which is line order where lines are numbered
+        records = sorted(records, key=_line_of)
         lines = list(map(_line_of, records))
-        if lines != sorted(lines):  # parse_lines keeps the chunk's order, which is line order
-            records = sorted(records, key=_line_of)
-            lines = list(map(_line_of, records))
-        latest, before = 0, 0
-        rows: list[PendingReject] = []
-        for line, reason in rejects:
-            upto = bisect_left(lines, line, before)
-            if upto > before:
-                latest = max(latest, max(map(_ts_of, records[before:upto])))
-                before = upto
-            site, ts = salvage_site_and_ts(raw_of[line])
-            rows.append((line, site, reason, ts, latest))
-        return rows
+    return array("q", lines), array("q", accumulate(map(_ts_of, records), max))
 
 
-def finish_rejected(source: str, pending: list[PendingReject], latest_before_chunk: int) -> list[tuple[Any, ...]]:
-    """The ``rejected`` rows of a chunk, given the latest valid ``ts`` of every chunk before it."""
-    return [rejected_row(source, line, site, reason, ts if ts is not None else max(latest_before_chunk, latest))
-            for line, site, reason, ts, latest in pending]
+def reject_rows(lines: list[Line], rejects: list[Reject]) -> list[RejectRow]:
+    """The store rows of rejected lines (among ``lines``), their site and ``ts`` salvaged where valid."""
+    raw_of = dict(lines)
+    rows: list[RejectRow] = []
+    for line, reason in rejects:
+        site, ts = salvage_site_and_ts(raw_of[line])
+        rows.append((line, site, reason, ts))
+    return rows
+
+
+def finish_rejected(source: str, rows: list[RejectRow], latest_before_chunk: int,
+                    times: list[ValidTimes]) -> list[tuple[Any, ...]]:
+    """The ``rejected`` rows of a chunk, given the latest valid ``ts`` of every chunk before it and the chunk's valid times.
+
+    A row without its own ``ts`` gets the latest valid ``ts`` before its line
+    in the file: of the earlier chunks, or of this chunk's valid records on
+    lines before it, whichever part of the chunk (``times``) they are in.
+    """
+    finished: list[tuple[Any, ...]] = []
+    for line, site, reason, ts in rows:
+        if ts is None:
+            ts = latest_before_chunk
+            for lines, tops in times:
+                before = bisect_left(lines, line)
+                if before:
+                    ts = max(ts, tops[before - 1])
+        finished.append(rejected_row(source, line, site, reason, ts))
+    return finished
 
 
 class DetectLogic(StatefulBatchLogic[list[Record], Detected, Any]):
@@ -218,52 +229,140 @@ def final_metrics(detector: SiteDetector) -> Detected:
     return Detected([], None, [("metrics", [metric_row(point) for point in detector.flush_metrics()])])
 
 
-ShardWork = tuple[int, list[tuple[str, list[Record]]]]
-"""One chunk's routed records of the sites of one shard: (chunk index, [(site, records)])."""
+ShardLines = tuple[int, list[Line]]
+"""One chunk's raw lines of the sites of one shard, in line order: (chunk index, lines)."""
 
 
-class ShardLogic(StatefulBatchLogic[ShardWork, Detected, None]):
-    """The detectors of the sites of one shard, fed their records in file order (the ordered, replay flow).
+@dataclass(frozen=True, slots=True)
+class ChunkPart:
+    """One worker's account of one chunk for :class:`ChunkOrder`: the reader's, or a shard's.
 
-    Every worker parses chunks of the file, so a site's records arrive from
-    several workers, in no particular order between them. Every parsed chunk
-    sends every shard its part (empty or not): the shard holds chunks that
-    arrive early and runs them strictly in chunk order, so each site sees
-    exactly the sequence of records a single reader would have given it —
-    and the output, lateness included, is the same for any cluster shape.
+    The reader's holds the lines it could not route (rejected by a full
+    parse); a shard's, the rejects among its sites' lines and, with a store,
+    its valid records' :data:`ValidTimes`.
     """
 
-    def __init__(self, table: RoutingTable, lateness: int, link_base: str, metrics: list[CompiledMetric]) -> None:
+    chunk: int
+    rejects: list[Reject]
+    rows: list[RejectRow] = field(default_factory=list)  # with a store: the rejects' rows
+    times: ValidTimes = field(default_factory=lambda: (array("q"), array("q")))  # with a store
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """What :class:`RouteLines` makes of one chunk: each shard's raw lines, and the reader's part."""
+
+    shards: list[list[Line]]
+    part: ChunkPart
+
+
+class RouteLines:
+    """Send each raw line of a chunk to the shard of its site, unparsed (the ordered, replay flow's reader).
+
+    A line crosses to another process as its bytes and is validated once, by
+    the shard that owns its site: a parsed :class:`Record` would be pickled as
+    its bytes and validated again on arrival (``Record.__reduce__``), which
+    cost more than the parse itself. The site is read by
+    :func:`schemas.records.routing_site`; a line it does not settle is parsed
+    here — routed if valid (and parsed again by its shard: rare), reported
+    here if not.
+    """
+
+    def __init__(self, shards: int, chunk_lines: int, storing: bool) -> None:
+        self.shards = shards
+        self.chunk_lines = chunk_lines
+        self.storing = storing
+        self.shard_of: dict[bytes, int] = {}
+
+    def __call__(self, chunk: list[Line]) -> Routed:
+        """The chunk's lines per shard, and the reader's part (rejects, with a store their rows)."""
+        parts: list[list[Line]] = [[] for _ in range(self.shards)]
+        shard_of, shards, unsettled = self.shard_of, self.shards, []
+        for item in chunk:
+            site = routing_site(item[1])
+            if site is None:
+                records, rejects = parse_lines((item,))
+                if not records:
+                    unsettled.extend(rejects)  # a blank line has neither
+                    continue
+                site = records[0].site.encode()
+            shard = shard_of.get(site)
+            if shard is None:
+                shard = shard_of[site] = site_shard(site.decode(), shards)
+            parts[shard].append(item)
+        rows = reject_rows(chunk, unsettled) if self.storing and unsettled else []
+        return Routed(parts, ChunkPart(chunk_index(chunk, self.chunk_lines), unsettled, rows))
+
+
+@dataclass(frozen=True, slots=True)
+class ShardChunk:
+    """What a shard made of one chunk's lines of its sites (or, ``detected`` only, at the end of the input)."""
+
+    detected: list[Detected]
+    valid: int = 0
+    store: list[StoreItem] = field(default_factory=list)  # with a store: the chunk's signals of these sites
+    part: ChunkPart | None = None
+
+
+class ShardLogic(StatefulBatchLogic[ShardLines, ShardChunk, None]):
+    """The detectors of the sites of one shard, fed their records in file order (the ordered, replay flow).
+
+    Every worker reads chunks of the file, so a site's lines arrive from
+    several workers, in no particular order between them. Every chunk read
+    sends every shard its part (empty or not): the shard holds chunks that
+    arrive early and runs them strictly in chunk order — validating the
+    lines, feeding the records to their sites' detectors — so each site sees
+    exactly the sequence of records a single reader would have given it,
+    and the output, lateness included, is the same for any cluster shape.
+    Each chunk's rejects go to :class:`ChunkOrder`, which puts them in line
+    order with the other shards'.
+    """
+
+    def __init__(self, table: RoutingTable, lateness: int, link_base: str, metrics: list[CompiledMetric],
+                 metric_types: Iterable[str], storing: bool) -> None:
         self.table = table
         self.lateness = lateness
         self.link_base = link_base
         self.metrics = metrics
+        self.routed = routed_types(table, metric_types)
+        self.storing = storing
         self.sites: dict[str, SiteDetector] = {}
         self.next_chunk = 0
-        self.early: dict[int, list[tuple[str, list[Record]]]] = {}
+        self.early: dict[int, list[Line]] = {}
 
     @override
-    def on_batch(self, values: list[ShardWork]) -> tuple[list[Detected], bool]:
-        early, sites, link_base, metrics = self.early, self.sites, self.link_base, bool(self.metrics)
-        for index, work in values:
-            early[index] = work
-        out: list[Detected] = []
+    def on_batch(self, values: list[ShardLines]) -> tuple[list[ShardChunk], bool]:
+        early = self.early
+        for index, lines in values:
+            early[index] = lines
+        out: list[ShardChunk] = []
         while self.next_chunk in early:
-            for site, records in early.pop(self.next_chunk):
-                detector = sites.get(site)
-                if detector is None:
-                    detector = sites[site] = SiteDetector(self.table, site, self.lateness, self.metrics)
-                detected = detect_batch(detector, (records,), link_base, metrics)
-                if detected is not None:
-                    out.append(detected)
+            out.append(self._run(self.next_chunk, early.pop(self.next_chunk)))
             self.next_chunk += 1
         return out, StatefulBatchLogic.RETAIN
 
+    def _run(self, index: int, lines: list[Line]) -> ShardChunk:
+        by_site: dict[str, list[Record]] = {}
+        records, rejects = parse_lines(lines, self.routed, by_site)
+        sites, link_base, metrics = self.sites, self.link_base, bool(self.metrics)
+        detected: list[Detected] = []
+        for site, routed in by_site.items():
+            detector = sites.get(site)
+            if detector is None:
+                detector = sites[site] = SiteDetector(self.table, site, self.lateness, self.metrics)
+            found = detect_batch(detector, (routed,), link_base, metrics)
+            if found is not None:
+                detected.append(found)
+        if not self.storing:
+            return ShardChunk(detected, len(records), [], ChunkPart(index, rejects))
+        part = ChunkPart(index, rejects, reject_rows(lines, rejects) if rejects else [], valid_times(records))
+        return ShardChunk(detected, len(records), [("signals", signal_columns(records))], part)
+
     @override
-    def on_eof(self) -> tuple[list[Detected], bool]:
+    def on_eof(self) -> tuple[list[ShardChunk], bool]:
         if not self.metrics:
             return [], StatefulBatchLogic.RETAIN
-        return [final_metrics(self.sites[site]) for site in sorted(self.sites)], StatefulBatchLogic.RETAIN
+        return [ShardChunk([final_metrics(self.sites[site]) for site in sorted(self.sites)])], StatefulBatchLogic.RETAIN
 
     @override
     def snapshot(self) -> None:
@@ -278,44 +377,42 @@ class Ordered:
     store: list[StoreItem]
 
 
-ChunkReport = tuple[int, list[Reject], list[PendingReject], int]
-"""What :class:`ChunkOrder` needs of a parsed chunk (not its records): index, rejects, pending rows, latest ``ts``."""
+class ChunkOrder(StatefulBatchLogic[ChunkPart, Ordered, None]):
+    """The chunks' rejected lines in file order, and their store rows finished (one key: one worker).
 
-
-def chunk_report(parsed: Parsed) -> ChunkReport:
-    """The part of a parsed chunk that goes to :class:`ChunkOrder`."""
-    return parsed.chunk, parsed.rejects, parsed.pending, parsed.latest_ts
-
-
-class ChunkOrder(StatefulBatchLogic[ChunkReport, Ordered, None]):
-    """The parsed chunks' rejected lines in file order, and their store rows finished (one key: one worker).
-
-    Rejected lines are reported in line order whatever worker parsed them,
-    and a rejected line without a ``ts`` of its own is attributed to the
-    latest valid ``ts`` before it in the file — which only a step that sees
-    the chunks in order knows.
+    A chunk is released once its ``parts`` parts (the reader's and every
+    shard's) have come: its rejected lines merged in line order whatever
+    worker found them, and a rejected line without a ``ts`` of its own
+    attributed to the latest valid ``ts`` before it in the file — which only
+    a step that sees the chunks in order, and all of a chunk's valid times,
+    knows. The times cost only a look-up per such line (a bisection per
+    shard), and cross processes as two arrays per shard and chunk.
     """
 
-    def __init__(self, store_source: str | None) -> None:
+    def __init__(self, store_source: str | None, parts: int) -> None:
         self.store_source = store_source
+        self.parts = parts
         self.next_chunk = 0
         self.latest_ts = 0
-        self.early: dict[int, ChunkReport] = {}
+        self.early: dict[int, list[ChunkPart]] = {}
 
     @override
-    def on_batch(self, values: list[ChunkReport]) -> tuple[list[Ordered], bool]:
+    def on_batch(self, values: list[ChunkPart]) -> tuple[list[Ordered], bool]:
         early = self.early
-        for report in values:
-            early[report[0]] = report
+        for part in values:
+            early.setdefault(part.chunk, []).append(part)
         out: list[Ordered] = []
-        while self.next_chunk in early:
-            _, rejects, pending, latest_ts = early.pop(self.next_chunk)
+        while len(early.get(self.next_chunk, ())) == self.parts:
+            parts = early.pop(self.next_chunk)
+            rejects = sorted(chain.from_iterable(part.rejects for part in parts), key=_first)
+            times = [part.times for part in parts]
             if rejects:
                 store: list[StoreItem] = []
-                if self.store_source is not None and pending:
-                    store.append(("rejected", finish_rejected(self.store_source, pending, self.latest_ts)))
+                if self.store_source is not None:
+                    rows = sorted(chain.from_iterable(part.rows for part in parts), key=_first)
+                    store.append(("rejected", finish_rejected(self.store_source, rows, self.latest_ts, times)))
                 out.append(Ordered(rejects, store))
-            self.latest_ts = max(self.latest_ts, latest_ts)
+            self.latest_ts = max([self.latest_ts, *(tops[-1] for _, tops in times if tops)])
             self.next_chunk += 1
         return out, StatefulBatchLogic.RETAIN
 
@@ -348,9 +445,10 @@ class Ordering:
     """The ordered (replay) flow: the file's chunks of ``chunk_lines`` lines are read by several partitions.
 
     Sites are spread over ``shard_keys`` (:func:`flows.cluster.shard_keys`:
-    one per worker) and each shard runs its chunks in file order
-    (:class:`ShardLogic`); rejected lines are put back in order by
-    :class:`ChunkOrder`.
+    one per worker): the readers send each shard the raw lines of its sites
+    (:class:`RouteLines`), and each shard validates them and runs its
+    chunks in file order (:class:`ShardLogic`); rejected lines are put back
+    in order by :class:`ChunkOrder`.
     """
 
     chunk_lines: int
@@ -389,7 +487,8 @@ def _store_items(alert: Emitted) -> list[StoreItem]:
 def detect(chunks: Stream[list[Line]], table: RoutingTable, options: DetectOptions, storing: bool) -> DetectOutputs:
     """Parse and route the chunks of numbered lines, detect per site: the streams of what comes out.
 
-    ``stats`` carries a :class:`FlowStats` per chunk (its valid records) and
+    ``stats`` carries a :class:`FlowStats` per chunk (its valid records; in
+    the ordered flow, per chunk and shard that has any) and
     per batch of a site that had late records or notifications. With
     ``storing``, ``store_rows`` carries every valid signal, notification (with
     its evidence), final metric bucket of ``options.metrics`` and rejected
@@ -403,32 +502,39 @@ def detect(chunks: Stream[list[Line]], table: RoutingTable, options: DetectOptio
         raise ValueError("the ordered flow has no recovery")
     metric_types = {signal_type for metric in site_metrics for signal_type in metric.types}
     store_source = options.store_source if storing else None
-    parse = ParseAndRoute(table, store_source, metric_types, ordering.chunk_lines if ordering is not None else None)
-    parsed = op.map("parse_route", chunks, parse)
-    store_parts: list[Stream[StoreItem]] = [op.flat_map("store_parsed", parsed, lambda chunk: chunk.store)]
+    store_parts: list[Stream[StoreItem]] = []
     if ordering is None:
+        parsed = op.map("parse_route", chunks, ParseAndRoute(table, store_source, metric_types))
+        store_parts.append(op.flat_map("store_parsed", parsed, lambda chunk: chunk.store))
         work = op.flat_map("work", parsed, lambda chunk: chunk.work)
         results = op.stateful_batch(
             "detect", work, lambda resume: DetectLogic(table, lateness, options.link_base, site_metrics, snapshots, resume),
         )
+        detected = op.key_rm("detected", results)
         rejects = op.flat_map("rejected_lines", parsed, lambda chunk: chunk.rejects)
+        valid = op.map("valid", parsed, lambda chunk: FlowStats(valid=chunk.valid))
     else:
         keys = ordering.shard_keys
-        shard_work = op.flat_map("shard_work", parsed, lambda chunk: _shard_items(chunk, keys))
-        results = op.stateful_batch(
-            "detect", shard_work, lambda resume: ShardLogic(table, lateness, options.link_base, site_metrics),
+        routed = op.map("route_lines", chunks, RouteLines(len(keys), ordering.chunk_lines, storing))
+        shard_lines = op.flat_map("shard_lines", routed, lambda chunk: _shard_items(chunk, keys))
+        sharded = op.key_rm("sharded", op.stateful_batch(
+            "detect", shard_lines,
+            lambda resume: ShardLogic(table, lateness, options.link_base, site_metrics, metric_types, storing),
+        ))
+        store_parts.append(op.flat_map("store_parsed", sharded, lambda chunk: chunk.store))
+        detected = op.flat_map("detected", sharded, lambda chunk: chunk.detected)
+        parts = op.merge(
+            "chunk_parts",
+            op.map("reader_part", routed, lambda chunk: chunk.part),
+            op.filter_map("shard_part", sharded, lambda chunk: chunk.part),
         )
-        reports = op.key_on("order_key", op.map("chunk_report", parsed, chunk_report), lambda _: "order")
-        ordered = op.key_rm("ordered", op.stateful_batch("order", reports, lambda resume: ChunkOrder(store_source)))
+        reports = op.key_on("order_key", parts, lambda _: "order")
+        ordered = op.key_rm("ordered", op.stateful_batch("order", reports, lambda resume: ChunkOrder(store_source, len(keys) + 1)))
         rejects = op.flat_map("rejected_lines", ordered, lambda chunk: chunk.rejects)
         store_parts.append(op.flat_map("store_rejected", ordered, lambda chunk: chunk.store))
-    detected = op.key_rm("detected", results)
+        valid = op.filter_map("valid", sharded, lambda chunk: FlowStats(valid=chunk.valid) if chunk.valid else None)
     alerts = op.flat_map("notifications", detected, lambda batch: batch.alerts)
-    stats = op.merge(
-        "stats_merge",
-        op.map("valid", parsed, lambda chunk: FlowStats(valid=chunk.valid)),
-        op.filter_map("detect_stats", detected, lambda batch: batch.stats),
-    )
+    stats = op.merge("stats_merge", valid, op.filter_map("detect_stats", detected, lambda batch: batch.stats))
     store_rows = None
     if storing:
         store_rows = op.merge(
@@ -440,13 +546,10 @@ def detect(chunks: Stream[list[Line]], table: RoutingTable, options: DetectOptio
     return DetectOutputs(alerts, rejects, stats, store_rows)
 
 
-def _shard_items(parsed: Parsed, keys: tuple[str, ...]) -> list[tuple[str, ShardWork]]:
-    """A chunk's work for every shard, empty or not: a shard runs chunk ``n`` only once it has had every chunk before."""
-    parts: list[list[tuple[str, list[Record]]]] = [[] for _ in keys]
-    shards = len(keys)
-    for site, records in parsed.work:
-        parts[site_shard(site, shards)].append((site, records))
-    return [(key, (parsed.chunk, part)) for key, part in zip(keys, parts, strict=True)]
+def _shard_items(routed: Routed, keys: tuple[str, ...]) -> list[tuple[str, ShardLines]]:
+    """A chunk's lines for every shard, empty or not: a shard runs chunk ``n`` only once it has had every chunk before."""
+    chunk = routed.part.chunk
+    return [(key, (chunk, lines)) for key, lines in zip(keys, routed.shards, strict=True)]
 
 
 def build_detect_flow(

@@ -205,6 +205,47 @@ def _repeated_key(raw: bytes, data: BaseModel, keys: int) -> str | None:
 
 _SITE_RE = re.compile(SITE_PATTERN)
 
+_SITE_KEY = b'"site":"'
+_SITE_VALUE = re.compile(SITE_PATTERN.encode())
+
+
+def routing_site(raw: bytes) -> bytes | None:
+    r"""The site of a line by a look at its bytes, without parsing it: None when the look does not settle it.
+
+    It settles it when the line holds exactly one ``"site":"`` (not right
+    after a backslash) followed by a value of the site pattern and its
+    closing quote; otherwise (no occurrence, two, whitespace around the
+    colon, an escaped key or value, an invalid value) the caller parses the
+    line. Replay routes each raw line by this to the worker that owns its
+    site, so every line is validated once, there (:func:`parse_lines`).
+
+    Why a VALID line is never given a wrong site: the four quotes of the
+    occurrence are unescaped (the first is not after a backslash, the others
+    follow ``e``, ``:`` and a pattern character), and in JSON unescaped
+    quotes are exactly the string delimiters — a string value never holds
+    one. So ``"site"`` is a string followed by ``:``, a key, and its value
+    is the string of pattern characters found (no escapes: its bytes are its
+    text). No payload has a ``site`` field nor any free-form object (every
+    model is ``extra="forbid"``), so in a valid line that key is the
+    envelope's, and it is the only one: a repeated key, even spelled with a
+    ``\u`` escape, is rejected (:func:`_repeated_key`). What is found is
+    therefore the site validation gives the line.
+
+    An INVALID line may be sent anywhere: wherever it is parsed it is
+    rejected with the same reason (the same bytes through the same
+    :func:`parse_lines`), never reaches a detector, and its reject is put
+    back in line order with the others (:class:`flows.detect.ChunkOrder`).
+    """
+    at = raw.find(_SITE_KEY)
+    if at <= 0 or raw[at - 1] == _BACKSLASH or raw.find(_SITE_KEY, at + 1) >= 0:
+        return None
+    start = at + len(_SITE_KEY)
+    end = raw.find(b'"', start)
+    if end < 0:
+        return None
+    value = raw[start:end]
+    return value if _SITE_VALUE.fullmatch(value) else None
+
 
 def salvage_site_and_ts(raw: bytes) -> tuple[str, int | None]:
     """The site and event time of a rejected line, where they are themselves valid.

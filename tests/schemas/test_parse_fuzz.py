@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from operators.metrics import SiteMetrics, compile_metric, summand
-from schemas.records import Record, parse_lines, salvage_site_and_ts
+from schemas.records import Record, parse_lines, routing_site, salvage_site_and_ts
 from schemas.rule_loader import load_rules
 from schemas.signals import SITE_PATTERN
 from schemas.store import LAST_DATETIME_S, metric_row, rejected_row, signal_columns
@@ -93,7 +93,22 @@ def nest(draw: st.DrawFn, signal: dict[str, Any]) -> str:
     return json.dumps(signal, separators=(",", ":")).replace('"<nested>"', nested(depth), 1)
 
 
-MUTATIONS = [set_integer, set_ts, repeat_key, nest]
+def spell_site(draw: st.DrawFn, signal: dict[str, Any]) -> str:
+    """The ``site`` key written otherwise, or a second one: what the cheap routing look-up must not be fooled by."""
+    text = json.dumps(signal, separators=(",", ":"))
+    other = draw(st.sampled_from(["other-site", "Other", "a\\\"b", ""]))
+    return draw(st.sampled_from([
+        text.replace('"site":', '"site" : ', 1),
+        text.replace('"site":', '"\\u0073ite":', 1),
+        text.replace('"site":', '"\\u0073ite":' + json.dumps(other) + ',"site":', 1),
+        text.replace('"site":', f'"site":{json.dumps(other)},"site":', 1),
+        text.replace('"data":{', f'"data":{{"site":{json.dumps(other)},', 1),
+        text.replace('"site":', '"x\\"site":"y","site":', 1),
+        json.dumps(signal),
+    ]))
+
+
+MUTATIONS = [set_integer, set_ts, repeat_key, nest, spell_site]
 
 
 @st.composite
@@ -129,6 +144,31 @@ def test_every_mutated_line_is_a_record_or_one_reason_and_gives_storable_rows(ra
     check_signal_rows(records)
     check_rejected_rows(lines, rejects)
     check_metric_rows(records)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(mutated_lines())
+def test_the_routing_look_up_never_gives_a_valid_line_another_site(raw: bytes) -> None:
+    # Replay routes raw lines to the worker owning their site by this look-up (routing_site's docstring argues why).
+    site = routing_site(raw)
+    records, _ = parse_lines([(1, raw)])
+    if site is not None and records:
+        assert records[0].site == site.decode()
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (b'{"v":1,"site":"shop-1.example","type":"tick"}', b"shop-1.example"),
+    (b'{"v":1,"site" : "shop-1","type":"tick"}', None),  # whitespace around the colon
+    (b'{"v":1,"site":"shop-1","site":"shop-1"}', None),  # twice
+    (b'{"v":1,"x\\"site":"shop-1"}', None),  # the key's quote is escaped: the end of another key
+    (b'{"v":1,"site":"Shop"}', None),  # not the site pattern
+    (b'{"v":1,"site":"shop\\u002d1"}', None),  # an escape in the value
+    (b'{"v":1,"site":"shop-1', None),  # no closing quote
+    (b'"site":"shop-1"', None),  # not inside an object
+    (b"", None),
+])
+def test_the_routing_look_up_settles_only_one_plain_site_key(raw: bytes, expected: bytes | None) -> None:
+    assert routing_site(raw) == expected
 
 
 def check_signal_rows(records: list[Record]) -> None:
