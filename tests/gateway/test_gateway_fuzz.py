@@ -315,8 +315,13 @@ def broken_framing(target: Target, data: bytes) -> None:
         sock.sendall(data)
         sock.shutdown(socket.SHUT_WR)  # the server sees the end of what will ever come
         answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            # Closing a socket with unread bytes in its buffer sends a reset (Linux): the server closed the
+            # connection, which is an allowed outcome; whatever it answered before that is still checked.
+            pass
     if answer:
         status_line = answer.split(b"\r\n", 1)[0]
         assert status_line.startswith(b"HTTP/1.1 4"), status_line
