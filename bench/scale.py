@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=1_000)
     parser.add_argument("--duration", type=int, default=9_000, help="seconds of event time (ticks every 10 s per site)")
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--only", choices=("replay", "detect"), help="measure only replay or only detect (the floor is always measured)")
     args = parser.parse_args()
     print(f"load before: {os.getloadavg()}  cores: {os.cpu_count()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as work:
@@ -89,42 +90,53 @@ def main() -> None:
         floor, counted = json_floor(corpus)
         report("json.loads floor (1 core)", counted, floor, floor, None)
 
+        if args.only != "detect":
+            measure_replay(corpus, total)
+        if args.only != "replay":
+            measure_detect(corpus, total, args.partitions)
+    print(f"load after: {os.getloadavg()}", flush=True)
+
+
+def measure_replay(corpus: Path, total: int) -> None:
+    """Replay the corpus with 1 and 2 processes."""
+    baseline = None
+    for processes in (1, 2):
+        wall, cpu, last = timed([LOGYSTERA, "replay", str(corpus), "--rules", str(RULES), "--processes", str(processes)])
+        rate = report(f"replay --processes {processes}", total, wall, cpu, baseline)
+        baseline = baseline or rate
+    print(f"  ({last})", flush=True)
+
+
+def measure_detect(corpus: Path, total: int, partitions: int) -> None:
+    """Fill a topic of ``partitions`` partitions with the corpus (keyed by site), then detect it with 1 and 2 processes."""
+    with start_broker() as broker:
+        signals = unique_topic("signals")
+        broker.create_topics([signals], partitions=partitions)
+        producer = broker.producer(linger_ms=50)
+        with corpus.open("rb") as lines:
+            for line in lines:
+                try:
+                    key = str(json.loads(line)["site"]).encode()
+                except (ValueError, KeyError, TypeError):
+                    key = b"unreadable"
+                while True:
+                    try:
+                        producer.produce(signals, line.rstrip(b"\n"), key)
+                        break
+                    except BufferError:
+                        producer.poll(0.1)
+                producer.poll(0)
+        producer.flush(120)
         baseline = None
         for processes in (1, 2):
-            wall, cpu, last = timed([LOGYSTERA, "replay", str(corpus), "--rules", str(RULES), "--processes", str(processes)])
-            rate = report(f"replay --processes {processes}", total, wall, cpu, baseline)
+            alerts = unique_topic("alerts")
+            broker.create_topics([alerts], partitions=partitions)
+            wall, cpu, last = timed([LOGYSTERA, "detect", "--bootstrap", broker.bootstrap, "--topic", signals,
+                                     "--alerts-topic", alerts, "--rules", str(RULES), "--exit-at-end",
+                                     "--processes", str(processes)])
+            rate = report(f"detect --processes {processes}", total, wall, cpu, baseline)
             baseline = baseline or rate
         print(f"  ({last})", flush=True)
-
-        with start_broker() as broker:
-            signals = unique_topic("signals")
-            broker.create_topics([signals], partitions=args.partitions)
-            producer = broker.producer(linger_ms=50)
-            with corpus.open("rb") as lines:
-                for line in lines:
-                    try:
-                        key = str(json.loads(line)["site"]).encode()
-                    except (ValueError, KeyError, TypeError):
-                        key = b"unreadable"
-                    while True:
-                        try:
-                            producer.produce(signals, line.rstrip(b"\n"), key)
-                            break
-                        except BufferError:
-                            producer.poll(0.1)
-                    producer.poll(0)
-            producer.flush(120)
-            baseline = None
-            for processes in (1, 2):
-                alerts = unique_topic("alerts")
-                broker.create_topics([alerts], partitions=args.partitions)
-                wall, cpu, last = timed([LOGYSTERA, "detect", "--bootstrap", broker.bootstrap, "--topic", signals,
-                                         "--alerts-topic", alerts, "--rules", str(RULES), "--exit-at-end",
-                                         "--processes", str(processes)])
-                rate = report(f"detect --processes {processes}", total, wall, cpu, baseline)
-                baseline = baseline or rate
-            print(f"  ({last})", flush=True)
-    print(f"load after: {os.getloadavg()}", flush=True)
 
 
 if __name__ == "__main__":
