@@ -25,7 +25,7 @@ from operators.metrics import SiteMetrics, compile_metric, summand
 from schemas.records import Record, parse_lines, routing_site, salvage_site_and_ts
 from schemas.rule_loader import load_rules
 from schemas.signals import SITE_PATTERN
-from schemas.store import LAST_DATETIME_S, metric_row, rejected_row, signal_columns
+from schemas.store import LAST_DATETIME_S, metric_columns, rejected_row, signal_columns
 from simulate.corpus import generate_corpus
 
 CORPUS = list(generate_corpus(1000, 3, seed=11, duration_s=600))
@@ -177,7 +177,7 @@ def check_signal_rows(records: list[Record]) -> None:
     assert all(0 <= value <= 7_258_118_399_999 for value in ts)  # the contract's range: inside DateTime64(3)'s
     assert all(DATETIME64_MS[0] <= value <= DATETIME64_MS[1] for value in ts)
     assert all(value is None or 0 <= value <= UINT64_MAX for value in seq)
-    assert all(isinstance(value, str) for value in envelope)  # decoded: the raw bytes of a record are UTF-8
+    assert all(isinstance(value, bytes) and value.decode() for value in envelope)  # as received: a record's bytes are UTF-8
     assert len(type_) == len([record for record in records if record.type != "tick"])
 
 
@@ -198,9 +198,8 @@ def check_metric_rows(records: list[Record]) -> None:
         points.extend(metrics.process(record))
     for metrics in by_site.values():
         points.extend(metrics.flush())
-    for point in points:
-        row = metric_row(point)
-        assert math.isfinite(row[6]) and 0 <= row[7] <= UINT64_MAX
+    columns = metric_columns(points).data
+    assert all(math.isfinite(value) for value in columns[6]) and all(0 <= signals <= UINT64_MAX for signals in columns[7])
 
 
 @pytest.mark.parametrize(("value", "expected"), [(None, 0.0), (0, 0.0), (2**53 - 1, float(2**53 - 1)),
