@@ -123,7 +123,7 @@ class ThresholdFingerprint(Fingerprint):
 
     @override
     def settle(self, c: int, rule: CompiledRule, first: int) -> bool:
-        self.counts.expire(c - rule.window)
+        self.counts.drop(c - rule.window)
         return self.counts.total >= rule.params.count
 
     @override
@@ -171,9 +171,9 @@ class RatioFingerprint(Fingerprint):
     @override
     def settle(self, c: int, rule: CompiledRule, first: int) -> bool:
         horizon = c - rule.window
-        self.total.expire(horizon)
+        self.total.drop(horizon)
         if self.matching.total:  # often empty: matching signals are the rare ones
-            self.matching.expire(horizon)
+            self.matching.drop(horizon)
         params = rule.params
         t = self.total.total
         return t >= params.min_total and self.matching.total / t >= params.at_least
@@ -231,7 +231,7 @@ class DistinctFingerprint(ThresholdFingerprint):
     @override
     def settle(self, c: int, rule: CompiledRule, first: int) -> bool:
         horizon = c - rule.window
-        self.counts.expire(horizon)
+        self.counts.drop(horizon)
         self.values.expire(horizon)
         return len(self.values.counts) >= rule.params.count
 
@@ -374,7 +374,7 @@ class ShiftFingerprint(Fingerprint):
         for ts, count in self.current.expire(c - rule.window):
             if ts > c - rule.lookback:
                 self.baseline.add(ts, count)
-        self.baseline.expire(c - rule.lookback)
+        self.baseline.drop(c - rule.lookback)
         params = rule.params
         n, b = self.current.total, self.baseline.total
         if c - first < rule.lookback or n < params.min_count:
