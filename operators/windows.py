@@ -158,7 +158,7 @@ class EvidenceRing:
 
     __slots__ = ("capacity", "entries")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int = 0) -> None:
         self.capacity = capacity
         self.entries: list[tuple[int, str, int, bytes]] = []
 
