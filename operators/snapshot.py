@@ -95,6 +95,7 @@ Each is rebuilt from a blank instance (made without arguments) whose attributes 
 
 def _engine_object(cls: Any, values: tuple[Any, ...]) -> Any:
     """An engine object from its class and attribute values (name order), without running ``__init__``."""
+    cls = getattr(cls, "target", cls)  # the unpickler hands out a _Legacy stand-in for every engine class
     names = ENGINE_CLASSES[cls]
     if len(values) != len(names):
         raise ValueError(f"{cls.__name__} had {len(values)} attributes, it has {len(names)} now")
@@ -102,6 +103,31 @@ def _engine_object(cls: Any, values: tuple[Any, ...]) -> Any:
     for name, value in zip(names, values, strict=True):
         setattr(made, name, value)
     return made
+
+
+class _Legacy:
+    """An engine object of a format-2 snapshot, read as plain attributes, then made a real one by :func:`_real`.
+
+    Format 2 pickled the engine's objects as they are: a class and its slots,
+    which a class compiled by mypyc cannot take back (its ``__new__`` runs
+    ``__init__``, its ``__setstate__`` wants another shape). Reading them into
+    stand-ins first restores them whichever engine runs.
+    """
+
+    target: type[Any]
+
+
+_LEGACY_OF: tuple[type[Any], ...] = (RuleRunner, *ENGINE_CLASSES)
+_LEGACY: dict[type[Any], type[_Legacy]] = {cls: type(f"Legacy{cls.__name__}", (_Legacy,), {"target": cls}) for cls in _LEGACY_OF}
+
+
+def _real(value: Any) -> Any:
+    """``value`` with every :class:`_Legacy` stand-in in it (in dicts: a runner's fingerprints) made a real engine object."""
+    if isinstance(value, _Legacy):
+        return _engine_object(value.target, tuple(_real(getattr(value, name)) for name in ENGINE_CLASSES[value.target]))
+    if isinstance(value, dict):
+        return {key: _real(item) for key, item in value.items()}
+    return value
 
 
 def rule_fingerprint(rule: Rule) -> str:
@@ -185,8 +211,8 @@ class SnapshotCodec:
             if state[0] not in (2, FORMAT):
                 raise ValueError(f"snapshot format {state[0]}, this version reads 2 and {FORMAT}")
             _, snapshot_site, site_fields, runners, metrics_state = state
-            if state[0] == 2:  # runners pickled as they are (pure Python only): their rule and values
-                runners = tuple((runner.rule, tuple(getattr(runner, name) for name in RUNNER_FIELDS)) for runner in runners)
+            if state[0] == 2:  # runners pickled as they were: their rule, and their values with real engine objects
+                runners = tuple((runner.rule, tuple(_real(getattr(runner, name)) for name in RUNNER_FIELDS)) for runner in runners)
             detector = self._rebuild(snapshot_site, site_fields, runners, metrics_state)
         except Exception as error:  # any shape we cannot read: start fresh, loudly
             reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
@@ -286,7 +312,8 @@ class _Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module == __name__ and name == "shared":
             return self._resolve
-        return super().find_class(module, name)
+        found = super().find_class(module, name)
+        return _LEGACY.get(found, found)
 
 
 def _site_of(detector: SiteDetector) -> str:
