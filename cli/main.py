@@ -90,24 +90,27 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Replay a JSON Lines file through the detection flow (with ``--processes``, as a local cluster: docs/scaling.md)."""
-    from flows.cluster import local_cluster
-    from flows.replay import replay
+    from flows.cluster import start_local_cluster
 
     if args.signals != "-" and not Path(args.signals).is_file():
         raise UsageError(f"{args.signals}: no such file")
     shape = _cluster_shape(args)
-    link_base = _link_base(args.link_base)
-    ruleset = _load_ruleset(args.rules)
-    store = _cluster_store(args.store, shape)
-    out = sys.stdout if args.out in (None, "-") or not shape.owner else _open_output(args.out)
 
     def report(rejects: list[tuple[int, str]]) -> None:
         sys.stderr.write("".join(f"line {line}: {reason}\n" for line, reason in rejects))
         sys.stderr.flush()
 
-    with local_cluster(shape, args.argv) as here:
+    # The other processes of a local cluster start now and import while this one imports and checks the rest.
+    with start_local_cluster(shape, args.argv) as cluster:
+        from flows.replay import replay
+
+        link_base = _link_base(args.link_base)
+        ruleset = _load_ruleset(args.rules)
+        store = _cluster_store(args.store, shape)
+        out = sys.stdout if args.out in (None, "-") or not shape.owner else _open_output(args.out)
+        cluster.checked()
         result = replay(args.signals, ruleset.enabled_rules, lateness=args.allowed_lateness, link_base=link_base,
-                        store=store, metrics=ruleset.metrics, on_rejects=report, cluster=here)
+                        store=store, metrics=ruleset.metrics, on_rejects=report, cluster=cluster.shape)
     if not shape.owner:
         return 0  # process 0 prints the cluster's output
     with out:
@@ -468,6 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.argv = arguments  # what a local cluster's other processes are started with
         return int(args.handler(args))
     except LogysteraError as error:
+        from flows.cluster import wait_for_process_0
+
+        wait_for_process_0()  # in a process of a local cluster: process 0 reports a mistake they all find, once
         for line in error.lines():
             print(line, file=sys.stderr)
         return error.exit_code
