@@ -11,7 +11,7 @@ ticks included):
   topic pre-filled with the corpus (``--partitions``, default 4, keyed by
   site as the gateway keys it), on a Tansu broker started here: signals/s
   from start to exit — the exit comes after the last notification batch is
-  acknowledged by the broker;
+  acknowledged by the broker — and the CPU the broker used meanwhile (it shares the cores);
 - the load average before and after: on a shared machine the numbers are
   only as good as it was quiet.
 
@@ -54,6 +54,12 @@ def timed(command: list[str]) -> tuple[float, float, str]:
     return wall, cpu, result.stderr.strip().splitlines()[-1]
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a running process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def json_floor(path: Path) -> tuple[float, int]:
     """Seconds to json.loads every line, and the line count."""
     start = time.perf_counter()
@@ -79,6 +85,7 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=1_000)
     parser.add_argument("--duration", type=int, default=9_000, help="seconds of event time (ticks every 10 s per site)")
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--only", choices=("replay", "detect"), help="measure only replay or only detect (the floor is always measured)")
     args = parser.parse_args()
     print(f"load before: {os.getloadavg()}  cores: {os.cpu_count()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as work:
@@ -89,42 +96,55 @@ def main() -> None:
         floor, counted = json_floor(corpus)
         report("json.loads floor (1 core)", counted, floor, floor, None)
 
+        if args.only != "detect":
+            measure_replay(corpus, total)
+        if args.only != "replay":
+            measure_detect(corpus, total, args.partitions)
+    print(f"load after: {os.getloadavg()}", flush=True)
+
+
+def measure_replay(corpus: Path, total: int) -> None:
+    """Replay the corpus with 1 and 2 processes."""
+    baseline = None
+    for processes in (1, 2):
+        wall, cpu, last = timed([LOGYSTERA, "replay", str(corpus), "--rules", str(RULES), "--processes", str(processes)])
+        rate = report(f"replay --processes {processes}", total, wall, cpu, baseline)
+        baseline = baseline or rate
+    print(f"  ({last})", flush=True)
+
+
+def measure_detect(corpus: Path, total: int, partitions: int) -> None:
+    """Fill a topic of ``partitions`` partitions with the corpus (keyed by site), then detect it with 1 and 2 processes."""
+    with start_broker() as broker:
+        signals = unique_topic("signals")
+        broker.create_topics([signals], partitions=partitions)
+        producer = broker.producer(linger_ms=50)
+        with corpus.open("rb") as lines:
+            for line in lines:
+                try:
+                    key = str(json.loads(line)["site"]).encode()
+                except (ValueError, KeyError, TypeError):
+                    key = b"unreadable"
+                while True:
+                    try:
+                        producer.produce(signals, line.rstrip(b"\n"), key)
+                        break
+                    except BufferError:
+                        producer.poll(0.1)
+                producer.poll(0)
+        producer.flush(120)
         baseline = None
         for processes in (1, 2):
-            wall, cpu, last = timed([LOGYSTERA, "replay", str(corpus), "--rules", str(RULES), "--processes", str(processes)])
-            rate = report(f"replay --processes {processes}", total, wall, cpu, baseline)
+            alerts = unique_topic("alerts")
+            broker.create_topics([alerts], partitions=partitions)
+            broker_before = process_cpu(broker.process.pid)
+            wall, cpu, last = timed([LOGYSTERA, "detect", "--bootstrap", broker.bootstrap, "--topic", signals,
+                                     "--alerts-topic", alerts, "--rules", str(RULES), "--exit-at-end",
+                                     "--processes", str(processes)])
+            rate = report(f"detect --processes {processes}", total, wall, cpu, baseline)
+            print(f"  (the broker meanwhile: {process_cpu(broker.process.pid) - broker_before:.2f} s CPU)", flush=True)
             baseline = baseline or rate
         print(f"  ({last})", flush=True)
-
-        with start_broker() as broker:
-            signals = unique_topic("signals")
-            broker.create_topics([signals], partitions=args.partitions)
-            producer = broker.producer(linger_ms=50)
-            with corpus.open("rb") as lines:
-                for line in lines:
-                    try:
-                        key = str(json.loads(line)["site"]).encode()
-                    except (ValueError, KeyError, TypeError):
-                        key = b"unreadable"
-                    while True:
-                        try:
-                            producer.produce(signals, line.rstrip(b"\n"), key)
-                            break
-                        except BufferError:
-                            producer.poll(0.1)
-                    producer.poll(0)
-            producer.flush(120)
-            baseline = None
-            for processes in (1, 2):
-                alerts = unique_topic("alerts")
-                broker.create_topics([alerts], partitions=args.partitions)
-                wall, cpu, last = timed([LOGYSTERA, "detect", "--bootstrap", broker.bootstrap, "--topic", signals,
-                                         "--alerts-topic", alerts, "--rules", str(RULES), "--exit-at-end",
-                                         "--processes", str(processes)])
-                rate = report(f"detect --processes {processes}", total, wall, cpu, baseline)
-                baseline = baseline or rate
-            print(f"  ({last})", flush=True)
-    print(f"load after: {os.getloadavg()}", flush=True)
 
 
 if __name__ == "__main__":

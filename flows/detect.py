@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import accumulate, chain
@@ -41,7 +42,7 @@ from operators.routing import RoutingTable
 from operators.site import SiteDetector
 from operators.snapshot import SnapshotCodec
 from schemas.records import Record, parse_lines, routing_site, salvage_site_and_ts
-from schemas.store import alert_rows, metric_row, rejected_row, signal_columns
+from schemas.store import Columns, alert_rows, metric_row, rejected_row, signal_columns
 from sinks.callback import OwnerSink
 from sinks.clickhouse import StoreItem
 
@@ -75,22 +76,24 @@ first ``i + 1`` of them — all that attributing a rejected line to the latest v
 
 
 @dataclass(frozen=True, slots=True)
-class Parsed:
-    """What :class:`ParseAndRoute` makes of one chunk (the unordered, live flow)."""
+class SiteLines:
+    """What :class:`RouteSiteLines` makes of one chunk (the unordered, live flow)."""
 
-    rejects: list[Reject]
-    valid: int
-    work: list[tuple[str, list[Record]]]  # the routed records per site, in file order: the detect step's input
-    store: list[StoreItem]  # signals and rejected rows, with a store
-
+    work: list[tuple[str, list[Line]]]  # each site's raw lines, in line order: the detect step's input
+    rejects: list[Reject]  # lines rejected here: no site to send them to
+    store: list[StoreItem]  # with a store: their rows
 
 @dataclass(frozen=True, slots=True)
 class Detected:
-    """What one site's detector made of one batch (or, ``metrics`` only, at the end of the input)."""
+    """What one site's detector made of one batch (or, final metric buckets only, at the end of the input).
+
+    ``rows``: the store rows it made (metric buckets; in the live flow also
+    the batch's signals and rejected lines).
+    """
 
     alerts: list[Emitted]
     stats: FlowStats | None
-    metrics: list[StoreItem]
+    rows: list[StoreItem]
 
 
 def routed_types(table: RoutingTable, metric_types: Iterable[str]) -> set[str]:
@@ -98,34 +101,60 @@ def routed_types(table: RoutingTable, metric_types: Iterable[str]) -> set[str]:
     return set(table.by_type).union(metric_types)
 
 
-class ParseAndRoute:
-    """Validate a chunk of lines and group the routed records per site, keeping file order (the unordered, live flow).
+def parsed_site(item: Line) -> tuple[bytes | None, list[Reject]]:
+    """The site of a raw line that :func:`schemas.records.routing_site` did not settle, by parsing it (rare).
 
-    With ``store_source`` set it also makes the rows for the store: every
-    valid signal, and every rejected line (without its content) attributed to
-    its own ``ts`` or, when it has none, to the latest valid ``ts`` before it.
-    That attribution depends only on the input order, never on chunking: this
-    step runs on the worker that reads the partition, in order.
+    ``(site, [])`` for a valid line; ``(None, [reject])`` for an invalid one
+    (its site may be readable, but it never reaches a detector); ``(None,
+    [])`` for a blank line.
+    """
+    records, rejects = parse_lines((item,))
+    return (records[0].site.encode(), []) if records else (None, rejects)
+
+
+class RouteSiteLines:
+    """Send each raw line of a chunk to its site's detector, unparsed (the unordered, live flow's reader).
+
+    A line is validated once, by the worker that holds its site's state
+    (:class:`DetectLogic`): a parsed :class:`Record` crossing to another
+    process would be pickled as its bytes and validated again on arrival.
+    A line whose site cannot be read is sent to the site of the line before
+    it in the partition, whose detector rejects it (with the same reason as
+    anywhere) and attributes it in time (:data:`RejectRow`); before any such
+    line it is rejected here.
     """
 
-    def __init__(self, table: RoutingTable, store_source: str | None = None, metric_types: Iterable[str] = ()) -> None:
-        self.table = table
+    def __init__(self, store_source: str | None) -> None:
         self.store_source = store_source
-        self.routed = routed_types(table, metric_types)
-        self.latest_ts = 0
+        self.last_site: bytes | None = None  # the site of the latest line sent, in this partition
 
-    def __call__(self, chunk: list[Line]) -> Parsed:
-        """The chunk's rejects, valid count, records per site and (with a store) rows."""
-        by_site: dict[str, list[Record]] = {}
-        records, rejects = parse_lines(chunk, self.routed, by_site)
+    def __call__(self, chunk: list[Line]) -> SiteLines:
+        """The chunk's lines per site; the lines rejected here, with their store rows."""
+        by_site: dict[bytes, list[Line]] = {}
+        unsent: list[Reject] = []
+        last, lookup = self.last_site, by_site.get
+        for item in chunk:
+            site = routing_site(item[1])
+            if site is None:
+                site, rejects = parsed_site(item)
+                if site is None:
+                    if last is None:
+                        unsent.extend(rejects)
+                        continue
+                    if not rejects:  # a blank line
+                        continue
+                    site = last
+            lines = lookup(site)
+            if lines is None:
+                by_site[site] = [item]
+            else:
+                lines.append(item)
+            last = site
+        self.last_site = last
         store: list[StoreItem] = []
-        if self.store_source is not None:
-            store.append(("signals", signal_columns(records)))
-            if rejects:
-                rows = reject_rows(chunk, rejects)
-                store.append(("rejected", finish_rejected(self.store_source, rows, self.latest_ts, [valid_times(records)])))
-            self.latest_ts = max(self.latest_ts, max(map(_ts_of, records), default=0))
-        return Parsed(rejects, len(records), list(by_site.items()), store)
+        if unsent and self.store_source is not None:
+            store.append(("rejected", finish_rejected(self.store_source, reject_rows(chunk, unsent), 0, [])))
+        return SiteLines([(site.decode(), lines) for site, lines in by_site.items()], unsent, store)
 
 
 def valid_times(records: list[Record]) -> ValidTimes:
@@ -167,35 +196,68 @@ def finish_rejected(source: str, rows: list[RejectRow], latest_before_chunk: int
     return finished
 
 
-class DetectLogic(StatefulBatchLogic[list[Record], Detected, Any]):
-    """Bytewax state for one site: its :class:`SiteDetector`, fed in arrival order."""
+@dataclass(frozen=True, slots=True)
+class SiteBatch:
+    """What one site's worker made of the lines it was sent (the live flow)."""
+
+    detected: Detected | None
+    valid: int = 0
+    rejects: list[Reject] = field(default_factory=list)
+    store: list[StoreItem] = field(default_factory=list)  # with a store: the batch's signals and rejected lines
+
+
+class DetectLogic(StatefulBatchLogic[list[Line], SiteBatch, Any]):
+    """Bytewax state for one site: validates the raw lines it is sent and feeds its :class:`SiteDetector`, in arrival order.
+
+    Every valid line sent here names this site (:class:`RouteSiteLines`).
+    With a store it also makes the batch's rows: its signals, and its
+    rejected lines, one without a ``ts`` of its own attributed to the latest
+    ``ts`` of the site's records before it (its detector's clock, which a
+    snapshot keeps).
+    """
 
     def __init__(
         self, table: RoutingTable, lateness: int, link_base: str, metrics: list[CompiledMetric],
-        snapshots: SnapshotCodec | None = None, resume: bytes | None = None,
+        routed: set[str], store_source: str | None = None, snapshots: SnapshotCodec | None = None, resume: bytes | None = None,
     ) -> None:
         self.table = table
         self.lateness = lateness
         self.link_base = link_base
         self.metrics = metrics
+        self.routed = routed
+        self.store_source = store_source
         self.snapshots = snapshots
         self.detector: SiteDetector | None = None if resume is None or snapshots is None else snapshots.load(resume)
 
     @override
-    def on_batch(self, values: list[list[Record]]) -> tuple[list[Detected], bool]:
+    def on_batch(self, values: list[list[Line]]) -> tuple[list[SiteBatch], bool]:
+        lines = values[0] if len(values) == 1 else list(chain.from_iterable(values))
+        by_site: dict[str, list[Record]] = {}
+        records, rejects = parse_lines(lines, self.routed, by_site)
         detector = self.detector
-        if detector is None:
-            detector = self.detector = SiteDetector(self.table, values[0][0].site, self.lateness, self.metrics)
-        detected = detect_batch(detector, values, self.link_base, bool(self.metrics))
-        return ([] if detected is None else [detected]), StatefulBatchLogic.RETAIN
+        clock_before = detector.clock if detector is not None else None
+        detected = None
+        for site, routed in by_site.items():  # at most one site
+            if detector is None:
+                detector = self.detector = SiteDetector(self.table, site, self.lateness, self.metrics)
+            detected = detect_batch(detector, (routed,), self.link_base, bool(self.metrics))
+        store: list[StoreItem] = []
+        if self.store_source is not None:
+            if records:
+                store.append(("signals", signal_columns(records)))
+            if rejects:
+                times = [valid_times(routed) for routed in by_site.values()]
+                rows = finish_rejected(self.store_source, reject_rows(lines, rejects), clock_before or 0, times)
+                store.append(("rejected", rows))
+        return [SiteBatch(detected, len(records), rejects, store)], StatefulBatchLogic.RETAIN
 
     @override
-    def on_eof(self) -> tuple[list[Detected], bool]:
+    def on_eof(self) -> tuple[list[SiteBatch], bool]:
         # The input has ended: every open metric bucket is final. Not under recovery (snapshots): there the
         # end of the input is a pause, and the buckets stay open in the snapshot for the next run to finish.
         if self.detector is None or not self.metrics or self.snapshots is not None:
             return [], StatefulBatchLogic.RETAIN
-        return [final_metrics(self.detector)], StatefulBatchLogic.RETAIN
+        return [SiteBatch(final_metrics(self.detector))], StatefulBatchLogic.RETAIN
 
     @override
     def snapshot(self) -> bytes | None:
@@ -203,6 +265,56 @@ class DetectLogic(StatefulBatchLogic[list[Record], Detected, Any]):
         if self.snapshots is None or self.detector is None:
             return None
         return self.snapshots.dump(self.detector)
+
+
+@dataclass(frozen=True, slots=True)
+class Gathered:
+    """The :class:`SiteBatch` es of one Bytewax batch, as one item: fewer items to exchange and to write."""
+
+    alerts: list[Emitted]
+    rejects: list[Reject]
+    stats: FlowStats
+    store: list[StoreItem]
+
+
+def gather(batches: list[SiteBatch]) -> list[Gathered]:
+    """One :class:`Gathered` for a Bytewax batch of site batches (their store rows merged per table)."""
+    alerts: list[Emitted] = []
+    rejects: list[Reject] = []
+    late: list[int] = []
+    store: list[StoreItem] = []
+    decisions: Counter[tuple[str, Decision]] = Counter()
+    valid = 0
+    for batch in batches:
+        valid += batch.valid
+        rejects += batch.rejects
+        store += batch.store
+        detected = batch.detected
+        if detected is not None:
+            alerts += detected.alerts
+            store += detected.rows
+            if detected.stats is not None:
+                late += detected.stats.late
+                decisions.update(detected.stats.decisions)
+    return [Gathered(alerts, rejects, FlowStats(valid, late, dict(decisions)), merged_rows(store))]
+
+
+def merged_rows(items: list[StoreItem]) -> list[StoreItem]:
+    """The same rows as ``items``, one item per table (in the order tables first appear; rows in their order)."""
+    merged: dict[str, StoreItem] = {}
+    for table, rows in items:
+        if not rows:
+            continue
+        into = merged.get(table)
+        if into is None:
+            merged[table] = (table, Columns([list(column) for column in rows.data]) if isinstance(rows, Columns) else list(rows))
+        elif isinstance(into[1], Columns) and isinstance(rows, Columns):
+            for column, values in zip(into[1].data, rows.data, strict=True):
+                column.extend(values)
+        else:
+            assert isinstance(into[1], list) and isinstance(rows, list), f"{table}: rows both as columns and as tuples"
+            into[1].extend(rows)
+    return list(merged.values())
 
 
 def detect_batch(detector: SiteDetector, values: Iterable[list[Record]], link_base: str, metrics: bool) -> Detected | None:
@@ -281,11 +393,10 @@ class RouteLines:
         for item in chunk:
             site = routing_site(item[1])
             if site is None:
-                records, rejects = parse_lines((item,))
-                if not records:
-                    unsettled.extend(rejects)  # a blank line has neither
+                site, rejects = parsed_site(item)
+                if site is None:
+                    unsettled.extend(rejects)  # a blank line has none
                     continue
-                site = records[0].site.encode()
             shard = shard_of.get(site)
             if shard is None:
                 shard = shard_of[site] = site_shard(site.decode(), shards)
@@ -487,9 +598,10 @@ def _store_items(alert: Emitted) -> list[StoreItem]:
 def detect(chunks: Stream[list[Line]], table: RoutingTable, options: DetectOptions, storing: bool) -> DetectOutputs:
     """Parse and route the chunks of numbered lines, detect per site: the streams of what comes out.
 
-    ``stats`` carries a :class:`FlowStats` per chunk (its valid records; in
-    the ordered flow, per chunk and shard that has any) and
-    per batch of a site that had late records or notifications. With
+    ``stats`` carries :class:`FlowStats` pieces to add up: in the live flow
+    one per Bytewax batch of the detect step; in the ordered flow one per
+    chunk and shard that has valid records, and one per batch of a site that
+    had late records or notifications. With
     ``storing``, ``store_rows`` carries every valid signal, notification (with
     its evidence), final metric bucket of ``options.metrics`` and rejected
     line, as ``(table, rows)`` items.
@@ -504,15 +616,20 @@ def detect(chunks: Stream[list[Line]], table: RoutingTable, options: DetectOptio
     store_source = options.store_source if storing else None
     store_parts: list[Stream[StoreItem]] = []
     if ordering is None:
-        parsed = op.map("parse_route", chunks, ParseAndRoute(table, store_source, metric_types))
-        store_parts.append(op.flat_map("store_parsed", parsed, lambda chunk: chunk.store))
-        work = op.flat_map("work", parsed, lambda chunk: chunk.work)
-        results = op.stateful_batch(
-            "detect", work, lambda resume: DetectLogic(table, lateness, options.link_base, site_metrics, snapshots, resume),
-        )
-        detected = op.key_rm("detected", results)
-        rejects = op.flat_map("rejected_lines", parsed, lambda chunk: chunk.rejects)
-        valid = op.map("valid", parsed, lambda chunk: FlowStats(valid=chunk.valid))
+        routed_types_ = routed_types(table, metric_types)
+        sent = op.map("route_site_lines", chunks, RouteSiteLines(store_source))
+        work = op.flat_map("work", sent, lambda chunk: chunk.work)
+        batches = op.key_rm("site_batches", op.stateful_batch(
+            "detect", work,
+            lambda resume: DetectLogic(table, lateness, options.link_base, site_metrics, routed_types_, store_source, snapshots, resume),
+        ))
+        gathered = op.flat_map_batch("gather", batches, gather)
+        alerts = op.flat_map("notifications", gathered, lambda batch: batch.alerts)
+        rejects = op.merge("rejected_lines", op.flat_map("reader_rejects", sent, lambda chunk: chunk.rejects),
+                           op.flat_map("site_rejects", gathered, lambda batch: batch.rejects))
+        stats = op.map("gathered_stats", gathered, lambda batch: batch.stats)
+        store_parts += [op.flat_map("store_reader", sent, lambda chunk: chunk.store),
+                        op.flat_map("store_sites", gathered, lambda batch: batch.store)]
     else:
         keys = ordering.shard_keys
         routed = op.map("route_lines", chunks, RouteLines(len(keys), ordering.chunk_lines, storing))
@@ -533,16 +650,10 @@ def detect(chunks: Stream[list[Line]], table: RoutingTable, options: DetectOptio
         rejects = op.flat_map("rejected_lines", ordered, lambda chunk: chunk.rejects)
         store_parts.append(op.flat_map("store_rejected", ordered, lambda chunk: chunk.store))
         valid = op.filter_map("valid", sharded, lambda chunk: FlowStats(valid=chunk.valid) if chunk.valid else None)
-    alerts = op.flat_map("notifications", detected, lambda batch: batch.alerts)
-    stats = op.merge("stats_merge", valid, op.filter_map("detect_stats", detected, lambda batch: batch.stats))
-    store_rows = None
-    if storing:
-        store_rows = op.merge(
-            "store_rows",
-            *store_parts,
-            op.flat_map("store_metrics", detected, lambda batch: batch.metrics),
-            op.flat_map("alert_rows", alerts, _store_items),
-        )
+        alerts = op.flat_map("notifications", detected, lambda batch: batch.alerts)
+        stats = op.merge("stats_merge", valid, op.filter_map("detect_stats", detected, lambda batch: batch.stats))
+        store_parts.append(op.flat_map("store_metrics", detected, lambda batch: batch.rows))
+    store_rows = op.merge("store_rows", *store_parts, op.flat_map("alert_rows", alerts, _store_items)) if storing else None
     return DetectOutputs(alerts, rejects, stats, store_rows)
 
 
