@@ -139,7 +139,7 @@ def run_on(flow: Dataflow, shape: ClusterShape, epoch_interval: timedelta | None
         if shape.total_workers == 1 and recovery is None and epoch_interval is None:  # replay's usual case: no threads
             run_main(flow)
         else:
-            if os.environ.get(STARTED_BY_PROCESS_0):
+            if started_by_process_0():
                 _await_listeners(shape.addresses[: shape.process_id])
             cluster_main(flow, list(shape.addresses), shape.process_id, epoch_interval=epoch_interval,
                          recovery_config=recovery, worker_count_per_proc=shape.workers)
@@ -201,7 +201,12 @@ def _die_with_parent() -> None:
 
 
 STARTED_BY_PROCESS_0 = "LOGYSTERA_STARTED_BY_PROCESS_0"
-"""Set in the environment of the processes that process 0 of a local cluster starts (:func:`wait_for_process_0`)."""
+"""Set to its process id in the environment of the processes that process 0 of a local cluster starts."""
+
+
+def started_by_process_0() -> bool:
+    """Whether this process is one that process 0 of a local cluster started (its parent, named in the environment)."""
+    return os.environ.get(STARTED_BY_PROCESS_0) == str(os.getppid())
 
 
 @dataclass
@@ -230,7 +235,7 @@ def wait_for_process_0() -> None:
     reports it and kills this process here; otherwise this returns and the mistake is this
     process's own, to report. Anywhere else it returns at once.
     """
-    if os.environ.get(STARTED_BY_PROCESS_0):
+    if started_by_process_0():
         sys.stdin.buffer.read()  # until its end: :meth:`LocalCluster.checked`
 
 
@@ -240,7 +245,7 @@ def start_local_cluster(shape: ClusterShape, argv: Sequence[str]) -> Iterator[Lo
 
     Enter it as soon as the shape is known, before the heavy imports and the
     checks of the arguments: the other processes start at once and import
-    while this one does (each takes about half a second to be ready). Call
+    while this one does (each takes ~0.3 s of CPU to be ready). Call
     :meth:`LocalCluster.checked` once the arguments are checked; leaving the
     block with an error before that kills the others, which held back the
     same error (:func:`wait_for_process_0`), so it is reported once.
@@ -261,7 +266,7 @@ def start_local_cluster(shape: ClusterShape, argv: Sequence[str]) -> Iterator[Lo
     children = [
         # Bytewax writes its messages to stdout: a child's goes to stderr, as its stderr, never into the output.
         subprocess.Popen([*command, "--process-id", str(index)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,  # noqa: S603
-                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, env={**os.environ, STARTED_BY_PROCESS_0: "1"})
+                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, env={**os.environ, STARTED_BY_PROCESS_0: str(os.getpid())})
         for index in range(1, shape.processes)
     ]
     cluster = LocalCluster(ClusterShape(shape.processes, shape.workers, addresses, 0), children)

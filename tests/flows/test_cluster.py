@@ -95,17 +95,25 @@ def test_a_process_started_by_process_0_reports_a_mistake_only_once_process_0_ha
     signals = tmp_path / "signals.jsonl"
     signals.write_text("", encoding="utf-8")
     missing = tmp_path / "no-rules"
-    child = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "replay", str(signals), "--rules", str(missing),
-         "--addresses", "127.0.0.1:1,127.0.0.1:2", "--process-id", "1"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env={**os.environ, STARTED_BY_PROCESS_0: "1"},
-    )
-    assert child.stdin is not None and child.stderr is not None
+
+    def start(process_0: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "replay", str(signals), "--rules", str(missing),
+             "--addresses", "127.0.0.1:1,127.0.0.1:2", "--process-id", "1"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+            env={**os.environ, STARTED_BY_PROCESS_0: str(process_0)},
+        )
+
+    mistake = f"{missing}: (file): path: no such file or directory\n".encode()
+    child = start(os.getpid())  # this test is its process 0
     with pytest.raises(subprocess.TimeoutExpired):
         child.wait(3)  # it holds the mistake back: process 0 finds it too, reports it and kills this one
-    child.stdin.close()  # what process 0 does once it has found no mistake (LocalCluster.checked): this one's own
-    assert child.wait(60) == 2
-    assert child.stderr.read().decode() == f"{missing}: (file): path: no such file or directory\n"
+    # The end of its input is what process 0 sends once it has found no mistake (LocalCluster.checked): this one's own.
+    assert child.communicate(timeout=60) == (b"", mistake) and child.returncode == 2
+
+    stray = start(1)  # the variable inherited from elsewhere, not from its parent: it reports at once, its input open
+    assert stray.wait(60) == 2
+    assert stray.communicate() == (b"", mistake)
 
 
 @pytest.mark.slow
