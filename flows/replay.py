@@ -29,6 +29,10 @@ from sinks.callback import CallbackSink, OwnerSink
 from sinks.clickhouse import EpochStoreSink, Store, StoreSink
 
 _SORT_KEY = attrgetter("sort_key")
+SWITCH_INTERVAL_S = 0.1
+"""How long a thread may keep the GIL while a replay runs (:func:`flows.cluster.run_on`): a batch run, where only
+signals wait for it. Measured on one cluster process replaying 560k lines: ~7,000 context switches at the default 5 ms,
+~1,900 at 50 ms, and 4–6% less time (0.05, 0.2 and 1 s measured alike)."""
 
 
 @dataclass
@@ -126,7 +130,7 @@ def replay(
     )
     flow = build_detect_flow(JsonLinesSource(signals, chunk_lines, shape.total_workers), RoutingTable(rules), sinks, options)
     try:
-        run_on(flow, shape)
+        run_on(flow, shape, switch_interval=SWITCH_INTERVAL_S)
     except Exception as error:
         # Bytewax re-raises a step's exception wrapped; the error a person must read (a store that gave up) is inside.
         cause = root_cause(error, LogysteraError)
