@@ -172,7 +172,8 @@ PAYLOADS: dict[str, type[BaseModel]] = {
 SIGNAL_TYPES: tuple[str, ...] = tuple(PAYLOADS)
 MAX_SIGNAL_BYTES = 2048
 
-SignalId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+SIGNAL_ID_PATTERN = r"^[A-Za-z0-9_-]{8,64}$"
+SignalId = Annotated[str, Field(pattern=SIGNAL_ID_PATTERN)]
 SITE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 SiteId = Annotated[str, Field(pattern=SITE_PATTERN)]
 Timestamp = Annotated[str, Field(pattern=TS_PATTERN)]

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from reference import Reference
 
+import operators
 from operators.engine import RuleRunner
 from operators.notification import decision_counts
 from operators.site import Detector
@@ -460,6 +461,8 @@ def test_a_group_flood_checks_the_liveness_only_of_fingerprints_that_are_due(
     # fingerprint stops being live 10s after its signal (threshold window, match suppression), freeing its slot.
     # Every such signal asks how many groups are live. Scanning them all would be max_groups liveness
     # checks per signal (3 million at 1000); the engine checks only the fingerprints that are due.
+    if operators.NATIVE:
+        pytest.skip("counts calls through a patched method, which compiled code does not look up (make test runs it on pure Python)")
     fields: dict[str, Any] = {"threshold": {"count": 2, "window": "10s"}} if kind == "threshold" else {"suppress": "10s"}
     r = rule(kind, group_by=["transport"], max_groups=max_groups, **fields)
     s = Stream()
@@ -488,7 +491,7 @@ def test_a_group_flood_checks_the_liveness_only_of_fingerprints_that_are_due(
         if index % 50 == 0:  # what makes the scan needless: every fingerprint held is live at the clock
             assert all(live(runner, fp, runner.clock) for fp in runner.fps.values())
     assert overflow_used
-    assert checks <= 4000 and most <= 3
+    assert 0 < checks <= 4000 and most <= 3
 
 
 # ---------------------------------------------------------------------------- ratio, distinct, absence, shift
