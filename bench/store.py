@@ -21,7 +21,10 @@ per site every 10 s):
     (metrics of the rule pack included, as ``logystera replay --store`` does),
     and the ratio of their throughputs; peak RSS is the replay process's
     ``ru_maxrss`` (with the store it includes the chDB engine, ~330 MB once
-    imported and opened).
+    imported and opened). A third replay hands every row to a store that
+    keeps nothing (chDB not loaded), which splits the store's cost into the
+    Python side (metric buckets, rows, sink) and the inserts (timed inside
+    ``Store.insert``) and chDB's background work: where the time goes.
 
 chDB is one engine per process and one directory per engine, so every
 measurement runs in a child process of its own with a fresh directory; that
@@ -56,8 +59,9 @@ from typing import Any
 from bench.children import child_generate, run_script
 from flows.sources import DEFAULT_CHUNK_LINES
 from schemas.rule_loader import load_rules
+from sinks.clickhouse import StoreAddress
 
-TARGET_ROWS_PER_S, TARGET_RATIO = 300_000, 0.6
+TARGET_ROWS_PER_S, TARGET_RATIO = 300_000, 0.8
 STORE_TABLES = ("signals", "alerts", "evidence", "metrics", "rejected")
 
 
@@ -122,22 +126,48 @@ def child_sink(path: str, directory: str, batch_rows: int, form: str) -> dict[st
     }
 
 
+class NullStore:
+    """A store that takes every insert and keeps nothing (chDB never loaded): a replay with it builds, buffers and hands
+    over every row, so its time minus a replay without a store is what the rows cost in Python."""
+
+    address = StoreAddress(kind="null")
+
+    def insert(self, table: str, columns: Any, data: Any) -> int:
+        return len(data[0])
+
+
 def child_replay(path: str, rules_dir: str, directory: str) -> dict[str, Any]:
-    """One replay in this (fresh) process, with a store in ``directory`` or, for ``-``, without one."""
+    """One replay in this (fresh) process: with a store in ``directory``, without one for ``-``, or with a
+    :class:`NullStore` for ``null``. With a store, the process CPU spent inside ``Store.insert`` (clickhouse-connect's
+    encoding and chDB's insert, its threads included) is counted as ``inserts``."""
     from flows.replay import replay
     from sinks.clickhouse import Store
 
     ruleset = load_rules(rules_dir)
-    store = Store.open(f"chdb://{directory}") if directory != "-" else None
+    store: Any = None
+    inserts = [0.0]
+    if directory == "null":
+        store = NullStore()
+    elif directory != "-":
+        store = Store.open(f"chdb://{directory}")
+        insert = store.insert
+
+        def timed(table: str, columns: Any, data: Any) -> int:
+            started = time.process_time()
+            written = insert(table, columns, data)
+            inserts[0] += time.process_time() - started
+            return written
+
+        store.insert = timed
     gc.collect()
     started = _times()
     result = replay(path, ruleset.enabled_rules, store=store, metrics=ruleset.metrics)
     measured = _since(started)
     stored = {}
-    if store is not None:
+    if isinstance(store, Store):
         stored = {table: store.query(f"SELECT count() FROM {table}").result_rows[0][0] for table in STORE_TABLES}
     return {
-        **measured, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        **measured, "inserts": inserts[0], "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "valid": result.valid, "invalid": len(result.rejects), "late": len(result.late_lines), "alerts": len(result.alerts),
         "digest": hashlib.sha256("\n".join(result.alerts).encode()).hexdigest(), "stored": stored,
     }
@@ -207,14 +237,15 @@ def main(argv: list[str] | None = None) -> int:
         # Columns (what the flow emits) at every batch size; a tuple per row at the default one, for comparison.
         sinks = [(batch, "columns") for batch in batches] + [(default_batch, "rows")]
         sink_runs: dict[tuple[int, str], list[dict[str, Any]]] = {}
-        replay_runs: dict[str, list[dict[str, Any]]] = {"without store": [], "with store": []}
+        replay_runs: dict[str, list[dict[str, Any]]] = {"without store": [], "rows, no insert": [], "with store": []}
         for attempt in range(args.repeat):
             for batch, form in sinks:
                 run = run_child("--child-sink", str(path), str(Path(tmp) / f"db{next(fresh)}"), str(batch), form)
                 sink_runs.setdefault((batch, form), []).append(run)
                 print(f"  [{attempt + 1}/{args.repeat}] sink batch_rows={batch} {form}: {run['sink']['wall']:.2f} s",
                       file=sys.stderr, flush=True)
-            for label, directory in (("without store", "-"), ("with store", str(Path(tmp) / f"db{next(fresh)}"))):
+            fresh_dir = str(Path(tmp) / f"db{next(fresh)}")
+            for label, directory in (("without store", "-"), ("rows, no insert", "null"), ("with store", fresh_dir)):
                 run = run_child("--child-replay", str(path), rules_dir, directory)
                 replay_runs[label].append(run)
                 print(f"  [{attempt + 1}/{args.repeat}] replay {label}: {run['wall']:.2f} s", file=sys.stderr, flush=True)
@@ -254,16 +285,16 @@ def main(argv: list[str] | None = None) -> int:
     # (b)
     print()
     print("(b) replay, default rule pack, 1 worker: without a store vs with Store.open('chdb:///fresh'), metrics included")
-    head = (f"    {'replay':<14} {'wall s':>7} {'cpu s':>7} {'worker s':>8} {'chDB thr s':>10} {'lines/s wall':>13} "
+    head = (f"    {'replay':<15} {'wall s':>7} {'cpu s':>7} {'worker s':>8} {'chDB thr s':>10} {'lines/s wall':>13} "
             f"{'lines/s cpu':>12} {'peak RSS':>9}")
     print(head)
     print("    " + "-" * (len(head) - 4))
     for label, runs in replay_runs.items():
         wall, cpu, thread = best(runs, "wall"), best(runs, "cpu"), best(runs, "thread")
         other = max(0.0, min(run["cpu"] - run["thread"] for run in runs))
-        print(f"    {label:<14} {wall:>7.2f} {cpu:>7.2f} {thread:>8.2f} {other:>10.2f} {lines / wall:>13,.0f} {lines / cpu:>12,.0f} "
+        print(f"    {label:<15} {wall:>7.2f} {cpu:>7.2f} {thread:>8.2f} {other:>10.2f} {lines / wall:>13,.0f} {lines / cpu:>12,.0f} "
               f"{max(run['maxrss_kb'] for run in runs) / 1024:>7.0f}MB")
-    without, with_store = replay_runs["without store"], replay_runs["with store"]
+    without, null, with_store = replay_runs["without store"], replay_runs["rows, no insert"], replay_runs["with store"]
     ratio_wall = best(without, "wall") / best(with_store, "wall")
     ratio_cpu = best(without, "cpu") / best(with_store, "cpu")
     ratio_thread = best(without, "thread") / best(with_store, "thread")
@@ -272,8 +303,20 @@ def main(argv: list[str] | None = None) -> int:
     chdb = max(0.0, min(run["cpu"] - run["thread"] for run in with_store))
     print(f"    process CPU includes chDB's own threads ({chdb:.2f} s: insert pipeline, merges of the parts inserts create); "
           "the worker waits for each insert, so wall ≈ worker CPU + those waits")
+    # Where the time goes: each part is a difference of best-of-N process CPU times, or (inserts) measured inside one.
+    base, rows_cpu, full = best(without, "cpu"), best(null, "cpu"), best(with_store, "cpu")
+    inserts = min(run["inserts"] for run in with_store)
+    parts = (
+        ("replay without a store", base),
+        ("metric buckets, store rows, sink buffering (Python)", rows_cpu - base),
+        ("inserts: clickhouse-connect encoding + chDB, its threads included", inserts),
+        ("the rest: chDB's background work (merges), noise", full - rows_cpu - inserts),
+    )
+    print("    where the CPU time of the replay with the store goes (best of each):")
+    for name, seconds in parts:
+        print(f"      {name:<66} {seconds:>6.2f} s  {seconds / full:>4.0%}")
     first = with_store[0]
-    digests = {run["digest"] for run in without + with_store}
+    digests = {run["digest"] for run in without + null + with_store}
     print(f"    totals: {first['valid']:,} valid, {first['invalid']:,} invalid, {first['late']:,} late, {first['alerts']:,} notifications; "
           f"same notifications with and without the store: {'yes' if len(digests) == 1 else 'NO'}")
     counts = Counter(first["stored"])

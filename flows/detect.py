@@ -42,7 +42,7 @@ from operators.routing import RoutingTable
 from operators.site import SiteDetector
 from operators.snapshot import SnapshotCodec
 from schemas.records import Record, parse_lines, routing_site, salvage_site_and_ts
-from schemas.store import Columns, alert_rows, metric_row, rejected_row, signal_columns
+from schemas.store import Columns, alert_rows, metric_columns, rejected_row, signal_columns
 from sinks.callback import OwnerSink
 from sinks.clickhouse import StoreItem
 
@@ -85,15 +85,10 @@ class SiteLines:
 
 @dataclass(frozen=True, slots=True)
 class Detected:
-    """What one site's detector made of one batch (or, final metric buckets only, at the end of the input).
-
-    ``rows``: the store rows it made (metric buckets; in the live flow also
-    the batch's signals and rejected lines).
-    """
+    """What one site's detector made of one batch: its notifications and stats (its final metric buckets go to the caller's list)."""
 
     alerts: list[Emitted]
-    stats: FlowStats | None
-    rows: list[StoreItem]
+    stats: FlowStats
 
 
 def routed_types(table: RoutingTable, metric_types: Iterable[str]) -> set[str]:
@@ -237,11 +232,12 @@ class DetectLogic(StatefulBatchLogic[list[Line], SiteBatch, Any]):
         detector = self.detector
         clock_before = detector.clock if detector is not None else None
         detected = None
+        points: list[MetricPoint] | None = [] if self.metrics else None
         for site, routed in by_site.items():  # at most one site
             if detector is None:
                 detector = self.detector = SiteDetector(self.table, site, self.lateness, self.metrics)
-            detected = detect_batch(detector, (routed,), self.link_base, bool(self.metrics))
-        store: list[StoreItem] = []
+            detected = detect_batch(detector, (routed,), self.link_base, points)
+        store: list[StoreItem] = [("metrics", metric_columns(points))] if points else []
         if self.store_source is not None:
             if records:
                 store.append(("signals", signal_columns(records)))
@@ -257,7 +253,7 @@ class DetectLogic(StatefulBatchLogic[list[Line], SiteBatch, Any]):
         # end of the input is a pause, and the buckets stay open in the snapshot for the next run to finish.
         if self.detector is None or not self.metrics or self.snapshots is not None:
             return [], StatefulBatchLogic.RETAIN
-        return [SiteBatch(final_metrics(self.detector))], StatefulBatchLogic.RETAIN
+        return [SiteBatch(None, store=[("metrics", metric_columns(self.detector.flush_metrics()))])], StatefulBatchLogic.RETAIN
 
     @override
     def snapshot(self) -> bytes | None:
@@ -292,10 +288,8 @@ def gather(batches: list[SiteBatch]) -> list[Gathered]:
         detected = batch.detected
         if detected is not None:
             alerts += detected.alerts
-            store += detected.rows
-            if detected.stats is not None:
-                late += detected.stats.late
-                decisions.update(detected.stats.decisions)
+            late += detected.stats.late
+            decisions.update(detected.stats.decisions)
     return [Gathered(alerts, rejects, FlowStats(valid, late, dict(decisions)), merged_rows(store))]
 
 
@@ -317,28 +311,25 @@ def merged_rows(items: list[StoreItem]) -> list[StoreItem]:
     return list(merged.values())
 
 
-def detect_batch(detector: SiteDetector, values: Iterable[list[Record]], link_base: str, metrics: bool) -> Detected | None:
-    """Feed one site's detector its records, in order: what came out, or None for nothing.
+def detect_batch(
+    detector: SiteDetector, values: Iterable[list[Record]], link_base: str, points: list[MetricPoint] | None,
+) -> Detected | None:
+    """Feed one site's detector its records, in order: its notifications and stats, or None for nothing.
 
-    Called once per site and chunk: builds only what the batch needs (no metric points without metrics,
-    nothing at all for the usual batch that makes no notification, is not late and closes no bucket).
+    Called once per site and chunk: builds only what the batch needs (nothing at all for the usual batch
+    that makes no notification and is not late). The metric buckets it finalises are appended to
+    ``points`` (None: no metrics), which the caller gathers over every site of its batch into one
+    ``metrics`` item: a few buckets per site and chunk, each made into rows of their own, cost more than
+    the buckets themselves.
     """
     out: list[Notification] = []
-    points: list[MetricPoint] | None = [] if metrics else None
     late: list[int] = []
     for records in values:
         late += detector.process_all(records, out, points)
-    if not (out or late or points):
+    if not (out or late):
         return None
     alerts = [notification.emitted(link_base) for notification in out]
-    stats = FlowStats(late=late, decisions=decision_counts(alerts)) if out or late else None
-    rows: list[StoreItem] = [("metrics", [metric_row(point) for point in points])] if points else []
-    return Detected(alerts, stats, rows)
-
-
-def final_metrics(detector: SiteDetector) -> Detected:
-    """The site's open metric buckets, written as final (the input has ended)."""
-    return Detected([], None, [("metrics", [metric_row(point) for point in detector.flush_metrics()])])
+    return Detected(alerts, FlowStats(late=late, decisions=decision_counts(alerts)))
 
 
 ShardLines = tuple[int, list[Line]]
@@ -411,11 +402,11 @@ class RouteLines:
 
 @dataclass(frozen=True, slots=True)
 class ShardChunk:
-    """What a shard made of one chunk's lines of its sites (or, ``detected`` only, at the end of the input)."""
+    """What a shard made of one chunk's lines of its sites (or, ``store`` only, at the end of the input: the final metric buckets)."""
 
     detected: list[Detected]
     valid: int = 0
-    store: list[StoreItem] = field(default_factory=list)  # with a store: the chunk's signals of these sites
+    store: list[StoreItem] = field(default_factory=list)  # with a store: the chunk's signals and final metric buckets
     part: ChunkPart | None = None
 
 
@@ -459,25 +450,30 @@ class ShardLogic(StatefulBatchLogic[ShardLines, ShardChunk, None]):
     def _run(self, index: int, lines: list[Line]) -> ShardChunk:
         by_site: dict[str, list[Record]] = {}
         records, rejects = parse_lines(lines, self.routed, by_site)
-        sites, link_base, metrics = self.sites, self.link_base, bool(self.metrics)
+        sites, link_base = self.sites, self.link_base
+        points: list[MetricPoint] | None = [] if self.metrics else None
         detected: list[Detected] = []
         for site, routed in by_site.items():
             detector = sites.get(site)
             if detector is None:
                 detector = sites[site] = SiteDetector(self.table, site, self.lateness, self.metrics)
-            found = detect_batch(detector, (routed,), link_base, metrics)
+            found = detect_batch(detector, (routed,), link_base, points)
             if found is not None:
                 detected.append(found)
         if not self.storing:
             return ShardChunk(detected, len(records), [], ChunkPart(index, rejects))
         part = ChunkPart(index, rejects, reject_rows(lines, rejects) if rejects else [], valid_times(records))
-        return ShardChunk(detected, len(records), [("signals", signal_columns(records))], part)
+        store: list[StoreItem] = [("signals", signal_columns(records))]
+        if points:
+            store.append(("metrics", metric_columns(points)))
+        return ShardChunk(detected, len(records), store, part)
 
     @override
     def on_eof(self) -> tuple[list[ShardChunk], bool]:
         if not self.metrics:
             return [], StatefulBatchLogic.RETAIN
-        return [ShardChunk([final_metrics(self.sites[site]) for site in sorted(self.sites)])], StatefulBatchLogic.RETAIN
+        points = [point for site in sorted(self.sites) for point in self.sites[site].flush_metrics()]
+        return [ShardChunk([], store=[("metrics", metric_columns(points))])], StatefulBatchLogic.RETAIN
 
     @override
     def snapshot(self) -> None:
@@ -655,8 +651,7 @@ def detect(chunks: Stream[list[Line]], table: RoutingTable, options: DetectOptio
         store_parts.append(op.flat_map("store_rejected", ordered, lambda chunk: chunk.store))
         valid = op.filter_map("valid", sharded, lambda chunk: FlowStats(valid=chunk.valid) if chunk.valid else None)
         alerts = op.flat_map("notifications", detected, lambda batch: batch.alerts)
-        stats = op.merge("stats_merge", valid, op.filter_map("detect_stats", detected, lambda batch: batch.stats))
-        store_parts.append(op.flat_map("store_metrics", detected, lambda batch: batch.rows))
+        stats = op.merge("stats_merge", valid, op.map("detect_stats", detected, lambda batch: batch.stats))
     store_rows = op.merge("store_rows", *store_parts, op.flat_map("alert_rows", alerts, _store_items)) if storing else None
     return DetectOutputs(alerts, rejects, stats, store_rows)
 

@@ -14,7 +14,7 @@ statement is idempotent (``IF NOT EXISTS``), so applying twice is harmless.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from operator import attrgetter
@@ -232,16 +232,18 @@ class Columns:
         return list(zip(*self.data, strict=True))
 
 
-_SITE, _TYPE, _TS, _ID, _SEQ, _RAW = (attrgetter(name) for name in ("site", "type", "ts", "id", "seq", "raw"))
+_SIGNAL_FIELDS = tuple(attrgetter(name) for name in ("site", "type", "ts", "id", "seq", "raw"))
+"""The :class:`Record` attributes of the ``signals`` columns, in :data:`SIGNAL_COLUMNS` order."""
 
 
 def signal_columns(records: Iterable[Record]) -> Columns:
-    """``signals`` rows, as :class:`Columns`, for the site signals among ``records`` (ticks are clock records, not signals)."""
+    """``signals`` rows, as :class:`Columns`, for the site signals among ``records`` (ticks are clock records, not signals).
+
+    The envelope is the record's raw bytes, not decoded: a ``String`` column holds bytes, the insert writes
+    them as they are (a ``str`` it would encode back to the same UTF-8), and a valid record's bytes are UTF-8.
+    """
     signals = [record for record in records if record.type != "tick"]
-    return Columns([
-        list(map(_SITE, signals)), list(map(_TYPE, signals)), list(map(_TS, signals)), list(map(_ID, signals)),
-        list(map(_SEQ, signals)), [raw.decode() for raw in map(_RAW, signals)],
-    ])
+    return Columns([list(map(field, signals)) for field in _SIGNAL_FIELDS])
 
 
 def signal_rows(records: Iterable[Record]) -> list[tuple[Any, ...]]:
@@ -305,13 +307,22 @@ class MetricBucket(Protocol):
         """Signals that went into it."""
 
 
-def metric_row(point: MetricBucket) -> tuple[Any, ...]:
-    """One final metric bucket."""
-    labels = point.labels
-    return (
-        point.site, point.metric, _labels_key(labels), dict(labels), point.bucket_start, point.resolution // 1000,
-        point.value, point.signals,
-    )
+_POINT_FIELDS = tuple(attrgetter(name) for name in ("site", "metric", "labels", "bucket_start", "resolution", "value", "signals"))
+
+
+@lru_cache(maxsize=16_384)
+def _labels_map(labels: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    # The Map value of a combination: one dict, shared by every row of it (only ever read, by the insert).
+    return dict(labels)
+
+
+def metric_columns(points: Sequence[MetricBucket]) -> Columns:
+    """``metrics`` rows, as :class:`Columns`, for final metric buckets."""
+    sites, metrics, labels, starts, resolutions, values, signals = (list(map(field, points)) for field in _POINT_FIELDS)
+    return Columns([
+        sites, metrics, list(map(_labels_key, labels)), list(map(_labels_map, labels)), starts,
+        [resolution // 1000 for resolution in resolutions], values, signals,
+    ])
 
 
 def rejection_reason(reason: str) -> str:

@@ -27,7 +27,7 @@ from schemas.problems import first_problem
 from schemas.records import _PATTERN_WORDS, _TICK_LINE, Record, parse_lines, routing_site, salvage_site_and_ts
 from schemas.rule_loader import load_rules
 from schemas.signals import SIGNAL_ADAPTER, SITE_PATTERN
-from schemas.store import LAST_DATETIME_S, metric_row, rejected_row, signal_columns
+from schemas.store import LAST_DATETIME_S, metric_columns, rejected_row, signal_columns
 from schemas.timestamps import TimestampError, parse_ts
 from simulate.corpus import generate_corpus
 
@@ -223,7 +223,7 @@ def check_signal_rows(records: list[Record]) -> None:
     assert all(0 <= value <= 7_258_118_399_999 for value in ts)  # the contract's range: inside DateTime64(3)'s
     assert all(DATETIME64_MS[0] <= value <= DATETIME64_MS[1] for value in ts)
     assert all(value is None or 0 <= value <= UINT64_MAX for value in seq)
-    assert all(isinstance(value, str) for value in envelope)  # decoded: the raw bytes of a record are UTF-8
+    assert all(isinstance(value, bytes) and value.decode() for value in envelope)  # as received: a record's bytes are UTF-8
     assert len(type_) == len([record for record in records if record.type != "tick"])
 
 
@@ -244,9 +244,8 @@ def check_metric_rows(records: list[Record]) -> None:
         points.extend(metrics.process(record))
     for metrics in by_site.values():
         points.extend(metrics.flush())
-    for point in points:
-        row = metric_row(point)
-        assert math.isfinite(row[6]) and 0 <= row[7] <= UINT64_MAX
+    columns = metric_columns(points).data
+    assert all(math.isfinite(value) for value in columns[6]) and all(0 <= signals <= UINT64_MAX for signals in columns[7])
 
 
 @pytest.mark.parametrize(("value", "expected"), [(None, 0.0), (0, 0.0), (2**53 - 1, float(2**53 - 1)),
