@@ -5,6 +5,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NATIVE := $(VENV)/.native
 
 .PHONY: demo test test-fast lint bench clean
 
@@ -14,24 +15,33 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The engine compiled with mypyc where a C compiler is found (operators/__init__.py; pure Python otherwise, and
+# whenever its sources changed since the build): rebuilt when a module of operators/ changes.
+$(NATIVE): $(STAMP) $(wildcard operators/*.py) tools/build_native.py
+	$(BIN)/python tools/build_native.py
+	touch $(NATIVE)
+
 # The demo ends by serving the web console over the stored day (two alert links printed) until Ctrl-C.
-demo: $(STAMP)
+demo: $(NATIVE)
 	$(BIN)/logystera demo --web
 
-lint: $(STAMP)
+lint: $(NATIVE)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# After the whole suite, the engine's tests once more on pure Python when the suite ran the compiled engine.
 test: lint
 	$(BIN)/logystera rules check rules
 	$(BIN)/logystera rules test tests/rules/pack
 	tests/support/ensure_chromium.sh
 	$(BIN)/pytest
+	if $(BIN)/python -c "import operators, sys; sys.exit(not operators.NATIVE)"; then \
+		LOGYSTERA_PURE_PYTHON=1 $(BIN)/pytest tests/operators tests/schemas/test_parse_fuzz.py tests/flows/test_live_snapshot.py; fi
 
 test-fast: lint
 	$(BIN)/pytest -m "not broker and not process and not slow"
 
-bench: $(STAMP)
+bench: $(NATIVE)
 	$(BIN)/python bench/replay.py
 
 clean:

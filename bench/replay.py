@@ -49,6 +49,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+import operators
 from bench.children import child_generate, run_script
 from flows.sources import DEFAULT_CHUNK_LINES
 from operators.compiled import compile_rule
@@ -231,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     kinds = Counter(rule.kind for rule in rules)
     print(f"Logystera replay benchmark: {args.signals:,} signals, {args.sites:,} sites, "
           f"{args.duration:,} s of event time, seed {args.seed}")
-    print(f"rules: {len(rules)} enabled from {args.rules}/ ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})")
+    print(f"rules: {len(rules)} enabled from {args.rules}/ ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))}); "
+          f"engine {'compiled (mypyc)' if operators.NATIVE else 'pure Python'} (LOGYSTERA_PURE_PYTHON=1 forces pure Python)")
 
     mixes = args.mixes.split(",")
     if not mixes or any(mix not in ("ticks", "mixed") for mix in mixes):

@@ -11,7 +11,7 @@ ticks included):
   topic pre-filled with the corpus (``--partitions``, default 4, keyed by
   site as the gateway keys it), on a Tansu broker started here: signals/s
   from start to exit — the exit comes after the last notification batch is
-  acknowledged by the broker;
+  acknowledged by the broker — and the CPU the broker used meanwhile (it shares the cores);
 - the load average before and after: on a shared machine the numbers are
   only as good as it was quiet.
 
@@ -52,6 +52,12 @@ def timed(command: list[str]) -> tuple[float, float, str]:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu, result.stderr.strip().splitlines()[-1]
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a running process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def json_floor(path: Path) -> tuple[float, int]:
@@ -131,10 +137,12 @@ def measure_detect(corpus: Path, total: int, partitions: int) -> None:
         for processes in (1, 2):
             alerts = unique_topic("alerts")
             broker.create_topics([alerts], partitions=partitions)
+            broker_before = process_cpu(broker.process.pid)
             wall, cpu, last = timed([LOGYSTERA, "detect", "--bootstrap", broker.bootstrap, "--topic", signals,
                                      "--alerts-topic", alerts, "--rules", str(RULES), "--exit-at-end",
                                      "--processes", str(processes)])
             rate = report(f"detect --processes {processes}", total, wall, cpu, baseline)
+            print(f"  (the broker meanwhile: {process_cpu(broker.process.pid) - broker_before:.2f} s CPU)", flush=True)
             baseline = baseline or rate
         print(f"  ({last})", flush=True)
 

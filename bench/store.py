@@ -86,8 +86,7 @@ def child_sink(path: str, directory: str, batch_rows: int, form: str) -> dict[st
     from bytewax.operators import output as op_output
     from bytewax.testing import TestingSource
 
-    from flows.cluster import ClusterShape
-    from flows.replay import run_flow
+    from flows.cluster import ClusterShape, run_on
     from schemas.records import parse_lines
     from schemas.store import signal_columns, signal_rows
     from sinks.clickhouse import Store, StoreSink
@@ -119,7 +118,7 @@ def child_sink(path: str, directory: str, batch_rows: int, form: str) -> dict[st
     del parsed
     gc.collect()
     started = _times()
-    run_flow(flow, ClusterShape())
+    run_on(flow, ClusterShape())
     sinking = _since(started)
     stored = store.query("SELECT count(), uniqExact(id) FROM signals").result_rows[0]
     return {

@@ -7,10 +7,10 @@ over TCP. Threads share one interpreter (the GIL); processes are what use
 more cores.
 
 - ``--processes N`` on one host: the command becomes process 0 and starts
-  processes 1…N-1 itself (:func:`local_cluster`) — the same command line
-  plus ``--addresses`` (loopback ports it picked) and ``--process-id``. They
-  die with it (``PR_SET_PDEATHSIG``), and when one of them ends otherwise
-  than cleanly the whole cluster is stopped and the command fails.
+  processes 1…N-1 itself (:func:`start_local_cluster`) — the same command
+  line plus ``--addresses`` (loopback ports it picked) and ``--process-id``.
+  They die with it (``PR_SET_PDEATHSIG``), and when one of them ends
+  otherwise than cleanly the whole cluster is stopped and the command fails.
 - ``--addresses h1:p1,h2:p2,… --process-id I`` on several hosts: the user
   starts every process, with the same addresses (Bytewax's ``-a``/``-i``).
 
@@ -18,33 +18,36 @@ Process 0 is the **owner**: what must happen once — printing notifications,
 rejected lines and totals, writing to an embedded chDB store (one process per
 directory) — happens there, the other processes exchange those items to it
 (:class:`sinks.callback.OwnerSink`, :class:`sinks.clickhouse.EpochStoreSink`).
+
+This module imports no Bytewax (nor anything heavy) at the top: process 0
+imports it to start the others, and the sooner they start, the sooner the
+cluster runs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import os
 import re
 import signal
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cache
-from typing import Any
-
-import bytewax.operators as op
-from bytewax.dataflow import Dataflow
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from bytewax.recovery import RecoveryConfig
-from bytewax.testing import TestingSource, cluster_main, run_main
-from typing_extensions import override
+from typing import TYPE_CHECKING, Any
 
 from schemas.errors import Failure, UsageError
+
+if TYPE_CHECKING:
+    from bytewax.dataflow import Dataflow
+    from bytewax.recovery import RecoveryConfig
 
 STOP_GRACE_S = 5.0
 """How long process 0 waits for its own part to stop after another process failed, before it exits anyway."""
@@ -109,13 +112,72 @@ def cluster_shape(workers: int, processes: int | None, addresses: str | None, pr
 
 
 def run_on(flow: Dataflow, shape: ClusterShape, epoch_interval: timedelta | None = None,
-           recovery: RecoveryConfig | None = None) -> None:
-    """Run ``flow`` as this process of ``shape`` (its addresses already known) until it ends."""
-    if shape.total_workers == 1 and recovery is None and epoch_interval is None:  # replay's usual case: no threads at all
-        run_main(flow)
-        return
-    cluster_main(flow, list(shape.addresses), shape.process_id, epoch_interval=epoch_interval,
-                 recovery_config=recovery, worker_count_per_proc=shape.workers)
+           recovery: RecoveryConfig | None = None, switch_interval: float | None = None) -> None:
+    """Run ``flow`` as this process of ``shape`` (its addresses already known) until it ends.
+
+    The engine keeps many small long-lived objects (windows, rings, one
+    detector per site), so the cyclic garbage collector's default thresholds
+    make it rescan them every few hundred allocations: the run raises them
+    (measured: ~10% of replay's and of detect's time) and restores them afterwards.
+
+    ``switch_interval`` (seconds), if given, is the interpreter's switch
+    interval during the run. In a cluster, Bytewax's ``cluster_main`` waits
+    for its worker threads by waking the calling thread every millisecond to
+    check for signals, which takes the GIL from a worker each time: at the
+    default 5 ms, over a thousand thread switches a second (measured: ~4% of
+    a process's time on a 2-process replay). A longer interval costs as much
+    latency to the other Python threads of the process, and to signals.
+    """
+    from bytewax.testing import cluster_main, run_main
+
+    thresholds, switch_interval_before = gc.get_threshold(), sys.getswitchinterval()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+    if switch_interval is not None:
+        sys.setswitchinterval(switch_interval)
+    try:
+        if shape.total_workers == 1 and recovery is None and epoch_interval is None:  # replay's usual case: no threads
+            run_main(flow)
+        else:
+            if started_by_process_0():
+                _await_listeners(shape.addresses[: shape.process_id])
+            cluster_main(flow, list(shape.addresses), shape.process_id, epoch_interval=epoch_interval,
+                         recovery_config=recovery, worker_count_per_proc=shape.workers)
+    finally:
+        sys.setswitchinterval(switch_interval_before)
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
+def _await_listeners(addresses: Sequence[str]) -> None:
+    """Return once something listens on the port of each of ``addresses`` (the lower processes of a local cluster).
+
+    Bytewax (Timely) connects to every process of a lower id, and one that
+    does not listen yet costs a whole second: it sleeps 1 s before trying
+    again. The processes of a local cluster start together and take about
+    as long to get ready, so each process waits here, for a few
+    milliseconds at a time, until the lower ones listen. Only the table of
+    listening sockets is read: a test connection would be taken for a peer.
+    Where there is no such table (not Linux), Bytewax's retries remain.
+    """
+    ports = {int(address.rpartition(":")[2]) for address in addresses}
+    delay = 0.002
+    while True:
+        listening = _listening_ports()
+        if listening is None or ports <= listening:
+            return
+        time.sleep(delay)
+        delay = min(2 * delay, 0.02)
+
+
+def _listening_ports() -> set[int] | None:
+    """The local IPv4 TCP ports some socket listens on (Linux's ``/proc/net/tcp``); None where it cannot be read."""
+    try:
+        with open("/proc/net/tcp", encoding="ascii") as table:
+            rows = [line.split() for line in table.readlines()[1:]]
+    except OSError:
+        return None
+    return {int(row[1].rpartition(":")[2], 16) for row in rows if row[3] == "0A"}  # 0A: TCP_LISTEN
 
 
 def _free_loopback_ports(count: int) -> list[int]:
@@ -138,29 +200,76 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+STARTED_BY_PROCESS_0 = "LOGYSTERA_STARTED_BY_PROCESS_0"
+"""Set to its process id in the environment of the processes that process 0 of a local cluster starts."""
+
+
+def started_by_process_0() -> bool:
+    """Whether this process is one that process 0 of a local cluster started (its parent, named in the environment)."""
+    return os.environ.get(STARTED_BY_PROCESS_0) == str(os.getppid())
+
+
+@dataclass
+class LocalCluster:
+    """The cluster as this process runs in it: its shape (this process's), and the processes it started, if any."""
+
+    shape: ClusterShape
+    children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def checked(self) -> None:
+        """Tell the processes this one started that it found no mistake in its arguments: they may report their own.
+
+        Until then they hold back a mistake they find (:func:`wait_for_process_0`): the same command
+        line and files give every process the same mistake, and this process reports it, once. The
+        signal is the end of their standard input.
+        """
+        for child in self.children:
+            if child.stdin is not None:
+                child.stdin.close()
+
+
+def wait_for_process_0() -> None:
+    """Before a process that process 0 of a local cluster started reports an error: wait until process 0 has checked.
+
+    If process 0 finds the mistake too (it always does, unless a file changed in between), it
+    reports it and kills this process here; otherwise this returns and the mistake is this
+    process's own, to report. Anywhere else it returns at once.
+    """
+    if started_by_process_0():
+        sys.stdin.buffer.read()  # until its end: :meth:`LocalCluster.checked`
+
+
 @contextlib.contextmanager
-def local_cluster(shape: ClusterShape, argv: Sequence[str]) -> Iterator[ClusterShape]:
-    """Start processes 1…N-1 of a local cluster running ``logystera argv``; yield this process's shape (process 0).
+def start_local_cluster(shape: ClusterShape, argv: Sequence[str]) -> Iterator[LocalCluster]:
+    """Start processes 1…N-1 of a local cluster running ``logystera argv`` now; yield the cluster (process 0 of it).
+
+    Enter it as soon as the shape is known, before the heavy imports and the
+    checks of the arguments: the other processes start at once and import
+    while this one does (each takes ~0.3 s of CPU to be ready). Call
+    :meth:`LocalCluster.checked` once the arguments are checked; leaving the
+    block with an error before that kills the others, which held back the
+    same error (:func:`wait_for_process_0`), so it is reported once.
 
     The children's output goes to stderr. SIGINT and SIGTERM received here
     are passed on to them. If a child ends with a failure (or is killed)
     while the cluster runs, the others are killed and :class:`ClusterError`
     is raised here once this process's part has stopped — Bytewax itself
     stops a process whose peer disappears. Leaving the block waits for every
-    child.
+    child. A single process, or one of a cluster started by hand
+    (``--addresses``), starts nothing.
     """
     if shape.processes == 1 or shape.addresses:
-        yield shape
+        yield LocalCluster(shape)
         return
     addresses = tuple(f"127.0.0.1:{port}" for port in _free_loopback_ports(shape.processes))
-    here = ClusterShape(shape.processes, shape.workers, addresses, 0)
     command = [sys.executable, "-m", "cli.main", *argv, "--addresses", ",".join(addresses)]
     children = [
         # Bytewax writes its messages to stdout: a child's goes to stderr, as its stderr, never into the output.
-        subprocess.Popen([*command, "--process-id", str(index)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,  # noqa: S603
-                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        subprocess.Popen([*command, "--process-id", str(index)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,  # noqa: S603
+                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, env={**os.environ, STARTED_BY_PROCESS_0: str(os.getpid())})
         for index in range(1, shape.processes)
     ]
+    cluster = LocalCluster(ClusterShape(shape.processes, shape.workers, addresses, 0), children)
     forwarders = [threading.Thread(target=_forward_output, args=(child,), daemon=True) for child in children]
     for forwarder in forwarders:
         forwarder.start()
@@ -184,9 +293,6 @@ def local_cluster(shape: ClusterShape, argv: Sequence[str]) -> Iterator[ClusterS
 
     stopping = threading.Event()
     finished = threading.Event()  # this process's part has stopped
-    watchers = [threading.Thread(target=watch, args=(child, index), daemon=True) for index, child in enumerate(children, 1)]
-    for watcher in watchers:
-        watcher.start()
     forwarded = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
 
     def forward(signum: int, frame: Any) -> None:
@@ -203,11 +309,15 @@ def local_cluster(shape: ClusterShape, argv: Sequence[str]) -> Iterator[ClusterS
 
     for signum in forwarded:
         signal.signal(signum, forward)
+    for index, child in enumerate(children, 1):  # once a SIGTERM from a watcher is taken for a stop, not a kill
+        threading.Thread(target=watch, args=(child, index), daemon=True).start()
     try:
-        yield here
+        yield cluster
+        cluster.checked()  # a block that ran to its end found no mistake (and a child must not wait for ever)
     except BaseException:
         # This process's part stopped early: because a child failed (Bytewax stops a process whose peer is gone), or
-        # by itself (then the children are stopped too).
+        # by itself — a mistake in its arguments included (then the children are stopped too, before the end of
+        # their input would let them report the same mistake).
         ended = [(index, child.poll()) for index, child in enumerate(children, 1)]
         stopping.set()
         for child in children:
@@ -224,10 +334,19 @@ def local_cluster(shape: ClusterShape, argv: Sequence[str]) -> Iterator[ClusterS
             signal.signal(signum, previous)
         for child in children:
             child.wait()
+        cluster.checked()  # closes what is left open, now that every child has ended
         for forwarder in forwarders:
             forwarder.join()
     if failed:
         raise ClusterError(failed[0])
+
+
+@contextlib.contextmanager
+def local_cluster(shape: ClusterShape, argv: Sequence[str]) -> Iterator[ClusterShape]:
+    """:func:`start_local_cluster` for a command that has checked its arguments already (detect): yield this process's shape."""
+    with start_local_cluster(shape, argv) as cluster:
+        cluster.checked()
+        yield cluster.shape
 
 
 def _forward_output(child: subprocess.Popen[bytes]) -> None:
@@ -251,29 +370,6 @@ def site_shard(site: str, shards: int) -> int:
     return zlib.crc32(site.encode("utf-8")) % shards
 
 
-class _WhereSink(DynamicSink[tuple[str, str]]):
-    def __init__(self, found: dict[int, str], lock: threading.Lock) -> None:
-        self._found = found
-        self._lock = lock
-
-    @override
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _WherePartition:
-        return _WherePartition(self._found, self._lock, worker_index)
-
-
-class _WherePartition(StatelessSinkPartition[tuple[str, str]]):
-    def __init__(self, found: dict[int, str], lock: threading.Lock, worker: int) -> None:
-        self._found, self._lock, self._worker = found, lock, worker
-
-    @override
-    def write_batch(self, items: list[tuple[str, str]]) -> None:
-        with self._lock:
-            for key, _ in items:
-                known = self._found.get(self._worker)
-                if known is None or int(key) < int(known):
-                    self._found[self._worker] = key
-
-
 @cache
 def shard_keys(workers: int) -> tuple[str, ...]:
     """For each worker index, a Bytewax state key that lives on that worker: one shard per worker, none idle.
@@ -287,14 +383,23 @@ def shard_keys(workers: int) -> tuple[str, ...]:
     """
     if workers == 1:
         return ("0",)
-    found: dict[int, str] = {}
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSource, cluster_main
+
+    found: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def where(step_id: str, item: tuple[str, None], epoch: int, worker: int) -> None:
+        with lock:
+            found[worker] = min(found.get(worker, int(item[0])), int(item[0]))
+
     candidates = 16 * workers
     while True:
         flow = Dataflow("logystera_shard_probe")
-        keyed = op.input("keys", flow, TestingSource([(str(key), str(key)) for key in range(candidates)]))
-        where = op.stateful_map("where", keyed, lambda state, value: (None, value))
-        op.output("found", where, _WhereSink(found, threading.Lock()))
+        keyed = op.input("keys", flow, TestingSource([(str(key), None) for key in range(candidates)]))
+        op.inspect_debug("where", op.stateful_map("state", keyed, lambda state, value: (None, value)), where)
         cluster_main(flow, [], 0, worker_count_per_proc=workers)
         if len(found) == workers:
-            return tuple(found[worker] for worker in range(workers))
+            return tuple(str(found[worker]) for worker in range(workers))
         candidates *= 4

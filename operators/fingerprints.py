@@ -33,14 +33,19 @@ def _min(*values: int | None) -> int | None:
 
 
 class Fingerprint:
-    """Lifecycle state shared by the stateful kinds (threshold, ratio, distinct, absence, shift)."""
+    """Lifecycle state shared by the stateful kinds (threshold, ratio, distinct, absence, shift).
+
+    Made without arguments (as every fingerprint and window can be), it is a
+    blank that :mod:`operators.snapshot` fills with a snapshot's values: a class
+    compiled by mypyc cannot be instantiated without running ``__init__``.
+    """
 
     __slots__ = (
         "alert_id", "c_true", "deadline", "false_since", "group", "last_notified", "mark", "pending_since",
         "ring", "scheduled", "seq", "started_at", "state", "suppressed",
     )
 
-    def __init__(self, group: str, rule: CompiledRule) -> None:
+    def __init__(self, group: str = "", rule: CompiledRule | None = None) -> None:
         self.group = group
         self.state = INACTIVE
         self.pending_since: int | None = None
@@ -54,7 +59,7 @@ class Fingerprint:
         self.c_true = False
         self.scheduled: int | None = None  # the time of this fingerprint's live entry in its runner's heap
         self.deadline: int | None = None  # when its last evaluation said it must next be evaluated
-        self.ring = EvidenceRing(rule.evidence)
+        self.ring = EvidenceRing(0 if rule is None else rule.evidence)
 
     def end_episode(self) -> None:
         """Back to a fresh ``inactive`` lifecycle (windows are kept)."""
@@ -111,7 +116,7 @@ class ThresholdFingerprint(Fingerprint):
 
     __slots__ = ("counts",)
 
-    def __init__(self, group: str, rule: CompiledRule) -> None:
+    def __init__(self, group: str = "", rule: CompiledRule | None = None) -> None:
         super().__init__(group, rule)
         self.counts = TimeCounts()
 
@@ -123,7 +128,7 @@ class ThresholdFingerprint(Fingerprint):
 
     @override
     def settle(self, c: int, rule: CompiledRule, first: int) -> bool:
-        self.counts.expire(c - rule.window)
+        self.counts.drop(c - rule.window)
         return self.counts.total >= rule.params.count
 
     @override
@@ -155,7 +160,7 @@ class RatioFingerprint(Fingerprint):
 
     __slots__ = ("matching", "total")
 
-    def __init__(self, group: str, rule: CompiledRule) -> None:
+    def __init__(self, group: str = "", rule: CompiledRule | None = None) -> None:
         super().__init__(group, rule)
         self.total = TimeCounts()
         self.matching = TimeCounts()
@@ -171,9 +176,9 @@ class RatioFingerprint(Fingerprint):
     @override
     def settle(self, c: int, rule: CompiledRule, first: int) -> bool:
         horizon = c - rule.window
-        self.total.expire(horizon)
+        self.total.drop(horizon)
         if self.matching.total:  # often empty: matching signals are the rare ones
-            self.matching.expire(horizon)
+            self.matching.drop(horizon)
         params = rule.params
         t = self.total.total
         return t >= params.min_total and self.matching.total / t >= params.at_least
@@ -215,7 +220,7 @@ class DistinctFingerprint(ThresholdFingerprint):
 
     __slots__ = ("values",)
 
-    def __init__(self, group: str, rule: CompiledRule) -> None:
+    def __init__(self, group: str = "", rule: CompiledRule | None = None) -> None:
         super().__init__(group, rule)
         self.values = ValueWindow()
 
@@ -231,7 +236,7 @@ class DistinctFingerprint(ThresholdFingerprint):
     @override
     def settle(self, c: int, rule: CompiledRule, first: int) -> bool:
         horizon = c - rule.window
-        self.counts.expire(horizon)
+        self.counts.drop(horizon)
         self.values.expire(horizon)
         return len(self.values.counts) >= rule.params.count
 
@@ -245,7 +250,7 @@ class AbsenceFingerprint(Fingerprint):
 
     __slots__ = ("last", "last_key", "last_raw")
 
-    def __init__(self, group: str, rule: CompiledRule) -> None:
+    def __init__(self, group: str = "", rule: CompiledRule | None = None) -> None:
         super().__init__(group, rule)
         self.last = 0
         self.last_key: tuple[int, str, int] | None = None
@@ -298,7 +303,7 @@ class ScheduledAbsenceFingerprint(AbsenceFingerprint):
 
     __slots__ = ("expected", "expected_for")
 
-    def __init__(self, group: str, rule: CompiledRule) -> None:
+    def __init__(self, group: str = "", rule: CompiledRule | None = None) -> None:
         super().__init__(group, rule)
         self.expected: int | None = None  # next(expected_for); None: cronsim found no run
         self.expected_for: int | None = None  # the ``last`` ``expected`` was computed for
@@ -355,7 +360,7 @@ class ShiftFingerprint(Fingerprint):
 
     __slots__ = ("baseline", "current")
 
-    def __init__(self, group: str, rule: CompiledRule) -> None:
+    def __init__(self, group: str = "", rule: CompiledRule | None = None) -> None:
         super().__init__(group, rule)
         self.current = TimeCounts()
         self.baseline = TimeCounts()
@@ -374,7 +379,7 @@ class ShiftFingerprint(Fingerprint):
         for ts, count in self.current.expire(c - rule.window):
             if ts > c - rule.lookback:
                 self.baseline.add(ts, count)
-        self.baseline.expire(c - rule.lookback)
+        self.baseline.drop(c - rule.lookback)
         params = rule.params
         n, b = self.current.total, self.baseline.total
         if c - first < rule.lookback or n < params.min_count:
@@ -424,14 +429,14 @@ class MatchFingerprint:
 
     __slots__ = ("bundle_size", "deadline", "group", "last_notified", "opener", "ring", "scheduled", "suppressed", "t0")
 
-    def __init__(self, group: str, rule: CompiledRule) -> None:
+    def __init__(self, group: str = "", rule: CompiledRule | None = None) -> None:
         self.group = group
         self.last_notified: int | None = None
         self.suppressed = 0
         self.t0: int | None = None
         self.opener = ""
         self.bundle_size = 0
-        self.ring = EvidenceRing(rule.evidence)
+        self.ring = EvidenceRing(0 if rule is None else rule.evidence)
         self.scheduled: int | None = None  # as for Fingerprint
         self.deadline: int | None = None
 

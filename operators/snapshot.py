@@ -23,6 +23,11 @@ deliver, mute), so a snapshot is never applied to a rule that decides differentl
 Everything else of the site is restored exactly, so feeding the rest of the
 stream to a restored detector gives the notifications an uninterrupted one
 would have given (``tests/flows/test_live_snapshot.py``).
+
+The engine's objects (runners, fingerprints, windows) are written as their
+class and their attribute values in name order (:data:`ENGINE_CLASSES`),
+whether the engine runs compiled (mypyc, see :mod:`operators`) or not: the
+bytes are the same, so a snapshot written by one is read by the other.
 """
 
 from __future__ import annotations
@@ -35,14 +40,24 @@ from heapq import heapify
 from typing import Any, NamedTuple
 
 from operators.engine import RuleRunner
+from operators.fingerprints import (
+    AbsenceFingerprint,
+    DistinctFingerprint,
+    MatchFingerprint,
+    RatioFingerprint,
+    ScheduledAbsenceFingerprint,
+    ShiftFingerprint,
+    ThresholdFingerprint,
+)
 from operators.metrics import CompiledMetric, SiteMetrics
 from operators.routing import RoutingTable
 from operators.site import SiteDetector
+from operators.windows import EvidenceRing, TimeCounts, ValueWindow
 from schemas.errors import Failure
 from schemas.rules import MetricDefinition, Rule
 
-FORMAT = 2  # 2: fingerprints carry ``deadline`` (the deadline of their last evaluation)
-"""Bumped whenever the layout below changes; a snapshot of another format starts its site fresh."""
+FORMAT = 3  # 2: fingerprints carry ``deadline``; 3: runners as (rule, values), engine objects as (class, values)
+"""Bumped whenever the layout below changes; a snapshot of another format starts its site fresh (format 2 is still read)."""
 
 PRESENTATION_FIELDS = frozenset({"title", "description", "severity", "subsystem", "deliver", "mute"})
 """Rule fields read only when a notification is written out: changing them keeps the rule's state."""
@@ -50,6 +65,69 @@ PRESENTATION_FIELDS = frozenset({"title", "description", "severity", "subsystem"
 _SITE_FIELDS = {"by_type", "clock", "dues", "index", "lateness", "metrics", "runners", "started", "tick_max", "ticks"}
 _METRICS_FIELDS = {"by_type", "clock", "late", "lateness", "next_end", "open", "resolutions", "site"}
 """Every slot of SiteDetector / SiteMetrics is either snapshotted or rebuilt below; a new slot must be added here."""
+
+
+def fields_of(cls: type) -> tuple[str, ...]:
+    """The attributes an instance of ``cls`` holds, in name order: its (and its bases') ``__slots__``, or mypyc's list.
+
+    A class compiled by mypyc has no ``__slots__`` at run time; it lists its
+    attributes, inherited ones included, in ``__mypyc_attrs__``.
+    """
+    names = getattr(cls, "__mypyc_attrs__", None)
+    if names is None:
+        names = [name for klass in cls.__mro__ for name in getattr(klass, "__slots__", ())]
+    return tuple(sorted(set(names)))
+
+
+RUNNER_FIELDS = tuple(name for name in fields_of(RuleRunner) if name != "rule")
+"""A runner's state in a snapshot, beside its rule (a reference that may resolve to :class:`Stale`)."""
+
+ENGINE_CLASSES: dict[type[Any], tuple[str, ...]] = {
+    cls: fields_of(cls)
+    for cls in (ThresholdFingerprint, RatioFingerprint, DistinctFingerprint, AbsenceFingerprint,
+                ScheduledAbsenceFingerprint, ShiftFingerprint, MatchFingerprint, TimeCounts, ValueWindow, EvidenceRing)
+}
+"""The classes of the objects a site's runners hold, and their attributes (a new one must be added here).
+
+Each is rebuilt from a blank instance (made without arguments) whose attributes are then all set.
+"""
+
+
+def _engine_object(cls: Any, values: tuple[Any, ...]) -> Any:
+    """An engine object from its class and attribute values (name order), without running ``__init__``."""
+    cls = getattr(cls, "target", cls)  # the unpickler hands out a _Legacy stand-in for every engine class
+    names = ENGINE_CLASSES[cls]
+    if len(values) != len(names):
+        raise ValueError(f"{cls.__name__} had {len(values)} attributes, it has {len(names)} now")
+    made = cls()
+    for name, value in zip(names, values, strict=True):
+        setattr(made, name, value)
+    return made
+
+
+class _Legacy:
+    """An engine object of a format-2 snapshot, read as plain attributes, then made a real one by :func:`_real`.
+
+    Format 2 pickled the engine's objects as they are: a class and its slots,
+    which a class compiled by mypyc cannot take back (its ``__new__`` runs
+    ``__init__``, its ``__setstate__`` wants another shape). Reading them into
+    stand-ins first restores them whichever engine runs.
+    """
+
+    target: type[Any]
+
+
+_LEGACY_OF: tuple[type[Any], ...] = (RuleRunner, *ENGINE_CLASSES)
+_LEGACY: dict[type[Any], type[_Legacy]] = {cls: type(f"Legacy{cls.__name__}", (_Legacy,), {"target": cls}) for cls in _LEGACY_OF}
+
+
+def _real(value: Any) -> Any:
+    """``value`` with every :class:`_Legacy` stand-in in it (in dicts: a runner's fingerprints) made a real engine object."""
+    if isinstance(value, _Legacy):
+        return _engine_object(value.target, tuple(_real(getattr(value, name)) for name in ENGINE_CLASSES[value.target]))
+    if isinstance(value, dict):
+        return {key: _real(item) for key, item in value.items()}
+    return value
 
 
 def rule_fingerprint(rule: Rule) -> str:
@@ -88,7 +166,7 @@ class SnapshotCodec:
         metrics: Sequence[tuple[MetricDefinition, CompiledMetric]] = (),
         warn: Callable[[str], None] = print,
     ) -> None:
-        unknown = (set(SiteDetector.__slots__) ^ _SITE_FIELDS) | (set(SiteMetrics.__slots__) ^ _METRICS_FIELDS)
+        unknown = (set(fields_of(SiteDetector)) ^ _SITE_FIELDS) | (set(fields_of(SiteMetrics)) ^ _METRICS_FIELDS)
         if unknown:
             raise SnapshotError(f"operators.snapshot does not know the detector fields {sorted(unknown)}")
         self.table = table
@@ -118,7 +196,7 @@ class SnapshotCodec:
             FORMAT,
             _site_of(detector),
             (detector.clock, detector.ticks, detector.tick_max, detector.dues),
-            detector.runners,
+            tuple((runner.rule, tuple(getattr(runner, name) for name in RUNNER_FIELDS)) for runner in detector.runners),
             None if metrics is None else (_metrics_used(metrics), metrics.clock, metrics.late, metrics.open),
         )
         buffer = io.BytesIO()
@@ -130,9 +208,11 @@ class SnapshotCodec:
         """The detector a snapshot describes, rebuilt for the running rules; None if it cannot be read."""
         try:
             state = _Unpickler(data, self._resolved).load()
-            if state[0] != FORMAT:
-                raise ValueError(f"snapshot format {state[0]}, this version reads {FORMAT}")
+            if state[0] not in (2, FORMAT):
+                raise ValueError(f"snapshot format {state[0]}, this version reads 2 and {FORMAT}")
             _, snapshot_site, site_fields, runners, metrics_state = state
+            if state[0] == 2:  # runners pickled as they were: their rule, and their values with real engine objects
+                runners = tuple((runner.rule, tuple(_real(getattr(runner, name)) for name in RUNNER_FIELDS)) for runner in runners)
             detector = self._rebuild(snapshot_site, site_fields, runners, metrics_state)
         except Exception as error:  # any shape we cannot read: start fresh, loudly
             reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
@@ -144,25 +224,28 @@ class SnapshotCodec:
         found = self._resolve.get((kind, name, fingerprint))
         return Stale(kind, name) if found is None else found
 
-    def _rebuild(self, site: str, site_fields: tuple[Any, ...], runners: tuple[RuleRunner, ...], metrics_state: Any) -> SiteDetector:
+    def _rebuild(self, site: str, site_fields: tuple[Any, ...], runners: tuple[tuple[Any, tuple[Any, ...]], ...],
+                 metrics_state: Any) -> SiteDetector:
         fresh = SiteDetector(self.table, site, self.lateness, self.metrics or None)
         fresh.clock, fresh.ticks, fresh.tick_max, dues = site_fields
-        kept: dict[str, RuleRunner] = {}
-        for runner in runners:
-            if isinstance(runner.rule, Stale):
-                self._once(f"rule:{runner.rule.name}", f"recovery: rule {runner.rule.name!r} changed or was removed since the "
+        kept: dict[str, tuple[Any, ...]] = {}
+        for rule, values in runners:
+            if isinstance(rule, Stale):
+                self._once(f"rule:{rule.name}", f"recovery: rule {rule.name!r} changed or was removed since the "
                            "snapshot: its state is not restored (a changed rule starts fresh)")
+            elif len(values) != len(RUNNER_FIELDS):
+                raise ValueError(f"a runner had {len(values)} fields, it has {len(RUNNER_FIELDS)} now")
             else:
-                kept[runner.rule.id] = runner
+                kept[rule.id] = values
         for runner in fresh.runners:
-            old = kept.get(runner.rule.id)
-            if old is None:
+            state = kept.get(runner.rule.id)
+            if state is None:
                 runner.synced = fresh.ticks  # a new or changed rule starts at the restore point, not at the site's first tick
                 continue
-            for name in RuleRunner.__slots__:  # the site's indexes point at the fresh runner: move the state into it
-                setattr(runner, name, getattr(old, name))
+            for name, value in zip(RUNNER_FIELDS, state, strict=True):  # the site's indexes point at the fresh runner
+                setattr(runner, name, value)
             runner.lateness = self.lateness
-        old_ids = [runner.rule.name if isinstance(runner.rule, Stale) else runner.rule.id for runner in runners]
+        old_ids = [rule.name if isinstance(rule, Stale) else rule.id for rule, _ in runners]
         fresh.dues = [(due, fresh.index[old_ids[index]]) for due, index in dues if old_ids[index] in kept]
         heapify(fresh.dues)
         fresh.started = all(runner.clock is not None for runner in fresh.runners)
@@ -197,7 +280,7 @@ def shared(kind: str, name: str, fingerprint: str) -> Any:
 
 
 class _Pickler(pickle.Pickler):
-    """Writes every shared object as ``shared(kind, name, fingerprint)``.
+    """Writes every shared object as ``shared(kind, name, fingerprint)``, every engine object as its class and values.
 
     This is what ``persistent_id`` is for, but pickle asks ``persistent_id``
     about every object (each int, string and tuple), and ``reducer_override``
@@ -211,7 +294,12 @@ class _Pickler(pickle.Pickler):
 
     def reducer_override(self, obj: Any) -> Any:
         pid = self._ids.get(id(obj))
-        return NotImplemented if pid is None else (shared, pid)
+        if pid is not None:
+            return shared, pid
+        names = ENGINE_CLASSES.get(type(obj))
+        if names is not None:
+            return _engine_object, (type(obj), tuple(getattr(obj, name) for name in names))
+        return NotImplemented
 
 
 class _Unpickler(pickle.Unpickler):
@@ -224,7 +312,8 @@ class _Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module == __name__ and name == "shared":
             return self._resolve
-        return super().find_class(module, name)
+        found = super().find_class(module, name)
+        return _LEGACY.get(found, found)
 
 
 def _site_of(detector: SiteDetector) -> str:

@@ -11,7 +11,7 @@ the window.
 
 from __future__ import annotations
 
-from bisect import insort
+from bisect import bisect_right, insort
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,27 +50,42 @@ class TimeCounts:
             self._counts.insert(index + 1, n)
 
     def expire(self, horizon: int) -> Sequence[tuple[int, int]]:
-        """Drop entries with ``ts ≤ horizon``; return them, oldest first."""
+        """Drop entries with ``ts ≤ horizon``; return them, oldest first (a shift moves them to its baseline)."""
         times, head = self._times, self._head
-        size = len(times)
-        if head == size or times[head] > horizon:
+        if head == len(times) or times[head] > horizon:
             return ()  # the usual case, checked first: nothing left the window
-        end = head + 1
-        while end < size and times[end] <= horizon:
-            end += 1
+        end = bisect_right(times, horizon, head)
         counts = self._counts
         dropped = list(zip(times[head:end], counts[head:end], strict=True))
         self.total -= sum(counts[head:end])
-        if end == size:
+        self._advance(end)
+        return dropped
+
+    def drop(self, horizon: int) -> None:
+        """Drop entries with ``ts ≤ horizon``, as :meth:`expire` does without listing them (every kind but shift)."""
+        times, head = self._times, self._head
+        size = len(times)
+        if head == size or times[head] > horizon:
+            return
+        counts, total = self._counts, self.total
+        while head < size and times[head] <= horizon:  # usually one entry: cheaper than a bisection and a slice
+            total -= counts[head]
+            head += 1
+        self.total = total
+        self._advance(head)
+
+    def _advance(self, end: int) -> None:
+        """Move the head to ``end`` (entries before it have left), compacting the lists now and then."""
+        times = self._times
+        if end == len(times):
             times.clear()
-            counts.clear()
+            self._counts.clear()
             self._head = 0
-        elif end > 32 and end * 2 > size:
-            del times[:end], counts[:end]
+        elif end > 32 and end * 2 > len(times):
+            del times[:end], self._counts[:end]
             self._head = 0
         else:
             self._head = end
-        return dropped
 
     def oldest(self) -> int | None:
         """Timestamp of the oldest entry, if any."""
@@ -143,7 +158,7 @@ class EvidenceRing:
 
     __slots__ = ("capacity", "entries")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int = 0) -> None:
         self.capacity = capacity
         self.entries: list[tuple[int, str, int, bytes]] = []
 

@@ -1,15 +1,17 @@
-"""Durations as rule authors write them (``90s``, ``15m``, ``1d``), held as milliseconds."""
+"""Durations as rule authors write them (``90s``, ``15m``, ``1d``), held as milliseconds.
+
+Imports no model: every command parses its duration options with it (rule
+fields that are durations are :data:`schemas.rules.Duration` and ``Window``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import re
-from typing import Annotated, Any
-
-from pydantic import BeforeValidator, WithJsonSchema
+from typing import Any
 
 from schemas.excerpt import excerpt
-from schemas.signals import MAX_SAFE_INTEGER
+from schemas.integers import MAX_SAFE_INTEGER
 
 DURATION_PATTERN = r"^[0-9]+(ms|s|m|h|d)$"
 _DURATION_RE = re.compile(DURATION_PATTERN)
@@ -72,16 +74,10 @@ def spoken_duration(ms: int) -> str:
     return f"{second}s"
 
 
-def _check_window(ms: int) -> int:
+def check_window(ms: int) -> int:
+    """A rule's window (already in milliseconds): more than 0, at most 7 days; else a ValueError saying which."""
     if ms <= 0:
         raise ValueError("must be > 0")
     if ms > MAX_WINDOW_MS:
         raise ValueError("must be ≤ 7d")
     return ms
-
-
-_SCHEMA = WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN})
-Duration = Annotated[int, BeforeValidator(parse_duration), _SCHEMA]
-"""A duration ≥ 0, in milliseconds once loaded."""
-Window = Annotated[int, BeforeValidator(lambda v: _check_window(parse_duration(v))), _SCHEMA]
-"""A duration in (0, 7d], in milliseconds once loaded."""

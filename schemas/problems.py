@@ -19,7 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from schemas.excerpt import clip, excerpt
-from schemas.signals import MAX_SAFE_INTEGER
+from schemas.integers import MAX_SAFE_INTEGER
 
 MAX_YAML_DEPTH = 64
 """Nesting levels a YAML document may have (a rule needs about seven)."""

@@ -18,11 +18,12 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    WithJsonSchema,
     model_serializer,
     model_validator,
 )
 
-from schemas.durations import Duration, Window
+from schemas.durations import DURATION_PATTERN, check_window, parse_duration
 from schemas.excerpt import excerpt
 from schemas.problems import FieldProblems
 from schemas.schedule import check_schedule, load_zone
@@ -38,6 +39,11 @@ Scalar = str | int | float | bool
 RULE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 CHANNEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 PositiveInt = Annotated[int, Field(ge=1)]
+_DURATION_SCHEMA = WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN})
+Duration = Annotated[int, BeforeValidator(parse_duration), _DURATION_SCHEMA]
+"""A duration ≥ 0, in milliseconds once loaded."""
+Window = Annotated[int, BeforeValidator(lambda v: check_window(parse_duration(v))), _DURATION_SCHEMA]
+"""A duration in (0, 7d], in milliseconds once loaded."""
 
 
 def _check_signal(value: Any) -> Any:

@@ -14,6 +14,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
+from schemas.integers import MAX_SAFE_INTEGER
 from schemas.timestamps import TS_PATTERN
 
 STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -21,10 +22,6 @@ STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 Hash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 # `path`, `file` and `job`: no `?`, `#`, `@`, no whitespace but plain spaces, no control characters.
 SAFE_PATH_PATTERN = r"^(?:[^?#@\s\x00-\x1f\x7f-\x9f]| )*$"
-MAX_SAFE_INTEGER = 2**53 - 1
-"""Every integer of a signal lies within ±this (signals.md): the range every JSON parser represents exactly, which
-every store column holds (``seq`` is ``UInt64``) and every float sum adds exactly. Each ``int`` field below carries
-it or a narrower range; ``tests/schemas`` checks that none is left unbounded."""
 SafeInt = Annotated[int, Field(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
 NonNegative = Annotated[int, Field(ge=0, le=MAX_SAFE_INTEGER)]
 
@@ -175,7 +172,8 @@ PAYLOADS: dict[str, type[BaseModel]] = {
 SIGNAL_TYPES: tuple[str, ...] = tuple(PAYLOADS)
 MAX_SIGNAL_BYTES = 2048
 
-SignalId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+SIGNAL_ID_PATTERN = r"^[A-Za-z0-9_-]{8,64}$"
+SignalId = Annotated[str, Field(pattern=SIGNAL_ID_PATTERN)]
 SITE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 SiteId = Annotated[str, Field(pattern=SITE_PATTERN)]
 Timestamp = Annotated[str, Field(pattern=TS_PATTERN)]

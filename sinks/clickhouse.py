@@ -31,7 +31,6 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
-from clickhouse_connect.driver.exceptions import ClickHouseError
 from typing_extensions import override
 
 from schemas.errors import Failure, LogysteraError, UsageError
@@ -203,6 +202,7 @@ def _held_elsewhere(address: StoreAddress, directory: Path) -> StoreLocked | Non
 
 def _connect(address: StoreAddress) -> Any:
     import clickhouse_connect
+    from clickhouse_connect.driver.exceptions import ClickHouseError
 
     if address.kind == "chdb":
         # clickhouse-connect reads chdb://a/b as host "a": hand it an absolute path.
@@ -260,6 +260,7 @@ class Store:
 
     def _with_retry(self, what: str, action: Callable[[Any], Any]) -> Any:
         """Run ``action(client)``, retrying with backoff; raise StoreUnavailable when patience runs out."""
+        from clickhouse_connect.driver.exceptions import ClickHouseError  # here: a flow without a store never loads it
         started = self._clock()
         delay = self.retry.initial
         while True:

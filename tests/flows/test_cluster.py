@@ -11,18 +11,22 @@ is refused in one line.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-from flows.cluster import ClusterShape, cluster_shape, shard_keys
+from flows.cluster import STARTED_BY_PROCESS_0, ClusterShape, cluster_shape, shard_keys
 from flows.live import LiveConfigError, prepare_recovery
 from schemas.errors import UsageError
 from simulate.corpus import write_corpus
 from tests.flows.test_live_kafka import (
     LOGYSTERA,
+    ROOT,
     RULES_DIR,
     Detect,
     corpus,
@@ -57,6 +61,74 @@ def test_replay_is_byte_identical_for_1_2_and_3_processes_of_1_and_2_workers(tmp
     for run, (processes, workers) in enumerate(shapes * 2):  # every shape, twice
         out, err = run_replay(path, "--processes", str(processes), "--workers", str(workers))
         assert (out, err) == (expected_out, expected_err), f"run {run}: {processes} processes × {workers} workers"
+
+
+def _processes_running(marker: str) -> list[str]:
+    """The processes whose command line holds ``marker`` (a path unique to the test)."""
+    return subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True, check=False).stdout.split()
+
+
+@pytest.mark.process
+def test_a_mistake_in_the_arguments_of_a_local_cluster_is_one_line_and_leaves_no_process(tmp_path: Path) -> None:
+    # Processes 1 and 2 start before process 0 checks anything: the mistake is theirs too, and process 0 reports it once.
+    signals = tmp_path / "signals.jsonl"
+    signals.write_text("", encoding="utf-8")
+    bad = tmp_path / "bad-rules"
+    bad.mkdir()
+    (bad / "r.yaml").write_text("id: r\ntitle: R\nseverity: high\nsubsystem: mail\nsignal: tick\nkind: match\n", encoding="utf-8")
+    out = tmp_path / "no-such-dir" / "alerts.jsonl"
+    for options, message in [
+        (("--rules", str(bad)), f"{bad / 'r.yaml'}: rule r: signal: tick is not allowed (ticks only advance the clock)"),
+        (("--rules", str(RULES_DIR), "--out", str(out)), f"logystera: error: --out {out}: No such file or directory"),
+        (("--rules", str(RULES_DIR), "--link-base", "ftp://x"), "logystera: error: --link-base: "),
+    ]:
+        assert LOGYSTERA is not None
+        result = subprocess.run([LOGYSTERA, "replay", str(signals), "--processes", "3", *options], capture_output=True, text=True,
+                                timeout=120, check=False)
+        assert (result.returncode, result.stdout) == (2, ""), result.stderr
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith(message), result.stderr
+        assert _processes_running(str(signals)) == []
+
+
+@pytest.mark.process
+def test_a_process_started_by_process_0_reports_a_mistake_only_once_process_0_has_checked(tmp_path: Path) -> None:
+    signals = tmp_path / "signals.jsonl"
+    signals.write_text("", encoding="utf-8")
+    missing = tmp_path / "no-rules"
+
+    def start(process_0: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "replay", str(signals), "--rules", str(missing),
+             "--addresses", "127.0.0.1:1,127.0.0.1:2", "--process-id", "1"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+            env={**os.environ, STARTED_BY_PROCESS_0: str(process_0)},
+        )
+
+    mistake = f"{missing}: (file): path: no such file or directory\n".encode()
+    child = start(os.getpid())  # this test is its process 0
+    with pytest.raises(subprocess.TimeoutExpired):
+        child.wait(3)  # it holds the mistake back: process 0 finds it too, reports it and kills this one
+    # The end of its input is what process 0 sends once it has found no mistake (LocalCluster.checked): this one's own.
+    assert child.communicate(timeout=60) == (b"", mistake) and child.returncode == 2
+
+    stray = start(1)  # the variable inherited from elsewhere, not from its parent: it reports at once, its input open
+    assert stray.wait(60) == 2
+    assert stray.communicate() == (b"", mistake)
+
+
+@pytest.mark.slow
+@pytest.mark.process
+def test_a_process_of_a_local_replay_cluster_that_dies_stops_it_in_one_line() -> None:
+    # Read from stdin, kept open: the cluster runs until the child is killed, whether it is still starting or running.
+    assert LOGYSTERA is not None
+    run = subprocess.Popen([LOGYSTERA, "replay", "-", "--rules", str(RULES_DIR), "--processes", "2"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    children = wait_for(lambda: subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True, text=True,
+                                               check=False).stdout.split(), "process 1 of the cluster")
+    os.kill(int(children[0]), signal.SIGKILL)
+    out, err = run.communicate(timeout=60)
+    assert (run.returncode, out) == (1, b"")
+    assert err.decode() == "logystera: error: process 1 of the cluster ended with signal SIGKILL: the cluster is stopped\n"
 
 
 def test_shard_keys_put_one_shard_on_each_worker() -> None:

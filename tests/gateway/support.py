@@ -145,3 +145,22 @@ def values(records: Iterable[Any]) -> list[dict[str, Any]]:
 def signal_lines(signals: Iterable[dict[str, Any]]) -> list[bytes]:
     """The compact bytes the gateway writes for valid signals."""
     return [signal_line(s).encode() for s in signals]
+
+
+def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
+    """Everything the gateway sends until it closes the connection (fails if it does not within ``timeout``).
+
+    Closing a socket with unread bytes in its buffer sends a reset (Linux): a reset is the server closing the
+    connection, an allowed outcome; whatever it answered before that is returned and checked.
+    """
+    sock.settimeout(timeout)
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.close()
+    return received
+

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from dispatcher import sign_batch
 from gateway.errors import REQUEST_REASONS
-from tests.gateway.support import SECRETS, RunningGateway, Sender, batch_body, mail, start_gateway
+from tests.gateway.support import SECRETS, RunningGateway, Sender, batch_body, mail, read_until_closed, start_gateway
 from tests.support.kafka_broker import Broker, unique_topic
 
 pytestmark = pytest.mark.broker
@@ -314,14 +314,7 @@ def broken_framing(target: Target, data: bytes) -> None:
     with socket.create_connection(("127.0.0.1", target.gateway.port), timeout=10) as sock:
         sock.sendall(data)
         sock.shutdown(socket.SHUT_WR)  # the server sees the end of what will ever come
-        answer = b""
-        try:
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except ConnectionResetError:
-            # Closing a socket with unread bytes in its buffer sends a reset (Linux): the server closed the
-            # connection, which is an allowed outcome; whatever it answered before that is still checked.
-            pass
+        answer = read_until_closed(sock, 10)
     if answer:
         status_line = answer.split(b"\r\n", 1)[0]
         assert status_line.startswith(b"HTTP/1.1 4"), status_line

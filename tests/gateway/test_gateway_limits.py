@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pytest
 
 from schemas.timestamps import format_ts
-from tests.gateway.support import RunningGateway, Sender, mail, signal_lines
+from tests.gateway.support import RunningGateway, Sender, mail, read_until_closed, signal_lines
 from tests.support.kafka_broker import Broker
 from tests.support.polling import wait_for
 
@@ -92,20 +92,6 @@ def _connect(gateway: RunningGateway, data: bytes = b"") -> socket.socket:
     return sock
 
 
-def _until_closed(sock: socket.socket, timeout: float) -> bytes:
-    """Everything the gateway sends until it closes the connection (fails if it does not within ``timeout``)."""
-    sock.settimeout(timeout)
-    received = b""
-    try:
-        while chunk := sock.recv(65536):
-            received += chunk
-    except ConnectionResetError:
-        pass
-    finally:
-        sock.close()
-    return received
-
-
 def _gauge(gateway: RunningGateway, name: str) -> float:
     """A gauge read in the gateway's process (``GET /metrics`` would itself be one more connection)."""
     return gateway.gateway.metrics.registry.get_sample_value(name) or 0.0
@@ -143,9 +129,9 @@ def test_slow_clients_are_closed_at_their_deadline_and_held_bytes_stay_within_th
     finally:
         client.client.close()
 
-    assert all(_until_closed(sock, 30) == b"" for sock in idle)
-    assert {_error_of(_until_closed(sock, 30)) for sock in half_heads} == {(408, "header_timeout")}
-    outcomes = [_error_of(_until_closed(sock, 30)) for sock in stalled]
+    assert all(read_until_closed(sock, 30) == b"" for sock in idle)
+    assert {_error_of(read_until_closed(sock, 30)) for sock in half_heads} == {(408, "header_timeout")}
+    outcomes = [_error_of(read_until_closed(sock, 30)) for sock in stalled]
     assert set(outcomes) <= {(408, "body_timeout"), (503, "overloaded")}
     dropped = outcomes.count((503, "overloaded"))
     assert dropped >= 200 - budget // body_size  # the budget holds at most 64 of them
@@ -162,7 +148,7 @@ def test_connections_beyond_the_cap_are_answered_503_and_closed(make_gateway: Ca
     held = [_connect(running) for _ in range(5)]
     try:
         wait_for(lambda: _gauge(running, "logystera_gateway_connections") == 5, "the five connections are not open", timeout=10)
-        answer = _until_closed(_connect(running), 10)
+        answer = read_until_closed(_connect(running), 10)
         assert _error_of(answer) == (503, "too_many_connections")
         assert b"\r\nretry-after: 5\r\n" in answer
     finally:
@@ -183,16 +169,16 @@ def test_the_head_deadline_runs_again_after_each_answer_on_a_kept_alive_connecti
         answer += sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 ")
     sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: gat")  # the next head, never finished
-    assert _error_of(_until_closed(sock, 10)) == (408, "header_timeout")
+    assert _error_of(read_until_closed(sock, 10)) == (408, "header_timeout")
 
 
 def test_an_unknown_site_is_refused_from_the_first_kib_without_reading_the_rest(gateway: RunningGateway) -> None:
     sock = _connect(gateway, _head(500_000) + b'{"site":"intruder","batch_id":"slow-client-batch",' + b" " * 2000)
-    status, error = _error_of(_until_closed(sock, 5))  # the other 498 KB never come
+    status, error = _error_of(read_until_closed(sock, 5))  # the other 498 KB never come
     assert (status, error) == (403, "unknown_site")
     assert gateway.metric("logystera_gateway_requests_rejected_total", reason="unknown_site") == 1
 
 
 def test_a_body_without_its_site_in_the_first_kib_is_refused(gateway: RunningGateway) -> None:
     sock = _connect(gateway, _head(500_000) + b"{" + b" " * 2000 + b'"site":"shop-eu"')
-    assert _error_of(_until_closed(sock, 5)) == (400, "no_site")
+    assert _error_of(read_until_closed(sock, 5)) == (400, "no_site")

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 from reference import Reference
 
+import operators
 from operators.engine import RuleRunner
 from operators.notification import decision_counts
 from operators.site import Detector
@@ -454,12 +458,20 @@ def test_match_fingerprint_is_forgotten_when_suppression_ends_unless_it_owes_a_c
 @pytest.mark.parametrize("max_groups", [10, 1000])
 @pytest.mark.parametrize("kind", ["threshold", "match"])
 def test_a_group_flood_checks_the_liveness_only_of_fingerprints_that_are_due(
-    kind: str, max_groups: int, monkeypatch: pytest.MonkeyPatch,
+    kind: str, max_groups: int, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
 ) -> None:
     # 4000 signals 4 ms apart, each from a new group: past max_groups for most of the run, and every
     # fingerprint stops being live 10s after its signal (threshold window, match suppression), freeing its slot.
     # Every such signal asks how many groups are live. Scanning them all would be max_groups liveness
     # checks per signal (3 million at 1000); the engine checks only the fingerprints that are due.
+    if operators.NATIVE:
+        # It counts calls through a patched method, which compiled code does not look up: this same test, on the
+        # pure-Python engine, in a process of its own.
+        result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", request.node.nodeid],
+                                cwd=request.config.rootpath, env={**os.environ, "LOGYSTERA_PURE_PYTHON": "1"},
+                                capture_output=True, text=True, check=False)
+        assert result.returncode == 0 and "1 passed" in result.stdout, result.stdout[-3000:]
+        return
     fields: dict[str, Any] = {"threshold": {"count": 2, "window": "10s"}} if kind == "threshold" else {"suppress": "10s"}
     r = rule(kind, group_by=["transport"], max_groups=max_groups, **fields)
     s = Stream()
@@ -488,7 +500,7 @@ def test_a_group_flood_checks_the_liveness_only_of_fingerprints_that_are_due(
         if index % 50 == 0:  # what makes the scan needless: every fingerprint held is live at the clock
             assert all(live(runner, fp, runner.clock) for fp in runner.fps.values())
     assert overflow_used
-    assert checks <= 4000 and most <= 3
+    assert 0 < checks <= 4000 and most <= 3
 
 
 # ---------------------------------------------------------------------------- ratio, distinct, absence, shift
