@@ -245,7 +245,9 @@ class DetectLogic(StatefulBatchLogic[list[Line], SiteBatch, Any]):
                 times = [valid_times(routed) for routed in by_site.values()]
                 rows = finish_rejected(self.store_source, reject_rows(lines, rejects), clock_before or 0, times)
                 store.append(("rejected", rows))
-        return [SiteBatch(detected, len(records), rejects, store)], StatefulBatchLogic.RETAIN
+        # A key that has never had a valid record keeps no state: lines naming sites that do not exist cost nothing after.
+        keep = StatefulBatchLogic.RETAIN if self.detector is not None else StatefulBatchLogic.DISCARD
+        return [SiteBatch(detected, len(records), rejects, store)], keep
 
     @override
     def on_eof(self) -> tuple[list[SiteBatch], bool]:

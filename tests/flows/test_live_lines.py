@@ -14,9 +14,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bytewax.operators import StatefulBatchLogic
 from bytewax.testing import TestingSource, cluster_main, run_main
 
-from flows.detect import DetectOptions, DetectSinks, FlowStats, RouteSiteLines, build_detect_flow
+from flows.detect import DetectLogic, DetectOptions, DetectSinks, FlowStats, RouteSiteLines, build_detect_flow, routed_types
 from flows.replay import replay
 from flows.sources import Line
 from operators.metrics import compile_metric
@@ -116,3 +117,15 @@ def test_the_reader_sends_every_line_with_a_site_to_it_unparsed_and_keeps_the_la
     assert first.work == [("shop-a", [(2, line("shop-a", T0, 2))]), ("shop-c", [(3, spaced), (4, b"oops")])]
     second = reader([(5, b"oops again")])
     assert second.work == [("shop-c", [(5, b"oops again")])] and second.rejects == []
+
+
+def test_a_site_key_that_never_had_a_valid_record_keeps_no_state() -> None:
+    table = RoutingTable(PACK.rules)
+    logic = DetectLogic(table, 60_000, "https://example.invalid", [], routed_types(table, ()), store_source=None)
+    invented = line("no-such-site", T0, 1, type="no such type")  # names a site of the pattern, but is invalid
+    out, keep = logic.on_batch([[(1, invented)]])
+    assert keep is StatefulBatchLogic.DISCARD and out[0].rejects and out[0].valid == 0
+    out, keep = logic.on_batch([[(2, line("shop-a", T0, 2))]])
+    assert keep is StatefulBatchLogic.RETAIN and out[0].valid == 1
+    out, keep = logic.on_batch([[(3, invented)]])
+    assert keep is StatefulBatchLogic.RETAIN  # the site's detector stays, whatever comes next
