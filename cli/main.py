@@ -162,28 +162,32 @@ def _link_base(text: str) -> str:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    """Run the detection flow on Kafka until SIGINT/SIGTERM (docs/live.md)."""
-    from flows.live import DetectSettings, run_detect
+    """Run the detection flow on Kafka until SIGINT/SIGTERM (docs/live.md; with ``--processes``, docs/scaling.md)."""
+    from flows.cluster import start_local_cluster
 
     shape = _cluster_shape(args)
-    if args.epoch_interval < 1000 or args.delivery_timeout < 1000:
-        raise UsageError("--epoch-interval and --delivery-timeout must be at least 1s")
-    link_base = _link_base(args.link_base)
-    ruleset = _load_ruleset(args.rules)
-    store = _cluster_store(args.store, shape)
-    settings = DetectSettings(
-        bootstrap=args.bootstrap, topic=args.topic, alerts_topic=args.alerts_topic,
-        recovery_dir=Path(args.recovery_dir) if args.recovery_dir else None, cluster=shape,
-        lateness=args.allowed_lateness, link_base=link_base, epoch_interval=args.epoch_interval / 1000,
-        delivery_timeout=args.delivery_timeout / 1000, exit_at_end=args.exit_at_end,
-        kafka_options=_kafka_options(args.kafka_option),
-    )
-    if args.web is not None and not shape.owner:
-        raise UsageError("--web: only process 0 of a cluster serves the console (it is the one that holds the store)")
-    with _web_console(args.web, store, args.store, ruleset, args.rules) as console:
-        if console is not None:
-            print(f"detect: web console on {console.url}/alerts", file=sys.stderr, flush=True)
-        totals = run_detect(settings, ruleset.enabled_rules, ruleset.metrics, store, argv=args.argv)
+    # The other processes of a local cluster start now and import while this one imports and checks the rest.
+    with start_local_cluster(shape, args.argv) as cluster:
+        from flows.live import DetectSettings, run_detect
+
+        if args.epoch_interval < 1000 or args.delivery_timeout < 1000:
+            raise UsageError("--epoch-interval and --delivery-timeout must be at least 1s")
+        link_base = _link_base(args.link_base)
+        ruleset = _load_ruleset(args.rules)
+        store = _cluster_store(args.store, shape)
+        settings = DetectSettings(
+            bootstrap=args.bootstrap, topic=args.topic, alerts_topic=args.alerts_topic,
+            recovery_dir=Path(args.recovery_dir) if args.recovery_dir else None, cluster=shape,
+            lateness=args.allowed_lateness, link_base=link_base, epoch_interval=args.epoch_interval / 1000,
+            delivery_timeout=args.delivery_timeout / 1000, exit_at_end=args.exit_at_end,
+            kafka_options=_kafka_options(args.kafka_option),
+        )
+        if args.web is not None and not shape.owner:
+            raise UsageError("--web: only process 0 of a cluster serves the console (it is the one that holds the store)")
+        with _web_console(args.web, store, args.store, ruleset, args.rules) as console:
+            if console is not None:
+                print(f"detect: web console on {console.url}/alerts", file=sys.stderr, flush=True)
+            totals = run_detect(settings, ruleset.enabled_rules, ruleset.metrics, store, cluster=cluster)
     if not shape.owner:
         return 0  # process 0 reports the cluster's totals
     print(totals.decisions_line, file=sys.stderr)
@@ -485,6 +489,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.exit_code
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:  # SIGINT (or SIGTERM, where a command turns it into a stop) before a command could stop cleanly
+        print("logystera: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def cluster_shape(workers: int, processes: int | None, addresses: str | None, pr
     """The shape the options describe, or :class:`UsageError` saying what is inconsistent.
 
     ``--processes N`` alone: a local cluster this command starts (addresses
-    are chosen later, by :func:`local_cluster`). ``--addresses`` (comma
+    are chosen later, by :func:`start_local_cluster`). ``--addresses`` (comma
     separated, every process's, in process-id order) with ``--process-id``:
     this process of a cluster someone else starts; ``--processes``, if given,
     must agree with the number of addresses.
@@ -277,7 +277,7 @@ def start_local_cluster(shape: ClusterShape, argv: Sequence[str]) -> Iterator[Lo
 
     def watch(child: subprocess.Popen[bytes], index: int) -> None:
         code = child.wait()
-        if code != 0 and not stopping.is_set():
+        if code != 0 and not stopping.is_set() and not requested.is_set():
             failed.append(f"process {index} of the cluster ended with {_exit_status(code)}: the cluster is stopped")
             stopping.set()
             for other in children:
@@ -292,12 +292,14 @@ def start_local_cluster(shape: ClusterShape, argv: Sequence[str]) -> Iterator[Lo
                 os._exit(1)
 
     stopping = threading.Event()
+    requested = threading.Event()  # a stop was asked here (SIGINT/SIGTERM): how the others then end is no failure
     finished = threading.Event()  # this process's part has stopped
     forwarded = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
 
     def forward(signum: int, frame: Any) -> None:
         signum = signal.Signals(signum)
         if not failed:
+            requested.set()  # a child still starting may die of the signal rather than stop: that is the stop asked
             for child in children:
                 if child.poll() is None:
                     child.send_signal(signum)
@@ -324,7 +326,7 @@ def start_local_cluster(shape: ClusterShape, argv: Sequence[str]) -> Iterator[Lo
             if child.poll() is None:
                 child.kill()
         failed.extend(f"process {index} of the cluster ended with {_exit_status(code)}: the cluster is stopped"
-                      for index, code in ended if code not in (None, 0))
+                      for index, code in ended if code not in (None, 0) and not requested.is_set())
         if failed:
             raise ClusterError(failed[0]) from None
         raise
@@ -339,14 +341,6 @@ def start_local_cluster(shape: ClusterShape, argv: Sequence[str]) -> Iterator[Lo
             forwarder.join()
     if failed:
         raise ClusterError(failed[0])
-
-
-@contextlib.contextmanager
-def local_cluster(shape: ClusterShape, argv: Sequence[str]) -> Iterator[ClusterShape]:
-    """:func:`start_local_cluster` for a command that has checked its arguments already (detect): yield this process's shape."""
-    with start_local_cluster(shape, argv) as cluster:
-        cluster.checked()
-        yield cluster.shape
 
 
 def _forward_output(child: subprocess.Popen[bytes]) -> None:

@@ -34,7 +34,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -47,7 +47,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from typing_extensions import override
 
-from flows.cluster import ClusterShape, local_cluster, run_on
+from flows.cluster import ClusterShape, LocalCluster, run_on
 from flows.detect import DetectOptions, DetectSinks, FlowStats, Reject, build_detect_flow
 from flows.sources import Line
 from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS
@@ -279,14 +279,14 @@ class LiveTotals:
 
 
 def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[MetricDefinition], store: Store | None,
-               err: TextIO = sys.stderr, argv: Sequence[str] = ()) -> LiveTotals:
+               err: TextIO = sys.stderr, cluster: LocalCluster | None = None) -> LiveTotals:
     """Run the live flow until SIGINT/SIGTERM (or the end of the topic with ``exit_at_end``).
 
-    With ``settings.cluster`` a local cluster still to start (``--processes
-    N`` without addresses), the other processes are started with ``argv``
-    (:func:`flows.cluster.local_cluster`); process 0 gathers the rejected
-    records and the totals of all, and in process 0 only the totals are
-    the cluster's.
+    ``cluster``: the local cluster this process started (``--processes N``,
+    :func:`flows.cluster.start_local_cluster`), told once the configuration
+    is checked; None for one process or a cluster started by hand
+    (``--addresses``). Process 0 gathers the rejected records and the totals
+    of all, and in process 0 only the totals are the cluster's.
 
     Raises :class:`LiveConfigError` when it cannot start as configured,
     :class:`sinks.kafka_client.KafkaUnreachable` when the broker does not answer,
@@ -338,8 +338,10 @@ def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[Metric
         print(f"detect: {settings.topic} → {settings.alerts_topic} on {settings.bootstrap}, {shape.describe}, "
               f"recovery {settings.recovery_dir or 'off (reading from the beginning)'}", file=err, flush=True)
     try:
-        with _stop_on_sigterm(), local_cluster(shape, argv) as here:
-            run_on(flow, here, epoch_interval=timedelta(seconds=settings.epoch_interval), recovery=recovery)
+        here = cluster or LocalCluster(shape)
+        here.checked()  # the others may now report a mistake of their own
+        with _stop_on_sigterm():
+            run_on(flow, here.shape, epoch_interval=timedelta(seconds=settings.epoch_interval), recovery=recovery)
     except KeyboardInterrupt:
         totals.stopped_by_signal = True
     except Exception as error:
@@ -353,12 +355,18 @@ def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[Metric
 
 @contextmanager
 def _stop_on_sigterm() -> Iterator[None]:
-    """SIGTERM stops the flow as SIGINT does: Bytewax checks for signals between steps and stops every worker."""
+    """SIGTERM stops the flow as SIGINT does: Bytewax checks for signals between steps and stops every worker.
+
+    A handler already there runs first: a local cluster's passes the signal on to the other processes.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
 
     def interrupt(signum: int, frame: Any) -> None:
+        if callable(previous):
+            previous(signum, frame)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
     finally:

@@ -80,7 +80,7 @@ def replay(
 ) -> ReplayResult:
     """Run the detection flow over a file (``-`` = stdin) and return sorted results.
 
-    ``cluster`` (its addresses known: :func:`flows.cluster.local_cluster`)
+    ``cluster`` (its addresses known: :func:`flows.cluster.start_local_cluster`)
     runs this as one process of a cluster; otherwise it is one process of
     ``workers`` workers. Only process 0 gets results: the others' are empty.
 

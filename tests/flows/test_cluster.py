@@ -31,6 +31,7 @@ from tests.flows.test_live_kafka import (
     Detect,
     corpus,
     notifications,
+    produce,
     produce_lines,
     replayed,
     run_detect,
@@ -164,6 +165,29 @@ def test_detect_refuses_a_recovery_directory_of_another_process_count_in_one_lin
     assert returncode == 2
     assert detect.lines == [f"logystera: error: --recovery-dir {recovery} holds the state of a cluster of 2 processes, not 1: "
                             "start it with --processes 2, or give a new directory (docs/scaling.md)"]
+
+
+@pytest.mark.broker
+@pytest.mark.process
+def test_a_detect_cluster_reports_a_missing_topic_once_and_a_sigterm_stops_every_process(broker: Broker, tmp_path: Path) -> None:
+    # Processes 1 and 2 start before process 0 has checked the topics: they find the same mistake and hold it back.
+    signals, alerts = unique_topic("signals"), unique_topic("alerts")
+    broker.create_topics([signals, alerts], partitions=3)
+    marker = str(tmp_path / "recovery")
+    returncode, detect = run_detect(broker, "--topic", "no-such-topic", "--alerts-topic", alerts, "--processes", "3",
+                                    "--recovery-dir", marker)
+    assert returncode == 2
+    assert detect.lines == [f"logystera: error: topic 'no-such-topic' does not exist on {broker.bootstrap} "
+                            "(create it with the partitions it needs)"]
+    assert _processes_running(marker) == []
+    running = Detect(broker, "--topic", signals, "--alerts-topic", alerts, "--processes", "3", "--recovery-dir", marker)
+    # An invalid record in every partition, reported once read: every process is in the flow.
+    markers = [produce(broker.producer(), signals, [(b"marker", b'{"marker":true}')], partition=p)[0] for p in range(3)]
+    wait_for(lambda: all(position in running.rejects() for position in markers), "every partition read")
+    running.process.send_signal(signal.SIGTERM)
+    assert running.finish() == 0, running.lines  # passed on to processes 1 and 2: a stop, not a failure
+    assert running.lines[-1] == "detect stopped: 0 signals, 3 invalid, 0 late"
+    assert _processes_running(marker) == []
 
 
 @pytest.mark.slow
