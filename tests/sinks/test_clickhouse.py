@@ -407,10 +407,13 @@ def test_sink_writes_a_table_when_it_has_batch_rows_and_the_rest_at_close(store_
     rows = some_signal_rows(7)
     rejected = [rejected_row("signals.jsonl", 9, "shop-a", "data.email: field not allowed", rows[0][2])]
     partition.write_batch([("signals", rows[0:2])])
+    partition.wait_written()
     assert (store.acknowledged, table_rows(store, "signals")) == ([], 0)
     partition.write_batch([("signals", rows[2:3]), ("rejected", rejected), ("signals", [])])
+    partition.wait_written()
     assert (store.acknowledged, table_rows(store, "signals")) == ([("signals", 3)], 3)
     partition.write_batch([("signals", rows[3:7])])
+    partition.wait_written()
     assert store.acknowledged == [("signals", 3), ("signals", 4)]
     assert table_rows(store, "rejected") == 0
     partition.close()
@@ -435,14 +438,17 @@ def test_sink_writes_everything_buffered_once_the_oldest_row_is_max_delay_old(st
     partition.write_batch([("signals", rows[0:1])])
     fake.now = 1.9
     partition.write_batch([("signals", rows[1:2])])
+    partition.wait_written()
     assert store.acknowledged == []
     fake.now = 2.0
     partition.write_batch([("rejected", rejected)])
+    partition.wait_written()
     assert store.acknowledged == [("signals", 2), ("rejected", 1)]
     fake.now = 2.5
     partition.write_batch([("signals", rows[2:3])])
     fake.now = 4.4  # the oldest buffered row is 1.9 s old
     partition.write_batch([("signals", rows[3:4])])
+    partition.wait_written()
     assert store.acknowledged == [("signals", 2), ("rejected", 1)]
     partition.close()
     assert store.acknowledged == [("signals", 2), ("rejected", 1), ("signals", 2)]
