@@ -68,8 +68,16 @@ LINE_STRIDE = 10**12
 DEFAULT_EPOCH_S = 10.0
 """Bytewax epoch length: how often offsets and touched detectors are snapshotted (see docs/live.md)."""
 
-POLL_RECORDS = 1000
-"""The most records one poll of a partition reads (one chunk; Bytewax's ``KafkaSource`` reads as many)."""
+POLL_RECORDS = 10_000
+"""The most records one poll of a partition reads (one chunk): what is already fetched, up to this many.
+
+A chunk is split by site, and each site's worker validates and detects its
+part in one call, whose fixed cost (the call, a batch of results, the
+gather) is paid per site and chunk. With a backlog (a restart, a burst), a
+chunk of 1,000 records over 1,000 sites is about one record per site; 10,000
+made detect use 25–35% less CPU on the scale bench (200k signals, 1,000
+sites, 1 and 2 processes). Caught up, a poll finds only what arrived since
+the last one, so latency is unchanged."""
 
 IDLE_POLL = timedelta(milliseconds=10)
 """How soon an input partition that had nothing is polled again (Bytewax's default, 1 ms, keeps a core busy)."""

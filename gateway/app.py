@@ -65,6 +65,8 @@ class GatewayConfig:
     """A request head must be complete this long after the connection opened or its previous answer."""
     body_timeout_s: float = 10.0
     """A request body must be complete this long after its head."""
+    send_timeout_s: float = 10.0
+    """An answer the client leaves unread (over 64 KiB buffered) this long is abandoned and the connection reset."""
     max_connections: int = 512
     max_pending_bytes: int = 64 * MAX_BATCH_BYTES
     """Bytes of bodies read but not authenticated yet, all requests together."""
@@ -289,7 +291,7 @@ def create_app(gateway: Gateway) -> Starlette:
 def uvicorn_config(gateway: Gateway, **options: Any) -> Config:
     """The uvicorn configuration serving ``gateway`` with its connection limits (``options``: more ``uvicorn.Config`` settings)."""
     config = gateway.config
-    limits = ConnectionLimits(config.header_timeout_s, config.max_connections, config.retry_after_s)
+    limits = ConnectionLimits(config.header_timeout_s, config.max_connections, config.retry_after_s, config.send_timeout_s)
     protocol = guarded_protocol(limits, lambda reason: gateway.metrics.requests_rejected.labels(reason).inc(),
-                                gateway.metrics.connections.set)
+                                gateway.metrics.connections.set, gateway.metrics.answers_abandoned.inc)
     return Config(create_app(gateway), http=protocol, log_config=None, access_log=False, server_header=False, lifespan="on", **options)

@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: 5s)")
     parser.add_argument("--body-timeout", type=duration_option, default="10s", metavar="DURATION",
                         help="answer 408 to a request whose body is not complete this long after its head (default: 10s)")
+    parser.add_argument("--send-timeout", type=duration_option, default="10s", metavar="DURATION",
+                        help="reset a connection whose client leaves over 64 KiB of an answer unread this long (default: 10s)")
     parser.add_argument("--max-connections", type=int, default=512, metavar="N",
                         help="answer 503 to and close connections beyond this many open ones (default: 512)")
     parser.add_argument("--max-pending-mib", type=int, default=64, metavar="N",
@@ -81,6 +83,7 @@ def run_gateway(args: argparse.Namespace) -> int:
         problems.append("logystera: error: --max-future: must be a whole number of seconds")
     header_ms = _positive("--header-timeout", args.header_timeout, problems)
     body_ms = _positive("--body-timeout", args.body_timeout, problems)
+    send_ms = _positive("--send-timeout", args.send_timeout, problems)
     if args.max_connections < 1:
         problems.append("logystera: error: --max-connections: must be at least 1")
     if args.max_pending_mib < 1:
@@ -126,6 +129,7 @@ def run_gateway(args: argparse.Namespace) -> int:
         max_future_s=max_future_ms // 1000,
         header_timeout_s=header_ms / 1000,
         body_timeout_s=body_ms / 1000,
+        send_timeout_s=send_ms / 1000,
         max_connections=args.max_connections,
         max_pending_bytes=args.max_pending_mib << 20,
     )

@@ -1,18 +1,24 @@
-"""How much of the gateway one client can hold, and for how long: read deadlines, a connection cap, a pre-auth byte budget.
+"""How much of the gateway one client can hold, and for how long: read and send deadlines, a connection cap, a pre-auth byte budget.
 
-A client that opens a connection and then sends slowly, or never finishes,
-must neither keep a connection forever nor make the gateway buffer without
-bound before it is known to hold a site's secret. Three limits, each where it
-can act:
+A client that opens a connection and then sends slowly, never finishes, or
+never reads its answer must neither keep a connection forever nor make the
+gateway buffer without bound before it is known to hold a site's secret.
+Three limits, each where it can act:
 
 - **Per connection, in uvicorn's HTTP protocol** (:func:`guarded_protocol`):
   the request head (request line and headers) must be complete within
   ``header_timeout_s`` of the connection opening or of the previous answer on
   it, else the connection is closed (with a ``408`` if part of a head
-  arrived); and a connection beyond ``max_connections`` open ones is answered
-  ``503`` and closed as soon as it is accepted. uvicorn has neither: its
-  keep-alive timer only runs between requests and stops at the first byte, and
-  its ``limit_concurrency`` answers only once a complete head has arrived.
+  arrived); a connection beyond ``max_connections`` open ones is answered
+  ``503`` and closed as soon as it is accepted; and an answer the client
+  does not read — the transport's buffer stays over its high-water mark
+  (64 KiB) for ``send_timeout_s`` — is abandoned and the connection reset, so
+  that a site holding its answers (a batch of 1,000 rejected signals is
+  answered with ~100–300 KiB) cannot keep connections and their buffers
+  forever. uvicorn has none of these: its keep-alive timer only runs between
+  requests and stops at the first byte, its ``limit_concurrency`` answers only
+  once a complete head has arrived, and it waits for a paused transport
+  without end.
 - **Per request, in the handler** (``gateway.app``): the body must be complete
   within ``body_timeout_s`` of its head (``408``); the body's first bytes name
   the site, so an unregistered site is refused before the rest is read.
@@ -47,6 +53,7 @@ class ConnectionLimits:
     header_timeout_s: float
     max_connections: int
     retry_after_s: int
+    send_timeout_s: float
 
 
 def raw_refusal(status: int, reason: str, message: str, retry_after_s: int | None = None) -> bytes:
@@ -59,16 +66,18 @@ def raw_refusal(status: int, reason: str, message: str, retry_after_s: int | Non
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-def guarded_protocol(limits: ConnectionLimits, refused: Callable[[str], None], opened: Callable[[int], None]) -> type[H11Protocol]:
-    """The h11 protocol of uvicorn with a head deadline and a connection cap; ``refused(reason)`` counts each refusal.
+def guarded_protocol(limits: ConnectionLimits, refused: Callable[[str], None], opened: Callable[[int], None],
+                     abandoned: Callable[[], None]) -> type[H11Protocol]:
+    """The h11 protocol of uvicorn with head and send deadlines and a connection cap; ``refused(reason)`` counts each refusal.
 
-    ``opened(n)`` is told the number of open connections whenever it changes.
+    ``opened(n)`` is told the number of open connections whenever it changes,
+    ``abandoned()`` each answer given up at its send deadline.
     Used as ``uvicorn.Config(http=...)``, so the gateway always speaks h11,
     whether or not httptools is installed.
     """
 
     class GuardedH11Protocol(H11Protocol):
-        """One connection: closed when a request head is not complete in time, refused beyond the cap."""
+        """One connection: closed when a request head is not complete or an answer not read in time, refused beyond the cap."""
 
         def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
                      _loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -77,6 +86,7 @@ def guarded_protocol(limits: ConnectionLimits, refused: Callable[[str], None], o
             self._awaited_after: Any = None
             """The request cycle the awaited head follows (``None`` on a fresh connection): a new head replaces ``self.cycle``."""
             self._head_started = False
+            self._send_deadline: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -89,6 +99,7 @@ def guarded_protocol(limits: ConnectionLimits, refused: Callable[[str], None], o
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_head_deadline()
+            self._cancel_send_deadline()
             super().connection_lost(exc)
             opened(len(self.connections))
 
@@ -101,6 +112,27 @@ def guarded_protocol(limits: ConnectionLimits, refused: Callable[[str], None], o
             super().on_response_complete()
             if not self.transport.is_closing() and self.cycle is answered:
                 self._await_head()  # no pipelined head was waiting: the next one has the full deadline from now
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._send_deadline is None:
+                self._send_deadline = self.loop.call_later(limits.send_timeout_s, self._send_overdue)
+
+        def resume_writing(self) -> None:
+            self._cancel_send_deadline()
+            super().resume_writing()
+
+        def _cancel_send_deadline(self) -> None:
+            if self._send_deadline is not None:
+                self._send_deadline.cancel()
+                self._send_deadline = None
+
+        def _send_overdue(self) -> None:
+            # The client read nothing for the whole deadline: drop the buffered answer (a close would wait to send it).
+            # connection_lost then marks the request cycle disconnected and lets the handler's pending send return.
+            self._send_deadline = None
+            abandoned()
+            self.transport.abort()
 
         def _await_head(self) -> None:
             self._cancel_head_deadline()

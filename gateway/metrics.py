@@ -32,6 +32,11 @@ class GatewayMetrics:
         self.requests_rejected = Counter(
             "logystera_gateway_requests_rejected", "Requests refused as a whole (4xx, 503), by reason.", ["reason"], registry=registry
         )
+        self.answers_abandoned = Counter(
+            "logystera_gateway_answers_abandoned",
+            "Answers given up because the client left them unread for --send-timeout (the connection is reset).",
+            registry=registry,
+        )
         self.batches = Counter(
             "logystera_gateway_batches", "POST /v1/batches requests by outcome.", ["outcome"], registry=registry
         )

@@ -15,8 +15,9 @@ from collections.abc import Callable
 
 import pytest
 
+from dispatcher import sign_batch
 from schemas.timestamps import format_ts
-from tests.gateway.support import RunningGateway, Sender, mail, read_until_closed, signal_lines
+from tests.gateway.support import SECRETS, RunningGateway, Sender, mail, read_until_closed, signal_lines
 from tests.support.kafka_broker import Broker
 from tests.support.polling import wait_for
 
@@ -182,3 +183,49 @@ def test_an_unknown_site_is_refused_from_the_first_kib_without_reading_the_rest(
 def test_a_body_without_its_site_in_the_first_kib_is_refused(gateway: RunningGateway) -> None:
     sock = _connect(gateway, _head(500_000) + b"{" + b" " * 2000 + b'"site":"shop-eu"')
     assert _error_of(read_until_closed(sock, 5)) == (400, "no_site")
+
+
+def _signed_request(sender: Sender, site: str, signals: list[dict[str, object]], batch_id: str) -> bytes:
+    """A whole signed POST, as bytes, for a client that then does not read its answer."""
+    body = sender.body(site, signals, batch_id)
+    timestamp = int(time.time())
+    head = (f"POST /v1/batches HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            f"webhook-id: {batch_id}\r\nwebhook-timestamp: {timestamp}\r\n"
+            f"webhook-signature: {sign_batch(SECRETS[site], batch_id, timestamp, body)}\r\n\r\n").encode()
+    return head + body
+
+
+def test_an_answer_left_unread_is_abandoned_at_the_send_deadline_and_the_connection_reset(
+    make_gateway: Callable[..., RunningGateway], shared_broker: Broker, topic: str
+) -> None:
+    """A site that posts 1,000 rejected signals (a ~120 KiB answer) and never reads it holds no connection past the deadline."""
+    running = make_gateway(shared_broker.bootstrap, topic, send_timeout_s=1.0)
+    sender = Sender(running.url)
+    try:
+        signals: list[dict[str, object]] = []
+        for n in range(1000):
+            signal = mail(n)
+            signal["data"] = {**signal["data"], "x" * 200: 1}  # refused: a field the contract does not allow
+            signals.append(signal)
+        request = _signed_request(sender, "shop-eu", signals, "unread-answer-batch")
+        sock = socket.socket()
+        # Before connecting: a small window, and small segments as on a real network (over loopback the kernel's send buffer
+        # grows to megabytes and takes any answer whole; with 536-byte segments it stays near 30 KiB, so the answer backs up).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
+        sock.connect(("127.0.0.1", running.port))
+        sock.sendall(request)
+        wait_for(lambda: running.metric("logystera_gateway_answers_abandoned_total") == 1, "the unread answer was not abandoned",
+                 timeout=15)
+        wait_for(lambda: _gauge(running, "logystera_gateway_connections") == 0, "the connection is still open", timeout=5)
+        received = read_until_closed(sock, 5)
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")))
+        assert length > 100_000 and len(body) < length  # part of the answer, then the reset
+        # The same batch from a client that reads: answered in full, and the gateway serves on.
+        answer = sender.post("shop-eu", signals, batch_id="read-answer-batch").json()
+        assert answer["accepted"] == 0 and len(answer["rejected"]) == 1000
+        assert running.metric("logystera_gateway_answers_abandoned_total") == 1
+    finally:
+        sender.client.close()
