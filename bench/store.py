@@ -23,21 +23,23 @@ per site every 10 s):
     ``ru_maxrss`` (with the store it includes the chDB engine, ~330 MB once
     imported and opened). A third replay hands every row to a store that
     keeps nothing (chDB not loaded), which splits the store's cost into the
-    Python side (metric buckets, rows, sink) and the inserts (timed inside
-    ``Store.insert``) and chDB's background work: where the time goes.
+    Python side (metric buckets, rows, sink), the sink's writer threads
+    (``Store.insert``: clickhouse-connect's encoding and chDB's work in the
+    calling thread, timed there by ``time.thread_time``) and chDB's own
+    threads: where the time goes.
 
 chDB is one engine per process and one directory per engine, so every
 measurement runs in a child process of its own with a fresh directory; that
 also keeps each child's peak RSS and CPU time its own.
 
 Wall time is what a user waits. CPU time (``time.process_time``) counts every
-thread of the process: with the store that includes chDB's own threads
-(insert pipeline, background merges of the parts each insert creates), which
-can run on another core while the Python worker thread carries on, so with
-the store CPU time can exceed wall time and the CPU ratio is the stricter one.
-The worker thread's own CPU time (``time.thread_time`` of the thread that
-runs the flow) is shown separately; process minus worker thread is, to a
-close approximation, chDB's threads.
+thread of the process: with the store that includes the sink's writer thread
+and chDB's own threads (insert pipeline, background merges of the parts each
+insert creates), which run on another core while the Python worker thread
+carries on, so with the store CPU time can exceed wall time and the CPU
+ratio is the stricter one. The worker thread's own CPU time
+(``time.thread_time`` of the thread that runs the flow) is shown separately;
+process minus worker thread is the writer and chDB's threads.
 """
 
 from __future__ import annotations
@@ -138,8 +140,9 @@ class NullStore:
 
 def child_replay(path: str, rules_dir: str, directory: str) -> dict[str, Any]:
     """One replay in this (fresh) process: with a store in ``directory``, without one for ``-``, or with a
-    :class:`NullStore` for ``null``. With a store, the process CPU spent inside ``Store.insert`` (clickhouse-connect's
-    encoding and chDB's insert, its threads included) is counted as ``inserts``."""
+    :class:`NullStore` for ``null``. With a store, the CPU time of the sink's writer thread inside ``Store.insert``
+    (clickhouse-connect's encoding, chDB's work in the calling thread) is counted as ``inserts``: process CPU would
+    count the worker too, which goes on meanwhile."""
     from flows.replay import replay
     from sinks.clickhouse import Store
 
@@ -153,9 +156,9 @@ def child_replay(path: str, rules_dir: str, directory: str) -> dict[str, Any]:
         insert = store.insert
 
         def timed(table: str, columns: Any, data: Any) -> int:
-            started = time.process_time()
+            started = time.thread_time()
             written = insert(table, columns, data)
-            inserts[0] += time.process_time() - started
+            inserts[0] += time.thread_time() - started
             return written
 
         store.insert = timed
@@ -274,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {batch:>10,} {items:<21} {rows:>9,} {first['inserts']:>7} {wall:>7.2f} {cpu:>7.2f} {thread:>8.2f} "
               f"{rows / wall:>12,.0f} {rows / cpu:>11,.0f}  "
               f"{'all rows, ids unique' if ok else 'MISMATCH'}{mark}")
-    print("    worker s = CPU of the thread running the flow (buffering, clickhouse-connect's encoding); "
-          "cpu s − worker s ≈ chDB's insert threads")
+    print("    worker s = CPU of the thread running the flow (buffering); "
+          "cpu s − worker s ≈ the sink's writer thread (clickhouse-connect's encoding) and chDB's insert threads")
     rows = next(iter(sink_runs.values()))[0]["rows"]
     for form, name in (("columns", "signal_columns"), ("rows", "signal_rows")):
         build = min(run["build"]["cpu"] for (_, made), runs in sink_runs.items() if made == form for run in runs)
@@ -301,16 +304,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"    with/without throughput: {ratio_wall:.2f}× by wall time, {ratio_cpu:.2f}× by process CPU time, "
           f"{ratio_thread:.2f}× by worker-thread CPU time")
     chdb = max(0.0, min(run["cpu"] - run["thread"] for run in with_store))
-    print(f"    process CPU includes chDB's own threads ({chdb:.2f} s: insert pipeline, merges of the parts inserts create); "
-          "the worker waits for each insert, so wall ≈ worker CPU + those waits")
-    # Where the time goes: each part is a difference of best-of-N process CPU times, or (inserts) measured inside one.
+    print(f"    process CPU includes the sink's writer thread and chDB's own threads ({chdb:.2f} s: encoding, insert pipeline, "
+          "merges of the parts inserts create); the worker waits for them only when batches pile up and at the end of the run")
+    # Where the time goes: each part is a difference of best-of-N process CPU times, or (inserts) measured in the writer.
     base, rows_cpu, full = best(without, "cpu"), best(null, "cpu"), best(with_store, "cpu")
     inserts = min(run["inserts"] for run in with_store)
     parts = (
         ("replay without a store", base),
         ("metric buckets, store rows, sink buffering (Python)", rows_cpu - base),
-        ("inserts: clickhouse-connect encoding + chDB, its threads included", inserts),
-        ("the rest: chDB's background work (merges), noise", full - rows_cpu - inserts),
+        ("inserts, in the writer thread: clickhouse-connect's encoding, chDB", inserts),
+        ("the rest: chDB's own threads (insert pipeline, merges), noise", full - rows_cpu - inserts),
     )
     print("    where the CPU time of the replay with the store goes (best of each):")
     for name, seconds in parts:

@@ -17,7 +17,7 @@ from heapq import heappop, heappush
 
 from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS
 from operators.engine import RuleRunner
-from operators.metrics import CompiledMetric, MetricPoint, SiteMetrics
+from operators.metrics import CompiledMetric, MetricColumns, SiteMetrics
 from operators.notification import Notification
 from operators.routing import RoutingTable
 from schemas.records import Record
@@ -52,11 +52,11 @@ class SiteDetector:
         self.started = False  # every runner has a clock (ticks can be absorbed)
         self.dues: list[tuple[int, int]] = []  # (due clock, runner index): runners' earliest deadlines
 
-    def process(self, record: Record, out: list[Notification], points: list[MetricPoint] | None = None) -> bool:
+    def process(self, record: Record, out: list[Notification], points: MetricColumns | None = None) -> bool:
         """Apply one record; append notifications (and final metric buckets); False if late for any rule."""
         return not self.process_all((record,), out, points)
 
-    def process_all(self, records: Sequence[Record], out: list[Notification], points: list[MetricPoint] | None = None) -> list[int]:
+    def process_all(self, records: Sequence[Record], out: list[Notification], points: MetricColumns | None = None) -> list[int]:
         """Apply records in order, as :meth:`process` would one by one; the lines of those late for any rule.
 
         The dataflow hands a site its records a chunk at a time: one call per
@@ -66,7 +66,7 @@ class SiteDetector:
         """
         late: list[int] = []
         if points is not None and self.metrics is not None:
-            points += self.metrics.process_all(records)
+            self.metrics.process_all(records, points)
         lateness, dues, by_type = self.lateness, self.dues, self.by_type
         for record in records:
             ts = record.ts
@@ -109,9 +109,10 @@ class SiteDetector:
                 late.append(record.line)
         return late
 
-    def flush_metrics(self) -> list[MetricPoint]:
-        """Every open metric bucket (the input has ended)."""
-        return self.metrics.flush() if self.metrics is not None else []
+    def flush_metrics(self, points: MetricColumns) -> None:
+        """Append every open metric bucket to ``points`` (the input has ended)."""
+        if self.metrics is not None:
+            self.metrics.flush(points)
 
     def _run_due(self, out: list[Notification]) -> None:
         """Catch up and evaluate the runners whose earliest deadline the absorbed ticks have reached."""

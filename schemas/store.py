@@ -14,7 +14,7 @@ statement is idempotent (``IF NOT EXISTS``), so applying twice is harmless.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from operator import attrgetter
@@ -275,39 +275,20 @@ def _labels_key(labels: tuple[tuple[str, str], ...]) -> str:
     return compact_json(dict(labels))
 
 
-class MetricBucket(Protocol):
-    """What a metric row is made of: ``operators.metrics.MetricPoint`` has it, and the schema does not import the engine."""
+class MetricBuckets(Protocol):
+    """What metric rows are made of, column by column (``operators.metrics.MetricColumns``: the schema does not import the engine)."""
 
-    @property
-    def site(self) -> str:
-        """The site the bucket belongs to."""
-
-    @property
-    def metric(self) -> str:
-        """The metric's name."""
-
-    @property
-    def labels(self) -> tuple[tuple[str, str], ...]:
-        """Label names and values, sorted."""
-
-    @property
-    def bucket_start(self) -> int:
-        """Start of the bucket, epoch ms."""
-
-    @property
-    def resolution(self) -> int:
-        """Length of the bucket, ms."""
-
-    @property
-    def value(self) -> float:
-        """The aggregated value."""
-
-    @property
-    def signals(self) -> int:
-        """Signals that went into it."""
-
-
-_POINT_FIELDS = tuple(attrgetter(name) for name in ("site", "metric", "labels", "bucket_start", "resolution", "value", "signals"))
+    sites: list[str]
+    metrics: list[str]
+    labels: list[tuple[tuple[str, str], ...]]
+    """Label names and values of each bucket, sorted."""
+    bucket_starts: list[int]
+    """Epoch ms."""
+    resolutions: list[int]
+    """Length of each bucket, ms."""
+    values: list[float]
+    signals: list[int]
+    """Signals that went into each bucket."""
 
 
 @lru_cache(maxsize=16_384)
@@ -316,12 +297,12 @@ def _labels_map(labels: tuple[tuple[str, str], ...]) -> dict[str, str]:
     return dict(labels)
 
 
-def metric_columns(points: Sequence[MetricBucket]) -> Columns:
-    """``metrics`` rows, as :class:`Columns`, for final metric buckets."""
-    sites, metrics, labels, starts, resolutions, values, signals = (list(map(field, points)) for field in _POINT_FIELDS)
+def metric_columns(buckets: MetricBuckets) -> Columns:
+    """``metrics`` rows, as :class:`Columns`, for final metric buckets (their lists are taken over, not copied)."""
+    labels = buckets.labels
     return Columns([
-        sites, metrics, list(map(_labels_key, labels)), list(map(_labels_map, labels)), starts,
-        [resolution // 1000 for resolution in resolutions], values, signals,
+        buckets.sites, buckets.metrics, list(map(_labels_key, labels)), list(map(_labels_map, labels)), buckets.bucket_starts,
+        [resolution // 1000 for resolution in buckets.resolutions], buckets.values, buckets.signals,
     ])
 
 

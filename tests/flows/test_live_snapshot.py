@@ -29,7 +29,7 @@ from flows.replay import replay
 from flows.sources import Line
 from operators import snapshot
 from operators.fingerprints import FIRING, Fingerprint, ScheduledAbsenceFingerprint
-from operators.metrics import CompiledMetric, MetricPoint, compile_metric
+from operators.metrics import CompiledMetric, MetricColumns, MetricPoint, compile_metric
 from operators.notification import Emitted
 from operators.routing import RoutingTable
 from operators.site import SiteDetector
@@ -86,7 +86,7 @@ class Sites:
         self.metrics = metrics
         self.detectors: dict[str, SiteDetector] = {}
         self.alerts: list[str] = []
-        self.points: list[MetricPoint] = []
+        self.buckets = MetricColumns()
         self.late: list[int] = []
 
     def feed(self, records: Iterable[Record]) -> None:
@@ -95,7 +95,7 @@ class Sites:
             detector = self.detectors.get(record.site)
             if detector is None:
                 detector = self.detectors[record.site] = SiteDetector(self.table, record.site, LATENESS, self.metrics)
-            if not detector.process(record, out, self.points):
+            if not detector.process(record, out, self.buckets):
                 self.late.append(record.line)
         self.alerts.extend(notification.to_json() for notification in out)
 
@@ -110,9 +110,13 @@ class Sites:
             self.detectors[site] = restored
         return size
 
+    @property
+    def points(self) -> list[MetricPoint]:
+        return self.buckets.points()
+
     def finish(self) -> None:
         for site in sorted(self.detectors):
-            self.points.extend(self.detectors[site].flush_metrics())
+            self.detectors[site].flush_metrics(self.buckets)
 
 
 def compiled(metrics: list[MetricDefinition]) -> list[tuple[MetricDefinition, CompiledMetric]]:

@@ -12,9 +12,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from random import Random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flows.detect import RejectRow, ValidTimes, finish_rejected
 from flows.replay import ReplayResult, replay
 from schemas.rule_loader import load_rules
+from schemas.store import rejected_row
 from simulate.corpus import generate_corpus
 from sinks.clickhouse import Store
 from tests.support.store import database_name
@@ -73,3 +79,29 @@ def test_three_shards_on_chunks_of_seven_lines_give_what_one_worker_gives(tmp_pa
     assert any(reason.startswith("site: key given more than once") for reason in reasons), reasons
     assert any(reason.startswith("data.site") for reason in reasons), reasons
     assert expected.valid > 3000 and len([row for row in rows if row[0] == "rejected"]) == expected.invalid
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["part 0", "part 1", "part 2", "rejected", "rejected with ts"]),
+                          st.integers(0, 2**40)), max_size=60),
+       st.integers(0, 2**40), st.randoms(use_true_random=False))
+def test_a_rejected_line_without_a_ts_gets_the_latest_valid_ts_before_it_in_any_part(
+    lines: list[tuple[str, int]], before_chunk: int, order: Random,
+) -> None:
+    """``finish_rejected`` against its definition: the latest valid ``ts`` on an earlier line, in whichever part it is."""
+    times: list[ValidTimes] = [([], []), ([], []), ([], [])]
+    rows: list[RejectRow] = []
+    for number, (kind, ts) in enumerate(lines, 1):
+        if kind.startswith("part"):
+            part = times[int(kind[-1])]
+            part[0].append(number)
+            part[1].append(ts)
+        else:
+            rows.append((number, "shop", "invalid JSON", ts if kind == "rejected with ts" else None))
+    order.shuffle(rows)  # the live flow's rows need not be in line order
+    expected = []
+    for number, _, reason, ts in rows:
+        valid_before = [stamp for line, (kind, stamp) in enumerate(lines, 1) if kind.startswith("part") and line < number]
+        at = ts if ts is not None else max([before_chunk, *valid_before])
+        expected.append(rejected_row("in.jsonl", number, "shop", reason, at))
+    assert finish_rejected("in.jsonl", rows, before_chunk, times) == expected

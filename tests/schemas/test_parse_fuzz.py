@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from operators.metrics import SiteMetrics, compile_metric, summand
+from operators.metrics import MetricColumns, SiteMetrics, compile_metric, summand
 from schemas.problems import first_problem
 from schemas.records import _PATTERN_WORDS, _TICK_LINE, Record, parse_lines, routing_site, salvage_site_and_ts
 from schemas.rule_loader import load_rules
@@ -238,12 +238,12 @@ def check_rejected_rows(lines: list[tuple[int, bytes]], rejects: list[tuple[int,
 
 def check_metric_rows(records: list[Record]) -> None:
     by_site: dict[str, SiteMetrics] = {}
-    points = []
+    points = MetricColumns()
     for record in sorted(records, key=lambda record: record.ts):
         metrics = by_site.setdefault(record.site, SiteMetrics(METRICS, record.site))
-        points.extend(metrics.process(record))
+        metrics.process(record, points)
     for metrics in by_site.values():
-        points.extend(metrics.flush())
+        metrics.flush(points)
     columns = metric_columns(points).data
     assert all(math.isfinite(value) for value in columns[6]) and all(0 <= signals <= UINT64_MAX for signals in columns[7])
 

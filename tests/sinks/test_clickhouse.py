@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -36,6 +37,7 @@ from schemas.store import MIGRATIONS, REJECTED_COLUMNS, SIGNAL_COLUMNS, TABLES, 
 from simulate.corpus import write_corpus
 from sinks.clickhouse import (
     DEFAULT_DATABASE,
+    EpochStoreSink,
     RetryPolicy,
     Store,
     StoreAddress,
@@ -407,10 +409,13 @@ def test_sink_writes_a_table_when_it_has_batch_rows_and_the_rest_at_close(store_
     rows = some_signal_rows(7)
     rejected = [rejected_row("signals.jsonl", 9, "shop-a", "data.email: field not allowed", rows[0][2])]
     partition.write_batch([("signals", rows[0:2])])
+    partition.wait_written()
     assert (store.acknowledged, table_rows(store, "signals")) == ([], 0)
     partition.write_batch([("signals", rows[2:3]), ("rejected", rejected), ("signals", [])])
+    partition.wait_written()
     assert (store.acknowledged, table_rows(store, "signals")) == ([("signals", 3)], 3)
     partition.write_batch([("signals", rows[3:7])])
+    partition.wait_written()
     assert store.acknowledged == [("signals", 3), ("signals", 4)]
     assert table_rows(store, "rejected") == 0
     partition.close()
@@ -435,14 +440,17 @@ def test_sink_writes_everything_buffered_once_the_oldest_row_is_max_delay_old(st
     partition.write_batch([("signals", rows[0:1])])
     fake.now = 1.9
     partition.write_batch([("signals", rows[1:2])])
+    partition.wait_written()
     assert store.acknowledged == []
     fake.now = 2.0
     partition.write_batch([("rejected", rejected)])
+    partition.wait_written()
     assert store.acknowledged == [("signals", 2), ("rejected", 1)]
     fake.now = 2.5
     partition.write_batch([("signals", rows[2:3])])
     fake.now = 4.4  # the oldest buffered row is 1.9 s old
     partition.write_batch([("signals", rows[3:4])])
+    partition.wait_written()
     assert store.acknowledged == [("signals", 2), ("rejected", 1)]
     partition.close()
     assert store.acknowledged == [("signals", 2), ("rejected", 1), ("signals", 2)]
@@ -460,6 +468,95 @@ def test_sink_in_a_bytewax_run_writes_every_row_in_batches(store_dsn: str) -> No
     run_main(flow)
     assert store.acknowledged == [("signals", 4), ("signals", 4), ("signals", 2)]
     assert store.query(f"SELECT id FROM {store.database}.signals ORDER BY id").result_rows == [(row[3],) for row in rows]
+
+
+def gated(store: RecordingStore, inserts: int) -> threading.Event:
+    """Hold the store's first ``inserts`` inserts (in the sink's writer thread) until the returned event is set."""
+    gate = threading.Event()
+    held = [0]
+
+    def before_insert(_store: RecordingStore, _table: str) -> None:
+        held[0] += 1
+        if held[0] <= inserts:
+            assert gate.wait(TIMEOUT), "the test never opened the gate"
+
+    store.before_insert = before_insert
+    return gate
+
+
+def stored_ids(store: Store) -> list[tuple[str]]:
+    return store.query(f"SELECT id FROM {store.database}.signals ORDER BY id").result_rows
+
+
+def test_an_epochs_end_waits_until_the_writer_has_written_every_row(store_dsn: str) -> None:
+    # Bytewax commits an epoch once the sink's snapshot returns: the rows recovery counts as done must be in the store by then.
+    store = RecordingStore(parse_dsn(store_dsn), ttl_days=TTL_DAYS)
+    store.migrate()
+    store.acknowledged.clear()
+    gate = gated(store, 1)
+    partition = EpochStoreSink(StoreSink(store, batch_rows=3, max_delay=3600.0), flush_every=3600.0).build_part("store", "signals", None)
+    rows = some_signal_rows(5)
+    partition.write_batch([rows[0:3]])  # batch_rows: handed to the writer, held at the gate; the worker goes on
+    partition.write_batch([rows[3:5]])  # buffered
+    ended = threading.Event()
+    epoch_end = threading.Thread(target=lambda: (partition.snapshot(), ended.set()))
+    epoch_end.start()
+    assert not ended.wait(0.5)
+    assert store.acknowledged == []
+    gate.set()
+    assert ended.wait(TIMEOUT)
+    assert store.acknowledged == [("signals", 3), ("signals", 2)]
+    assert stored_ids(store) == [(row[3],) for row in rows]
+    partition.close()
+
+
+def test_a_slow_store_holds_the_worker_once_pending_batches_wait(store_dsn: str) -> None:
+    store = RecordingStore(parse_dsn(store_dsn), ttl_days=TTL_DAYS)
+    store.migrate()
+    store.acknowledged.clear()
+    gate = gated(store, 1)
+    partition = StoreSink(store, batch_rows=2, max_delay=3600.0, pending=2).build("store", 0, 1)
+    rows = some_signal_rows(8)
+    partition.write_batch([("signals", rows[0:2])])  # being written (held at the gate)
+    partition.write_batch([("signals", rows[2:4])])  # waiting: two batches pending
+    third = threading.Thread(target=partition.write_batch, args=([("signals", rows[4:6])],))
+    third.start()
+    third.join(0.5)
+    assert third.is_alive()  # the worker waits: what a slow store leaves in memory stays bounded
+    assert store.acknowledged == []
+    gate.set()
+    third.join(TIMEOUT)
+    assert not third.is_alive()
+    partition.write_batch([("signals", rows[6:8])])
+    partition.close()
+    assert store.acknowledged == [("signals", 2)] * 4
+    assert stored_ids(store) == [(row[3],) for row in rows]
+
+
+def test_an_insert_that_fails_in_the_writer_is_raised_on_the_worker_and_nothing_after_it_is_written(store_dsn: str) -> None:
+    store = RecordingStore(parse_dsn(store_dsn), ttl_days=TTL_DAYS)
+    store.migrate()
+    rows = some_signal_rows(8)
+    bad = (*rows[2][:4], "not a number", rows[2][5])  # seq is a UInt64: clickhouse-connect refuses to encode it
+    with pytest.raises(ValueError) as direct:  # what an insert of that row raises where it is called
+        store.insert("signals", SIGNAL_COLUMNS, [[value] for value in bad])
+    store.acknowledged.clear()
+    gate = gated(store, 1)
+    partition = StoreSink(store, batch_rows=2, max_delay=3600.0).build("store", 0, 1)
+    partition.write_batch([("signals", rows[0:2])])  # held at the gate while the next two batches are handed over
+    partition.write_batch([("signals", [bad, rows[3]]), ("signals", rows[4:6])])
+    gate.set()
+    with pytest.raises(ValueError) as waited:
+        partition.wait_written()
+    assert str(waited.value) == str(direct.value)
+    with pytest.raises(ValueError) as next_write:
+        partition.write_batch([("signals", rows[6:8])])
+    assert next_write.value is waited.value
+    with pytest.raises(ValueError) as closed:
+        partition.close()
+    assert closed.value is waited.value
+    assert store.acknowledged == [("signals", 2)]  # the batch after the failed one was never written
+    assert stored_ids(store) == [(row[3],) for row in rows[0:2]]
 
 
 # -- replay with a store -------------------------------------------------------------------------------
