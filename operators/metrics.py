@@ -116,7 +116,7 @@ class CompiledMetric:
         entry = self._by_class.get(kind)
         if entry is None:
             names = [name for name, _ in self.labels]
-            fields = getattr(kind, "model_fields", {})
+            fields = getattr(kind, "model_fields", getattr(kind, "__struct_fields__", ()))  # a model, or a Struct
             entry = self._by_class[kind] = (attrgetter(*names) if all(name in fields for name in names) else None, {})
         getter, seen = entry
         if getter is None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Container, Iterable
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
+from msgspec import Struct
 from pydantic import BaseModel, ValidationError
 
+from schemas.fast_signals import decode_signal
 from schemas.problems import first_problem
 from schemas.signals import (
     MAX_SIGNAL_BYTES,
@@ -25,27 +27,30 @@ from schemas.signals import (
 )
 from schemas.timestamps import MILLIS, SECOND_STARTS, TS_PATTERN, TimestampError, parse_ts, parse_ts_checked, ts_problem
 
+Payload = BaseModel | Struct
+"""A record's ``data``: the payload model, or its Struct where the fast path read the line
+(:mod:`schemas.fast_signals`); either is read with ``getattr``, and an absent optional field is None in both."""
 
-class Record:
+
+class Record(Struct, eq=False, gc=False):
     """A validated signal or tick, as the detection engine sees it.
 
     ``raw`` keeps the bytes exactly as received so that evidence can carry the
     envelope as received; it is only re-encoded when a notification is built.
+    A Struct because one is built per line: its ``__init__`` is msgspec's C code,
+    a third of the cost of a Python one (callgrind). Records compare by
+    identity (``eq=False``), and the GC does not track them (``gc=False``): a
+    record holds strings, integers, bytes and a payload, so it can be in no cycle.
     """
 
-    __slots__ = ("data", "id", "line", "raw", "seq", "site", "ts", "type")
-
-    def __init__(
-        self, line: int, site: str, type_: str, ts: int, id_: str, data: BaseModel, raw: bytes, seq: int | None = None
-    ) -> None:
-        self.line = line
-        self.site = site
-        self.type = type_
-        self.ts = ts
-        self.id = id_
-        self.data = data
-        self.raw = raw
-        self.seq = seq
+    line: int
+    site: str
+    type: str
+    ts: int
+    id: str
+    data: Payload
+    raw: bytes
+    seq: int | None = None
 
     def __repr__(self) -> str:
         return f"Record(line={self.line}, site={self.site!r}, type={self.type!r}, ts={self.ts}, id={self.id!r})"
@@ -86,6 +91,8 @@ _validate_json = SIGNAL_ADAPTER.validator.validate_json
 _ENVELOPE_FIELDS = itemgetter("site", "type", "ts", "id", "data", "seq")
 """Read from the model's ``__dict__`` (where pydantic keeps field values) in one call: a model's attribute reads go
 through its ``__getattr__`` hook and class lookups, measured ~2x slower per record."""
+_SIGNAL_FIELDS = attrgetter("site", "type", "ts", "id", "data", "seq")
+"""The same fields of a fast-path envelope Struct (its ``type`` is a class attribute)."""
 
 TICK_DATA = TickData()
 """The payload of every tick record (a tick has none; the model is frozen, so one instance serves all)."""
@@ -95,10 +102,10 @@ def _bare(pattern: str) -> str:
     return pattern.removeprefix("^").removesuffix("$")
 
 
-_TICK_LINE = re.compile((
+_TICK_LINE = re.compile(
     r'\{"v":1,"id":"(' + _bare(SIGNAL_ID_PATTERN) + r')","site":"(' + _bare(SITE_PATTERN) + r')","type":"tick","ts":"('
     + _bare(TS_PATTERN).replace(r"(?:\.[0-9]+)?Z", r"\.[0-9]{3}Z") + r')"\}'
-).encode())
+)
 """A tick exactly as the gateway writes it (:func:`schemas.factory.make_tick`, compact JSON): valid by its shape alone.
 
 Every value is within its field's pattern (``id``, ``site``, and ``ts`` with
@@ -106,7 +113,9 @@ three fraction digits), no character needs an escape, no key repeats, and
 nothing else is there, so :data:`SIGNAL_ADAPTER` would accept the line and
 give these values: such a line skips validation. Ticks are a quarter to two
 thirds of replay's lines. Anything else (spaces, another key order, ``seq``,
-``"data":{}``) takes the full path.
+``"data":{}``) takes the full path. It matches the text of an ASCII line (every
+character it admits is ASCII; the patterns have no class that depends on
+Unicode): its groups are then the strings themselves, with no decoding each.
 """
 
 def parse_record(raw: bytes, line: int) -> Record | str:
@@ -143,24 +152,29 @@ def parse_lines(
     rejects: list[tuple[int, str]] = []
     groups = {} if by_site is None else by_site
     validate, make, site_records, envelope_fields, tick_line = _validate_json, Record, groups.get, _ENVELOPE_FIELDS, _TICK_LINE.fullmatch
+    fast, signal_fields = decode_signal, _SIGNAL_FIELDS
     to_ms, second_start, millis, tick_data = parse_ts, SECOND_STARTS.get, MILLIS, TICK_DATA
     for line, received in lines:
         raw = received.strip()
         if not raw:
             continue
-        tick = tick_line(raw) if raw.endswith(b'Z"}') else None  # the regex costs a non-tick line as much as a tick
+        # The regex costs a non-tick line as much as a tick: tried only on what ends like one.
+        tick = tick_line(raw.decode()) if raw.endswith(b'Z"}') and raw.isascii() else None
         if tick is None and len(raw) > MAX_SIGNAL_BYTES:
             reason = _oversized(raw)
             if reason is not None:
                 rejects.append((line, reason))
                 continue
+        model = None
         try:
-            if tick is None:
+            if tick is not None:
+                id_, site, ts_text = tick.groups()
+                type_, data, seq = "tick", tick_data, None
+            elif (signal := fast(raw)) is not None:
+                site, type_, ts_text, id_, data, seq = signal_fields(signal)
+            else:
                 model = validate(raw)
                 site, type_, ts_text, id_, data, seq = envelope_fields(model.__dict__)
-            else:
-                id_, site, ts_text = tick.group(1).decode(), tick.group(2).decode(), tick.group(3).decode()
-                type_, data, seq = "tick", tick_data, None
             second = second_start(ts_text[:19])  # parse_ts's usual path, inlined
             ts = second + millis[ts_text[20:23]] if second is not None and len(ts_text) == 24 else to_ms(ts_text)
         except ValidationError as error:
@@ -169,7 +183,7 @@ def parse_lines(
         except TimestampError as error:
             rejects.append((line, f"ts: {error}"))
             continue
-        if tick is None:
+        if model is not None:
             # Validation keeps the last of repeated keys: a line with more keys than it has distinct ones repeats one.
             # Each key is followed by one ':', and ts holds two; other ':' are in strings (see _repeated_key).
             keys = len(model.__pydantic_fields_set__) + len(data.__pydantic_fields_set__)

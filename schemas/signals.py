@@ -178,6 +178,8 @@ SITE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 SiteId = Annotated[str, Field(pattern=SITE_PATTERN)]
 Timestamp = Annotated[str, Field(pattern=TS_PATTERN)]
 Version = Annotated[int, Field(ge=1, le=1)]
+DISCRIMINATOR = "type"
+"""The envelope field whose value picks the model of a signal line."""
 
 
 class _Envelope(BaseModel):
@@ -191,7 +193,7 @@ class _Envelope(BaseModel):
 
 def _envelope(type_name: str, payload: type[BaseModel]) -> type[_Envelope]:
     """Build the envelope model for one signal type (one class per type for the union)."""
-    annotations = {"type": Literal[type_name], "data": payload}  # type: ignore[valid-type]
+    annotations = {DISCRIMINATOR: Literal[type_name], "data": payload}  # type: ignore[valid-type]
     namespace = {"__annotations__": annotations, "__doc__": f"A `{type_name}` signal."}
     name = "".join(part.capitalize() for part in type_name.split("_")) + "Signal"
     return type(name, (_Envelope,), namespace)
@@ -207,7 +209,7 @@ class TickSignal(_Envelope):
 ENVELOPES: dict[str, type[_Envelope]] = {name: _envelope(name, model) for name, model in PAYLOADS.items()}
 ENVELOPES["tick"] = TickSignal
 
-_UNION = Annotated[Union[tuple(ENVELOPES.values())], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
+_UNION = Annotated[Union[tuple(ENVELOPES.values())], Field(discriminator=DISCRIMINATOR)]  # type: ignore[valid-type]  # noqa: UP007
 SIGNAL_ADAPTER: TypeAdapter[_Envelope] = TypeAdapter(_UNION)  # type: ignore[arg-type]
 """Validates one signal's JSON bytes into its typed envelope model."""
 
