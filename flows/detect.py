@@ -40,7 +40,7 @@ from operators.notification import DEFAULT_LINK_BASE, Decision, Emitted, Notific
 from operators.routing import RoutingTable
 from operators.site import SiteDetector
 from operators.snapshot import SnapshotCodec
-from schemas.records import Record, parse_lines, routing_site, salvage_site_and_ts
+from schemas.records import Record, RoutingSites, parse_lines, salvage_site_and_ts
 from schemas.store import Columns, alert_rows, metric_columns, rejected_row, signal_columns
 from sinks.callback import OwnerSink
 from sinks.clickhouse import StoreItem
@@ -98,7 +98,7 @@ def routed_types(table: RoutingTable, metric_types: Iterable[str]) -> set[str]:
 
 
 def parsed_site(item: Line) -> tuple[bytes | None, list[Reject]]:
-    """The site of a raw line that :func:`schemas.records.routing_site` did not settle, by parsing it (rare).
+    """The site of a raw line that :class:`schemas.records.RoutingSites` did not settle, by parsing it (rare).
 
     ``(site, [])`` for a valid line; ``(None, [reject])`` for an invalid one
     (its site may be readable, but it never reaches a detector); ``(None,
@@ -123,12 +123,13 @@ class RouteSiteLines:
     def __init__(self, store_source: str | None) -> None:
         self.store_source = store_source
         self.last_site: bytes | None = None  # the site of the latest line sent, in this partition
+        self.routing_site = RoutingSites()
 
     def __call__(self, chunk: list[Line]) -> SiteLines:
         """The chunk's lines per site; the lines rejected here, with their store rows."""
         by_site: dict[bytes, list[Line]] = {}
         unsent: list[Reject] = []
-        last, lookup = self.last_site, by_site.get
+        last, lookup, routing_site = self.last_site, by_site.get, self.routing_site
         for item in chunk:
             site = routing_site(item[1])
             if site is None:
@@ -405,7 +406,7 @@ class RouteLines:
     the shard that owns its site: a parsed :class:`Record` would be pickled as
     its bytes and validated again on arrival (``Record.__reduce__``), which
     cost more than the parse itself. The site is read by
-    :func:`schemas.records.routing_site`; a line it does not settle is parsed
+    :class:`schemas.records.RoutingSites`; a line it does not settle is parsed
     here — routed if valid (and parsed again by its shard: rare), reported
     here if not. With one shard there is nothing to decide: the chunk goes
     to it whole, which reports every reject (the look-up was ~7% of a
@@ -417,13 +418,14 @@ class RouteLines:
         self.chunk_lines = chunk_lines
         self.storing = storing
         self.shard_of: dict[bytes, int] = {}
+        self.routing_site = RoutingSites()
 
     def __call__(self, chunk: list[Line]) -> Routed:
         """The chunk's lines per shard, and the reader's part (rejects, with a store their rows)."""
         if self.shards == 1:
             return Routed([chunk], ChunkPart(chunk_index(chunk, self.chunk_lines), []))
         parts: list[list[Line]] = [[] for _ in range(self.shards)]
-        shard_of, shards, unsettled = self.shard_of, self.shards, []
+        shard_of, shards, unsettled, routing_site = self.shard_of, self.shards, [], self.routing_site
         for item in chunk:
             site = routing_site(item[1])
             if site is None:

@@ -257,15 +257,21 @@ _SITE_KEY = b'"site":"'
 _SITE_VALUE = re.compile(SITE_PATTERN.encode())
 
 
-def routing_site(raw: bytes) -> bytes | None:
+KNOWN_SITES_LIMIT = 100_000
+"""How many site values one :class:`RoutingSites` remembers as checked; past it, new values are checked every time."""
+
+
+class RoutingSites:
     r"""The site of a line by a look at its bytes, without parsing it: None when the look does not settle it.
 
-    It settles it when the line holds exactly one ``"site":"`` (not right
-    after a backslash) followed by a value of the site pattern and its
-    closing quote; otherwise (no occurrence, two, whitespace around the
-    colon, an escaped key or value, an invalid value) the caller parses the
-    line. Replay routes each raw line by this to the worker that owns its
-    site, so every line is validated once, there (:func:`parse_lines`).
+    It settles it when the line holds exactly one ``"site":"`` (as
+    ``bytes.split`` counts them), not right after a backslash, followed by
+    a value of the site pattern and its closing quote; otherwise (no
+    occurrence, two, whitespace around the colon, an escaped key or value,
+    an invalid value) the caller parses the line. Replay routes each raw
+    line by this to the worker that owns its site, so every line is
+    validated once, there (:func:`parse_lines`); the live flow sends each
+    line to its site's detector by it.
 
     Why a VALID line is never given a wrong site: the four quotes of the
     occurrence are unescaped (the first is not after a backslash, the others
@@ -283,16 +289,40 @@ def routing_site(raw: bytes) -> bytes | None:
     rejected with the same reason (the same bytes through the same
     :func:`parse_lines`), never reaches a detector, and its reject is put
     back in line order with the others (:class:`flows.detect.ChunkOrder`).
+
+    Why an object: a reader sees the same few sites again and again, so it
+    remembers up to ``limit`` values that matched the pattern and checks
+    only new ones with the regular expression. The look-up ran once per
+    line and cost ~0.8 µs of it, half in that match; with the memory and
+    one ``split`` instead of two ``find`` it costs ~0.4 µs (measured on the
+    scale bench's lines; it is the routing step of every cluster process).
+    The answer is the same with or without the memory: a value is
+    remembered only after it passed the same check.
     """
-    at = raw.find(_SITE_KEY)
-    if at <= 0 or raw[at - 1] == _BACKSLASH or raw.find(_SITE_KEY, at + 1) >= 0:
-        return None
-    start = at + len(_SITE_KEY)
-    end = raw.find(b'"', start)
-    if end < 0:
-        return None
-    value = raw[start:end]
-    return value if _SITE_VALUE.fullmatch(value) else None
+
+    def __init__(self, limit: int = KNOWN_SITES_LIMIT) -> None:
+        self.known: dict[bytes, bytes] = {}
+        self.limit = limit
+
+    def __call__(self, raw: bytes) -> bytes | None:
+        """The line's site, or None: see the class."""
+        pieces = raw.split(_SITE_KEY)
+        if len(pieces) != 2:
+            return None
+        before, after = pieces
+        if not before or before[-1] == _BACKSLASH:
+            return None
+        value, quote, _ = after.partition(b'"')
+        if not quote:
+            return None
+        site = self.known.get(value)
+        if site is None:
+            if not _SITE_VALUE.fullmatch(value):
+                return None
+            site = value
+            if len(self.known) < self.limit:
+                self.known[value] = value
+        return site
 
 
 def salvage_site_and_ts(raw: bytes) -> tuple[str, int | None]:

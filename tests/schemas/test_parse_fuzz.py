@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from operators.metrics import MetricColumns, SiteMetrics, compile_metric, summand
 from schemas.problems import first_problem
-from schemas.records import _PATTERN_WORDS, _TICK_LINE, Record, parse_lines, routing_site, salvage_site_and_ts
+from schemas.records import _PATTERN_WORDS, _TICK_LINE, Record, RoutingSites, parse_lines, salvage_site_and_ts
 from schemas.rule_loader import load_rules
 from schemas.signals import SIGNAL_ADAPTER, SITE_PATTERN
 from schemas.store import LAST_DATETIME_S, metric_columns, rejected_row, signal_columns
@@ -149,17 +149,22 @@ def test_every_mutated_line_is_a_record_or_one_reason_and_gives_storable_rows(ra
     check_metric_rows(records)
 
 
+WARM_ROUTING = RoutingSites()
+"""One look-up across the examples, as a reader keeps it: it remembers the sites it checked before."""
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(mutated_lines())
 def test_the_routing_look_up_never_gives_a_valid_line_another_site(raw: bytes) -> None:
-    # Replay routes raw lines to the worker owning their site by this look-up (routing_site's docstring argues why).
-    site = routing_site(raw)
+    # Replay routes raw lines to the worker owning their site by this look-up (RoutingSites' docstring argues why).
+    site = RoutingSites()(raw)
+    assert WARM_ROUTING(raw) == site  # what it remembers changes no answer
     records, _ = parse_lines([(1, raw)])
     if site is not None and records:
         assert records[0].site == site.decode()
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
+ROUTING_CASES = [
     (b'{"v":1,"site":"shop-1.example","type":"tick"}', b"shop-1.example"),
     (b'{"v":1,"site" : "shop-1","type":"tick"}', None),  # whitespace around the colon
     (b'{"v":1,"site":"shop-1","site":"shop-1"}', None),  # twice
@@ -169,9 +174,22 @@ def test_the_routing_look_up_never_gives_a_valid_line_another_site(raw: bytes) -
     (b'{"v":1,"site":"shop-1', None),  # no closing quote
     (b'"site":"shop-1"', None),  # not inside an object
     (b"", None),
-])
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), ROUTING_CASES)
 def test_the_routing_look_up_settles_only_one_plain_site_key(raw: bytes, expected: bytes | None) -> None:
-    assert routing_site(raw) == expected
+    assert RoutingSites()(raw) == expected
+
+
+@pytest.mark.parametrize("limit", [0, 1, 100])
+def test_the_routing_look_up_gives_the_same_answers_once_it_knows_the_sites_and_past_its_limit(limit: int) -> None:
+    routing = RoutingSites(limit)
+    for raw in (b'{"v":1,"site":"shop-1","type":"tick"}', b'{"v":1,"site":"shop-1.example","type":"tick"}'):
+        routing(raw)  # it now knows shop-1 (and, under a limit above 1, shop-1.example)
+    assert len(routing.known) == min(limit, 2)
+    for raw, expected in ROUTING_CASES:
+        assert routing(raw) == expected, raw
 
 
 @st.composite
