@@ -312,6 +312,9 @@ def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[Metric
     missing = missing_topics(settings.bootstrap, [settings.topic, settings.alerts_topic], options=settings.kafka_options)
     if missing:
         raise LiveConfigError(f"topic {missing[0]!r} does not exist on {settings.bootstrap} (create it with the partitions it needs)")
+    # First, so that its producer gets its producer id while the rest starts (sinks.kafka.KafkaTopicSink).
+    alerts = KafkaTopicSink(settings.bootstrap, settings.alerts_topic, alert_message, timeout=settings.delivery_timeout,
+                            options=settings.kafka_options)
     totals = LiveTotals()
     table = RoutingTable(rules)
     pairs = [(metric, compile_metric(metric)) for metric in metrics] if store is not None else []
@@ -341,9 +344,7 @@ def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[Metric
     rejects: OwnerSink[Reject] | CallbackSink[Reject] = OwnerSink(report_rejects, shape.owner) if gathered else CallbackSink(report_rejects)
     stats: OwnerSink[FlowStats] | CallbackSink[FlowStats] = OwnerSink(count, shape.owner) if gathered else CallbackSink(count)
     sinks = DetectSinks(
-        alerts=KafkaTopicSink(settings.bootstrap, settings.alerts_topic, alert_message, timeout=settings.delivery_timeout,
-                              options=settings.kafka_options),
-        rejects=rejects, stats=stats,
+        alerts=alerts, rejects=rejects, stats=stats,
         store=EpochStoreSink(StoreSink(store), local=local_store) if store is not None else None,
     )
     options = DetectOptions(lateness=settings.lateness, link_base=settings.link_base, store_source=f"kafka:{settings.topic}",
