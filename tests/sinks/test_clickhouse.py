@@ -393,6 +393,25 @@ def test_cli_db_migrate_twice(tmp_path: Path) -> None:
     assert (listed.returncode, listed.stdout) == (0, expected), listed.stderr
 
 
+
+@pytest.mark.process
+def test_inserts_and_queries_never_import_pandas(tmp_path: Path) -> None:
+    # clickhouse-connect checks every insert's data for a DataFrame, which imported pandas (0.35 s, +107 MB) at the first.
+    script = textwrap.dedent("""
+        import sys, time
+        from sinks.clickhouse import Store
+        from schemas.store import METRIC_COLUMNS
+        store = Store.open(sys.argv[1])  # a fresh directory: migrations insert too
+        now = int(time.time() * 1000)  # within the retention
+        store.insert("metrics", METRIC_COLUMNS, [["shop"], ["m"], ["{}"], [{"k": "v"}], [now], [60], [1.0], [1]])
+        store.insert("schema_migrations", ("version", "description"), [[99], ["again"]])
+        rows = store.query("SELECT count() FROM metrics").result_rows
+        print(rows[0][0], "pandas" in sys.modules)
+    """)
+    result = subprocess.run([sys.executable, "-c", script, f"chdb://{tmp_path}/store"],
+                            capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert (result.returncode, result.stdout) == (0, "1 False\n"), result.stderr
+
 # -- the Bytewax sink ----------------------------------------------------------------------------------
 
 
