@@ -393,9 +393,13 @@ class _StorePartition(StatelessSinkPartition[StoreItem]):
     and chDB's own threads (~0.45 s) can use another core. Every
     place that promises rows are stored waits for the writer: ``flush``
     (Bytewax's epoch end, through :class:`_TablePartition`) and ``close``.
-    At most ``pending`` batches wait for it, the one being written included:
-    past that the worker blocks until one is written, which bounds memory
-    when the store is slower than the flow. What stops the writer (the store
+    At most ``pending`` full batches' rows (``pending × batch_rows``) wait
+    for it, the batch being written included: past that the worker blocks
+    until one is written, which bounds memory when the store is slower than
+    the flow. Rows, not batches: every ``max_delay`` each table hands over
+    what it has, mostly a few hundred rows of alerts, evidence and rejected
+    lines, and counted as batches these filled the queue behind one large
+    insert (on a 200k-signal replay the worker waited 0.1–1 s there). What stops the writer (the store
     gave up: :class:`StoreUnavailable`, or any other error of an insert) is
     raised on the worker at its next call; the writer writes nothing after
     it, as a worker that had written itself would have stopped there.
@@ -409,7 +413,8 @@ class _StorePartition(StatelessSinkPartition[StoreItem]):
         self._batch_rows = batch_rows
         self._max_delay = max_delay
         self._clock = clock
-        self._pending = pending
+        self._room = pending * batch_rows  # rows that may wait for the writer
+        self._waiting = 0  # rows in the batches handed over and not yet written
         self._flush_every = flush_every
         self._buffers: dict[str, list[list[Any]]] = {}  # per table, one list per column: inserted as they are
         self._oldest: float | None = None
@@ -458,13 +463,14 @@ class _StorePartition(StatelessSinkPartition[StoreItem]):
             raise self._failure
 
     def _hand_over(self, table: str, wait: bool = True) -> None:
-        """Give the writer a table's buffered rows (the lock held); with ``wait``, first wait for room among ``pending``."""
+        """Give the writer a table's buffered rows (the lock held); with ``wait``, first wait for room (``pending`` batches' rows)."""
         if wait:
-            self._changed.wait_for(lambda: len(self._batches) < self._pending or self._failure is not None)
+            self._changed.wait_for(lambda: self._waiting < self._room or self._failure is not None)
             self._raise_failure()
         columns = self._buffers.pop(table, None)
         if columns:
             self._batches.append((table, columns))
+            self._waiting += len(columns[0])
             self._changed.notify_all()
         if not self._buffers:  # a buffer exists only while it holds rows
             self._oldest = None
@@ -495,10 +501,12 @@ class _StorePartition(StatelessSinkPartition[StoreItem]):
                 with self._changed:
                     self._failure = error
                     self._batches.clear()  # never written: the run stops at the failure
+                    self._waiting = 0
                     self._changed.notify_all()
                 return
             with self._changed:
                 self._batches.popleft()
+                self._waiting -= len(columns[0])
                 self._changed.notify_all()
 
     @override
@@ -519,7 +527,7 @@ class StoreSink(DynamicSink[StoreItem]):
     rows, when the oldest buffered row is ``max_delay`` seconds old, and at the
     end of the run. Each partition has a writer thread that inserts its
     batches in order while the worker goes on; the worker waits for it only
-    when ``pending`` batches are already waiting, and at the end of the run
+    when ``pending × batch_rows`` rows are already waiting, and at the end of the run
     until everything is written. A store that fails for longer than its
     patience (:class:`StoreUnavailable`) stops the run at the worker's next
     write, or at the end of the run; nothing after the failed batch is written.

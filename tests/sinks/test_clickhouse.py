@@ -552,6 +552,32 @@ def test_a_slow_store_holds_the_worker_once_pending_batches_wait(store_dsn: str)
     assert stored_ids(store) == [(row[3],) for row in rows]
 
 
+def test_small_batches_hold_the_worker_by_their_rows_not_their_number(store_dsn: str) -> None:
+    # Every max_delay each table hands over what it has, often a few rows (alerts, evidence, rejected lines): counted as
+    # batches, they filled the queue behind one large insert and held the worker.
+    store = RecordingStore(parse_dsn(store_dsn), ttl_days=TTL_DAYS)
+    store.migrate()
+    store.acknowledged.clear()
+    gate = gated(store, 1)
+    partition = StoreSink(store, batch_rows=4, max_delay=0.0, pending=2).build("store", 0, 1)  # every write hands over
+    rows = some_signal_rows(9)
+    eight = threading.Thread(target=lambda: [partition.write_batch([("signals", [row])]) for row in rows[:8]])
+    eight.start()
+    eight.join(10)
+    assert not eight.is_alive()  # eight batches of one row: what two batches of batch_rows hold
+    ninth = threading.Thread(target=partition.write_batch, args=([("signals", rows[8:])],))
+    ninth.start()
+    ninth.join(0.5)
+    assert ninth.is_alive()  # and no more: memory stays bounded
+    assert store.acknowledged == []
+    gate.set()
+    ninth.join(TIMEOUT)
+    assert not ninth.is_alive()
+    partition.close()
+    assert store.acknowledged == [("signals", 1)] * 9
+    assert stored_ids(store) == sorted((row[3],) for row in rows)
+
+
 def test_an_insert_that_fails_in_the_writer_is_raised_on_the_worker_and_nothing_after_it_is_written(store_dsn: str) -> None:
     store = RecordingStore(parse_dsn(store_dsn), ttl_days=TTL_DAYS)
     store.migrate()
