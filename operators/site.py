@@ -17,7 +17,7 @@ from heapq import heappop, heappush
 
 from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS
 from operators.engine import RuleRunner
-from operators.metrics import CompiledMetric, MetricColumns, SiteMetrics
+from operators.metrics import NO_CLOCK, CompiledMetric, MetricColumns, SiteMetrics
 from operators.notification import Notification
 from operators.routing import RoutingTable
 from schemas.records import Record
@@ -61,17 +61,31 @@ class SiteDetector:
 
         The dataflow hands a site its records a chunk at a time: one call per
         chunk keeps the per-record cost of a tick to the few lines below. The
-        metrics take the whole chunk in one call of their own (their state
-        shares nothing with the runners').
+        metrics (their state shares nothing with the runners') are counted in
+        the same pass, as :meth:`SiteMetrics.process_all` would: a second pass
+        over the records cost a third of the metrics' time (they are mostly
+        ticks, and each record read is a cache miss).
         """
         late: list[int] = []
-        if points is not None and self.metrics is not None:
-            self.metrics.process_all(records, points)
         lateness, dues, by_type = self.lateness, self.dues, self.by_type
+        metrics = self.metrics if points is not None else None
+        # The metrics' clock (as SiteMetrics.process_all keeps it) as a plain int: an ``int | None`` is a Python int
+        # object, made anew at every record that moves it.
+        metrics_clock = NO_CLOCK if metrics is None or metrics.clock is None else metrics.clock
         for record in records:
             ts = record.ts
             clock = self.clock
-            if record.type == "tick":
+            kind = record.type
+            if metrics is not None:  # SiteMetrics.process_all's loop, here: one pass over the records, not two
+                counted = metrics.by_type.get(kind)
+                if counted is not None:
+                    if ts <= metrics_clock - metrics.lateness:
+                        metrics.late += 1
+                    else:
+                        metrics.count(record.data, ts, counted)
+                if ts > metrics_clock:
+                    metrics_clock = ts
+            if kind == "tick":
                 if self.started and clock is not None and ts > clock - lateness:
                     # Late for no runner: count it here; runners whose deadline it reaches catch up now.
                     self.ticks += 1
@@ -84,7 +98,7 @@ class SiteDetector:
                     continue
                 targets = self.runners
             else:
-                targets = by_type.get(record.type, ())
+                targets = by_type.get(kind, ())
             if clock is None or ts > clock:
                 self.clock = ts
             on_time = True
@@ -107,6 +121,8 @@ class SiteDetector:
                 self.started = all(runner.clock is not None for runner in self.runners)
             if not on_time:
                 late.append(record.line)
+        if metrics is not None and points is not None:
+            metrics.settle(None if metrics_clock == NO_CLOCK else metrics_clock, points)
         return late
 
     def flush_metrics(self, points: MetricColumns) -> None:

@@ -204,9 +204,32 @@ def _held_elsewhere(address: StoreAddress, directory: Path) -> StoreLocked | Non
                        "(a chDB directory is opened by one process at a time)")
 
 
+def _without_pandas() -> None:
+    """Keep clickhouse-connect from importing pandas at the first insert.
+
+    Every insert asks clickhouse-connect's ``options.pd`` whether its data is
+    a pandas DataFrame, and the first ask imports pandas: 0.35 s of CPU and
+    +107 MB of peak RSS on an idle machine (1.6–2.8 s under load), in the
+    writer thread holding the GIL, for a store that only ever inserts lists.
+    Unless pandas is already imported, clickhouse-connect is told it is
+    absent, as when it is not installed (a case it supports: pandas is
+    optional): only its DataFrame methods (``query_df``, ``insert_df``),
+    which Logystera does not use, would then say so.
+    """
+    import sys
+
+    from clickhouse_connect.driver import options
+
+    if "pandas" not in sys.modules and "pd" not in vars(options):
+        options.pd = None  # type: ignore[attr-defined]
+        options.pd_time_test = None  # type: ignore[attr-defined]
+
+
 def _connect(address: StoreAddress) -> Any:
     import clickhouse_connect
     from clickhouse_connect.driver.exceptions import ClickHouseError
+
+    _without_pandas()
 
     if address.kind == "chdb":
         # clickhouse-connect reads chdb://a/b as host "a": hand it an absolute path.
@@ -370,9 +393,13 @@ class _StorePartition(StatelessSinkPartition[StoreItem]):
     and chDB's own threads (~0.45 s) can use another core. Every
     place that promises rows are stored waits for the writer: ``flush``
     (Bytewax's epoch end, through :class:`_TablePartition`) and ``close``.
-    At most ``pending`` batches wait for it, the one being written included:
-    past that the worker blocks until one is written, which bounds memory
-    when the store is slower than the flow. What stops the writer (the store
+    At most ``pending`` full batches' rows (``pending × batch_rows``) wait
+    for it, the batch being written included: past that the worker blocks
+    until one is written, which bounds memory when the store is slower than
+    the flow. Rows, not batches: every ``max_delay`` each table hands over
+    what it has, mostly a few hundred rows of alerts, evidence and rejected
+    lines, and counted as batches these filled the queue behind one large
+    insert (on a 200k-signal replay the worker waited 0.1–1 s there). What stops the writer (the store
     gave up: :class:`StoreUnavailable`, or any other error of an insert) is
     raised on the worker at its next call; the writer writes nothing after
     it, as a worker that had written itself would have stopped there.
@@ -386,7 +413,8 @@ class _StorePartition(StatelessSinkPartition[StoreItem]):
         self._batch_rows = batch_rows
         self._max_delay = max_delay
         self._clock = clock
-        self._pending = pending
+        self._room = pending * batch_rows  # rows that may wait for the writer
+        self._waiting = 0  # rows in the batches handed over and not yet written
         self._flush_every = flush_every
         self._buffers: dict[str, list[list[Any]]] = {}  # per table, one list per column: inserted as they are
         self._oldest: float | None = None
@@ -435,13 +463,14 @@ class _StorePartition(StatelessSinkPartition[StoreItem]):
             raise self._failure
 
     def _hand_over(self, table: str, wait: bool = True) -> None:
-        """Give the writer a table's buffered rows (the lock held); with ``wait``, first wait for room among ``pending``."""
+        """Give the writer a table's buffered rows (the lock held); with ``wait``, first wait for room (``pending`` batches' rows)."""
         if wait:
-            self._changed.wait_for(lambda: len(self._batches) < self._pending or self._failure is not None)
+            self._changed.wait_for(lambda: self._waiting < self._room or self._failure is not None)
             self._raise_failure()
         columns = self._buffers.pop(table, None)
         if columns:
             self._batches.append((table, columns))
+            self._waiting += len(columns[0])
             self._changed.notify_all()
         if not self._buffers:  # a buffer exists only while it holds rows
             self._oldest = None
@@ -472,10 +501,12 @@ class _StorePartition(StatelessSinkPartition[StoreItem]):
                 with self._changed:
                     self._failure = error
                     self._batches.clear()  # never written: the run stops at the failure
+                    self._waiting = 0
                     self._changed.notify_all()
                 return
             with self._changed:
                 self._batches.popleft()
+                self._waiting -= len(columns[0])
                 self._changed.notify_all()
 
     @override
@@ -496,7 +527,7 @@ class StoreSink(DynamicSink[StoreItem]):
     rows, when the oldest buffered row is ``max_delay`` seconds old, and at the
     end of the run. Each partition has a writer thread that inserts its
     batches in order while the worker goes on; the worker waits for it only
-    when ``pending`` batches are already waiting, and at the end of the run
+    when ``pending × batch_rows`` rows are already waiting, and at the end of the run
     until everything is written. A store that fails for longer than its
     patience (:class:`StoreUnavailable`) stops the run at the worker's next
     write, or at the end of the run; nothing after the failed batch is written.

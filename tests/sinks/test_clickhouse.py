@@ -393,6 +393,25 @@ def test_cli_db_migrate_twice(tmp_path: Path) -> None:
     assert (listed.returncode, listed.stdout) == (0, expected), listed.stderr
 
 
+
+@pytest.mark.process
+def test_inserts_and_queries_never_import_pandas(tmp_path: Path) -> None:
+    # clickhouse-connect checks every insert's data for a DataFrame, which imported pandas (0.35 s, +107 MB) at the first.
+    script = textwrap.dedent("""
+        import sys, time
+        from sinks.clickhouse import Store
+        from schemas.store import METRIC_COLUMNS
+        store = Store.open(sys.argv[1])  # a fresh directory: migrations insert too
+        now = int(time.time() * 1000)  # within the retention
+        store.insert("metrics", METRIC_COLUMNS, [["shop"], ["m"], ["{}"], [{"k": "v"}], [now], [60], [1.0], [1]])
+        store.insert("schema_migrations", ("version", "description"), [[99], ["again"]])
+        rows = store.query("SELECT count() FROM metrics").result_rows
+        print(rows[0][0], "pandas" in sys.modules)
+    """)
+    result = subprocess.run([sys.executable, "-c", script, f"chdb://{tmp_path}/store"],
+                            capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert (result.returncode, result.stdout) == (0, "1 False\n"), result.stderr
+
 # -- the Bytewax sink ----------------------------------------------------------------------------------
 
 
@@ -531,6 +550,32 @@ def test_a_slow_store_holds_the_worker_once_pending_batches_wait(store_dsn: str)
     partition.close()
     assert store.acknowledged == [("signals", 2)] * 4
     assert stored_ids(store) == [(row[3],) for row in rows]
+
+
+def test_small_batches_hold_the_worker_by_their_rows_not_their_number(store_dsn: str) -> None:
+    # Every max_delay each table hands over what it has, often a few rows (alerts, evidence, rejected lines): counted as
+    # batches, they filled the queue behind one large insert and held the worker.
+    store = RecordingStore(parse_dsn(store_dsn), ttl_days=TTL_DAYS)
+    store.migrate()
+    store.acknowledged.clear()
+    gate = gated(store, 1)
+    partition = StoreSink(store, batch_rows=4, max_delay=0.0, pending=2).build("store", 0, 1)  # every write hands over
+    rows = some_signal_rows(9)
+    eight = threading.Thread(target=lambda: [partition.write_batch([("signals", [row])]) for row in rows[:8]])
+    eight.start()
+    eight.join(10)
+    assert not eight.is_alive()  # eight batches of one row: what two batches of batch_rows hold
+    ninth = threading.Thread(target=partition.write_batch, args=([("signals", rows[8:])],))
+    ninth.start()
+    ninth.join(0.5)
+    assert ninth.is_alive()  # and no more: memory stays bounded
+    assert store.acknowledged == []
+    gate.set()
+    ninth.join(TIMEOUT)
+    assert not ninth.is_alive()
+    partition.close()
+    assert store.acknowledged == [("signals", 1)] * 9
+    assert stored_ids(store) == sorted((row[3],) for row in rows)
 
 
 def test_an_insert_that_fails_in_the_writer_is_raised_on_the_worker_and_nothing_after_it_is_written(store_dsn: str) -> None:
