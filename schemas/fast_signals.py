@@ -226,7 +226,7 @@ def _model(schema: Mapping[str, Any], where: str, tag: str | None = None) -> _Mo
         struct_fields.append((name, kind | None, None) if optional else (name, kind, msgspec.NODEFAULT))
     struct = msgspec.defstruct(
         str(fields_schema["model_name"]), struct_fields, kw_only=True, forbid_unknown_fields=True, frozen=True, gc=False,
-        namespace=namespace, tag_field=DISCRIMINATOR if tag is not None else None, tag=tag,
+        namespace=namespace, tag_field=DISCRIMINATOR if tag is not None else None, tag=tag, module=__name__,
     )
     return _Model(struct, fields, checks, colons, keys, payloads)
 

@@ -211,10 +211,13 @@ class KeyedObject(dict[str, Any]):
     """A JSON object that remembers the first key it was given twice (``json.loads`` would keep the last value).
 
     ``json.loads(text, object_pairs_hook=keyed_object)`` builds these: a reader that re-encodes signals before
-    :func:`parse_lines` sees them (the gateway) can find repeated keys the re-encoding would hide.
+    :func:`parse_lines` sees them (the gateway) can find repeated keys the re-encoding would hide. ``repeated`` is
+    set by ``__init__``, not as a class attribute: compiled (mypyc), a class attribute's default is not an instance's.
     """
 
-    repeated: str | None = None
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__(pairs)
+        self.repeated: str | None = None
 
 
 def keyed_object(pairs: list[tuple[str, Any]]) -> KeyedObject:

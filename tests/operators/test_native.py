@@ -10,6 +10,7 @@ only for the exact sources it was made from.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import subprocess
 import sys
@@ -129,3 +130,10 @@ def test_a_build_is_used_only_for_the_sources_it_was_made_from(monkeypatch: pyte
     monkeypatch.delenv("LOGYSTERA_PURE_PYTHON")
     (tmp_path / operators.SOURCES_FILE).write_text(hashlib.sha256(b"an older engine").hexdigest() + "\n")
     assert not operators._use_native()
+
+
+def test_every_native_module_is_the_compiled_one_when_the_build_is_used() -> None:
+    # One check decides for both packages (schemas/__init__.py reads operators.NATIVE): never a mix.
+    modules = [importlib.import_module(name) for name in operators.NATIVE_MODULES]
+    compiled = {module.__name__: not str(module.__file__).endswith(".py") for module in modules}
+    assert compiled == dict.fromkeys(operators.NATIVE_MODULES, operators.NATIVE)
