@@ -130,6 +130,7 @@ def run_on(flow: Dataflow, shape: ClusterShape, epoch_interval: timedelta | None
     """
     from bytewax.testing import cluster_main, run_main
 
+    _keep_freed_buffers()
     thresholds, switch_interval_before = gc.get_threshold(), sys.getswitchinterval()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
@@ -147,6 +148,33 @@ def run_on(flow: Dataflow, shape: ClusterShape, epoch_interval: timedelta | None
         sys.setswitchinterval(switch_interval_before)
         gc.set_threshold(*thresholds)
         gc.unfreeze()
+
+
+MALLOC_MMAP_THRESHOLD = 4 << 20
+"""Blocks up to this size (bytes) come from the heap, not from a mapping of their own (glibc's ``M_MMAP_THRESHOLD``)."""
+MALLOC_TRIM_THRESHOLD = 64 << 20
+"""Freed memory at the top of a heap is kept up to this size (bytes) before it is returned (``M_TRIM_THRESHOLD``)."""
+
+
+def _keep_freed_buffers() -> None:
+    """Have glibc reuse large freed blocks (:data:`MALLOC_MMAP_THRESHOLD`, :data:`MALLOC_TRIM_THRESHOLD`); elsewhere nothing.
+
+    A cluster process pickles every chunk part it sends to another (~1 MB
+    of lines) and reads every one it receives into fresh buffers (Bytewax's,
+    Timely's, pickle's). Above glibc's default threshold (128 KiB, raised
+    only as such blocks are freed) each was a mapping of its own, faulted in
+    page by page and unmapped again. Measured on a 2-process replay of the
+    scale bench: 123k → 70k page faults and 0.35–0.5 s less CPU (of ~11 s).
+    What this keeps is bounded: at most the trim threshold of freed memory
+    per malloc arena (one per thread that allocates).
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
 
 
 def _await_listeners(addresses: Sequence[str]) -> None:
