@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# The engine compiled with mypyc where a C compiler is found (operators/__init__.py; pure Python otherwise, and
-# whenever its sources changed since the build): rebuilt when one of its modules (operators.NATIVE_MODULES) changes.
+# The engine and the parsing compiled with mypyc where a C compiler is found (schemas/native.py; pure Python otherwise, and
+# whenever its sources changed since the build): rebuilt when one of its modules (schemas.native.NATIVE_MODULES) changes.
 $(NATIVE): $(STAMP) $(wildcard operators/*.py) schemas/records.py schemas/fast_signals.py tools/build_native.py
 	$(BIN)/python tools/build_native.py
 	touch $(NATIVE)

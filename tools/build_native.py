@@ -1,9 +1,9 @@
 """Compile the detection engine and the per-line parsing with mypyc into the interpreter's prefix (``make`` runs this; optional).
 
 Usage, from the repository root: ``.venv/bin/python tools/build_native.py``.
-Builds :data:`operators.NATIVE_MODULES` in a temporary directory and installs
-them in :data:`operators.NATIVE_ROOT` (a directory per package) with the digest
-of their sources, which :mod:`operators` checks before using them. Without
+Builds :data:`schemas.native.NATIVE_MODULES` in a temporary directory and installs
+them in :data:`schemas.native.NATIVE_ROOT` (a directory per package) with the digest
+of their sources, which :mod:`schemas.native` checks before they are used. Without
 mypyc or a C compiler it says so and exits 0: they then stay pure Python,
 which is the same program, only slower.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from operators import NATIVE_DIR, NATIVE_MODULES, NATIVE_ROOT, SOURCES_FILE, sources_digest  # noqa: E402
+from schemas.native import NATIVE_DIR, NATIVE_MODULES, NATIVE_ROOT, SOURCES_FILE, sources_digest  # noqa: E402
 
 
 def build() -> str:
