@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# The engine compiled with mypyc where a C compiler is found (operators/__init__.py; pure Python otherwise, and
-# whenever its sources changed since the build): rebuilt when a module of operators/ changes.
-$(NATIVE): $(STAMP) $(wildcard operators/*.py) tools/build_native.py
+# The engine and the parsing compiled with mypyc where a C compiler is found (schemas/native.py; pure Python otherwise, and
+# whenever its sources changed since the build): rebuilt when one of its modules (schemas.native.NATIVE_MODULES) changes.
+$(NATIVE): $(STAMP) $(wildcard operators/*.py) schemas/records.py schemas/fast_signals.py tools/build_native.py
 	$(BIN)/python tools/build_native.py
 	touch $(NATIVE)
 
@@ -29,14 +29,14 @@ lint: $(NATIVE)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# After the whole suite, the engine's tests once more on pure Python when the suite ran the compiled engine.
+# After the whole suite, the tests of the engine and of the parsing once more on pure Python when the suite ran them compiled.
 test: lint
 	$(BIN)/logystera rules check rules
 	$(BIN)/logystera rules test tests/rules/pack
 	tests/support/ensure_chromium.sh
 	$(BIN)/pytest
 	if $(BIN)/python -c "import operators, sys; sys.exit(not operators.NATIVE)"; then \
-		LOGYSTERA_PURE_PYTHON=1 $(BIN)/pytest tests/operators tests/schemas/test_parse_fuzz.py tests/flows/test_live_snapshot.py; fi
+		LOGYSTERA_PURE_PYTHON=1 $(BIN)/pytest tests/operators tests/schemas tests/flows/test_determinism.py tests/flows/test_live_snapshot.py; fi
 
 test-fast: lint
 	$(BIN)/pytest -m "not broker and not process and not slow"

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from operator import attrgetter
-from typing import Annotated, Any, Literal, NamedTuple, Union
+from typing import Annotated, Any, Final, Literal, NamedTuple, Union
 
 import msgspec
 from pydantic_core import CoreConfig, SchemaValidator, core_schema
@@ -226,7 +226,7 @@ def _model(schema: Mapping[str, Any], where: str, tag: str | None = None) -> _Mo
         struct_fields.append((name, kind | None, None) if optional else (name, kind, msgspec.NODEFAULT))
     struct = msgspec.defstruct(
         str(fields_schema["model_name"]), struct_fields, kw_only=True, forbid_unknown_fields=True, frozen=True, gc=False,
-        namespace=namespace, tag_field=DISCRIMINATOR if tag is not None else None, tag=tag,
+        namespace=namespace, tag_field=DISCRIMINATOR if tag is not None else None, tag=tag, module=__name__,
     )
     return _Model(struct, fields, checks, colons, keys, payloads)
 
@@ -282,9 +282,9 @@ def _build() -> tuple[msgspec.json.Decoder[Any], dict[type, _Plan], dict[str, st
 
 _DECODER, _PLANS, DECLINED = _build()
 """DECLINED: the site signal types the fast path leaves to pydantic, with the reason (a test requires none)."""
-_decode = _DECODER.decode
-_BACKSLASH = ord("\\")
-_NOT_DECODED = (msgspec.DecodeError, RecursionError)
+_decode: Final = _DECODER.decode
+_BACKSLASH: Final = ord("\\")
+_NOT_DECODED: Final = (msgspec.DecodeError, RecursionError)
 """msgspec's refusals (a ValidationError is a DecodeError), and nesting deeper than it follows (it skips the values
 before the tag recursively)."""
 _astuple = msgspec.structs.astuple

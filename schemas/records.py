@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import Callable, Container, Iterable
 from operator import attrgetter, itemgetter
-from typing import Any
+from typing import Any, Final
 
 from msgspec import Struct
 from pydantic import BaseModel, ValidationError
@@ -84,17 +84,17 @@ _PATTERN_WORDS: dict[str, Callable[[Any], str]] = {
 """Patterns whose mismatch is told in words: the regular expression itself says little (ts's is 150 characters)."""
 
 
-_validate_json = SIGNAL_ADAPTER.validator.validate_json
+_validate_json: Final = SIGNAL_ADAPTER.validator.validate_json
 """The adapter's core validator: ``SIGNAL_ADAPTER.validate_json`` minus a Python wrapper call (hot path)."""
 
 
-_ENVELOPE_FIELDS = itemgetter("site", "type", "ts", "id", "data", "seq")
+_ENVELOPE_FIELDS: Final = itemgetter("site", "type", "ts", "id", "data", "seq")
 """Read from the model's ``__dict__`` (where pydantic keeps field values) in one call: a model's attribute reads go
 through its ``__getattr__`` hook and class lookups, measured ~2x slower per record."""
-_SIGNAL_FIELDS = attrgetter("site", "type", "ts", "id", "data", "seq")
+_SIGNAL_FIELDS: Final = attrgetter("site", "type", "ts", "id", "data", "seq")
 """The same fields of a fast-path envelope Struct (its ``type`` is a class attribute)."""
 
-TICK_DATA = TickData()
+TICK_DATA: Final = TickData()
 """The payload of every tick record (a tick has none; the model is frozen, so one instance serves all)."""
 
 
@@ -102,7 +102,7 @@ def _bare(pattern: str) -> str:
     return pattern.removeprefix("^").removesuffix("$")
 
 
-_TICK_LINE = re.compile(
+_TICK_LINE: Final = re.compile(
     r'\{"v":1,"id":"(' + _bare(SIGNAL_ID_PATTERN) + r')","site":"(' + _bare(SITE_PATTERN) + r')","type":"tick","ts":"('
     + _bare(TS_PATTERN).replace(r"(?:\.[0-9]+)?Z", r"\.[0-9]{3}Z") + r')"\}'
 )
@@ -146,20 +146,27 @@ def parse_lines(
     types are also appended to it per site, in line order: the grouping the
     detection step needs, done here rather than in a second pass over the
     records. This is the per-signal hot path, so the loop is written out in
-    one function with its names bound locally.
+    one function (compiled with mypyc where the engine is: see :mod:`operators`).
     """
     records: list[Record] = []
     rejects: list[tuple[int, str]] = []
-    groups = {} if by_site is None else by_site
-    validate, make, site_records, envelope_fields, tick_line = _validate_json, Record, groups.get, _ENVELOPE_FIELDS, _TICK_LINE.fullmatch
-    fast, signal_fields = decode_signal, _SIGNAL_FIELDS
-    to_ms, second_start, millis, tick_data = parse_ts, SECOND_STARTS.get, MILLIS, TICK_DATA
+    groups: dict[str, list[Record]] = {} if by_site is None else by_site
+    # Typed locals and direct calls of module-level names (Final where defined here): compiled (mypyc), a str slice
+    # and a dict look-up are then C calls, not generic ones through a local alias. Not decode_signal: it is read from
+    # the module's namespace, where a test replaces it to compare with pydantic alone.
+    fast = decode_signal
+    site: str
+    type_: str
+    ts_text: str
+    id_: str
+    data: Payload
+    seq: int | None
     for line, received in lines:
-        raw = received.strip()
+        raw: bytes = received.strip()
         if not raw:
             continue
         # The regex costs a non-tick line as much as a tick: tried only on what ends like one.
-        tick = tick_line(raw.decode()) if raw.endswith(b'Z"}') and raw.isascii() else None
+        tick = _TICK_LINE.fullmatch(raw.decode()) if raw.endswith(b'Z"}') and raw.isascii() else None
         if tick is None and len(raw) > MAX_SIGNAL_BYTES:
             reason = _oversized(raw)
             if reason is not None:
@@ -169,14 +176,14 @@ def parse_lines(
         try:
             if tick is not None:
                 id_, site, ts_text = tick.groups()
-                type_, data, seq = "tick", tick_data, None
+                type_, data, seq = "tick", TICK_DATA, None
             elif (signal := fast(raw)) is not None:
-                site, type_, ts_text, id_, data, seq = signal_fields(signal)
+                site, type_, ts_text, id_, data, seq = _SIGNAL_FIELDS(signal)
             else:
-                model = validate(raw)
-                site, type_, ts_text, id_, data, seq = envelope_fields(model.__dict__)
-            second = second_start(ts_text[:19])  # parse_ts's usual path, inlined
-            ts = second + millis[ts_text[20:23]] if second is not None and len(ts_text) == 24 else to_ms(ts_text)
+                model = _validate_json(raw)
+                site, type_, ts_text, id_, data, seq = _ENVELOPE_FIELDS(model.__dict__)
+            second = SECOND_STARTS.get(ts_text[:19])  # parse_ts's usual path, inlined
+            ts = second + MILLIS[ts_text[20:23]] if second is not None and len(ts_text) == 24 else parse_ts(ts_text)
         except ValidationError as error:
             rejects.append((line, first_problem(error, tagged=True, pattern_words=_PATTERN_WORDS)))
             continue
@@ -186,16 +193,16 @@ def parse_lines(
         if model is not None:
             # Validation keeps the last of repeated keys: a line with more keys than it has distinct ones repeats one.
             # Each key is followed by one ':', and ts holds two; other ':' are in strings (see _repeated_key).
-            keys = len(model.__pydantic_fields_set__) + len(data.__pydantic_fields_set__)
+            keys = len(model.__pydantic_fields_set__) + len(data.__pydantic_fields_set__)  # type: ignore[union-attr]
             if raw.count(b":") != keys + 2 or _BACKSLASH in raw:
-                repeated = _repeated_key(raw, data, keys)
+                repeated = _repeated_key(raw, data, keys)  # type: ignore[arg-type]
                 if repeated is not None:
                     rejects.append((line, repeated))
                     continue
-        record = make(line, site, type_, ts, id_, data, raw, seq)
+        record = Record(line, site, type_, ts, id_, data, raw, seq)
         records.append(record)
         if type_ in routed:
-            group = site_records(site)
+            group = groups.get(site)
             if group is None:
                 groups[site] = [record]
             else:
@@ -203,7 +210,7 @@ def parse_lines(
     return records, rejects
 
 
-_BACKSLASH = ord("\\")
+_BACKSLASH: Final = ord("\\")
 """An int: ``int in bytes`` is a plain ``memchr``, ~10x faster than ``bytes in bytes`` on a line (measured)."""
 
 
@@ -211,10 +218,13 @@ class KeyedObject(dict[str, Any]):
     """A JSON object that remembers the first key it was given twice (``json.loads`` would keep the last value).
 
     ``json.loads(text, object_pairs_hook=keyed_object)`` builds these: a reader that re-encodes signals before
-    :func:`parse_lines` sees them (the gateway) can find repeated keys the re-encoding would hide.
+    :func:`parse_lines` sees them (the gateway) can find repeated keys the re-encoding would hide. ``repeated`` is
+    set by ``__init__``, not as a class attribute: compiled (mypyc), a class attribute's default is not an instance's.
     """
 
-    repeated: str | None = None
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__(pairs)
+        self.repeated: str | None = None
 
 
 def keyed_object(pairs: list[tuple[str, Any]]) -> KeyedObject:

@@ -10,6 +10,7 @@ only for the exact sources it was made from.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import operators
+from schemas import native
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +28,7 @@ def _built() -> bool:
     """Whether this interpreter has a compiled engine for these sources (whatever LOGYSTERA_PURE_PYTHON says here)."""
     saved = os.environ.pop("LOGYSTERA_PURE_PYTHON", None)
     try:
-        return operators._use_native()
+        return native._use_native()
     finally:
         if saved is not None:
             os.environ["LOGYSTERA_PURE_PYTHON"] = saved
@@ -120,12 +122,19 @@ def test_a_snapshot_is_the_same_bytes_whether_the_engine_is_compiled_or_not() ->
 
 def test_a_build_is_used_only_for_the_sources_it_was_made_from(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("LOGYSTERA_PURE_PYTHON", raising=False)
-    monkeypatch.setattr(operators, "NATIVE_DIR", tmp_path)
-    assert not operators._use_native()  # no build at all
-    (tmp_path / operators.SOURCES_FILE).write_text(operators.sources_digest() + "\n")
-    assert operators._use_native()
+    monkeypatch.setattr(native, "NATIVE_DIR", tmp_path)
+    assert not native._use_native()  # no build at all
+    (tmp_path / native.SOURCES_FILE).write_text(native.sources_digest() + "\n")
+    assert native._use_native()
     monkeypatch.setenv("LOGYSTERA_PURE_PYTHON", "1")
-    assert not operators._use_native()
+    assert not native._use_native()
     monkeypatch.delenv("LOGYSTERA_PURE_PYTHON")
-    (tmp_path / operators.SOURCES_FILE).write_text(hashlib.sha256(b"an older engine").hexdigest() + "\n")
-    assert not operators._use_native()
+    (tmp_path / native.SOURCES_FILE).write_text(hashlib.sha256(b"an older engine").hexdigest() + "\n")
+    assert not native._use_native()
+
+
+def test_every_native_module_is_the_compiled_one_when_the_build_is_used() -> None:
+    # One check decides for both packages (schemas.native): never a mix.
+    modules = [importlib.import_module(name) for name in native.NATIVE_MODULES]
+    compiled = {module.__name__: not str(module.__file__).endswith(".py") for module in modules}
+    assert compiled == dict.fromkeys(native.NATIVE_MODULES, operators.NATIVE)
