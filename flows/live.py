@@ -123,7 +123,7 @@ class _KafkaLinesPartition(StatefulSourcePartition[list[Line], int | None]):
         self._consumer = Consumer(config)
         # The partition's leader first: assigned before it is known, a start at a logical offset (the beginning) waits
         # for librdkafka's offset-query retry, a fixed 500 ms, before the first fetch (measured: 0.50 s to the first
-        # record of a topic; 0.005 s this way). A broker that does not answer here is reported by the first poll.
+        # record of a topic; 0.03 s this way). A broker that does not answer here is reported by the first poll.
         with suppress(KafkaException):
             self._consumer.list_topics(topic, timeout=METADATA_WAIT_S)
         self._consumer.assign([TopicPartition(topic, partition, offset)])

@@ -121,9 +121,10 @@ class KafkaTopicSink(DynamicSink[X], Generic[X]):
         # held it 0.5-1 s (the first notification of every start; 0.5 s of every bench run). Made now, while the
         # flow is built and started, and connected at once, it has its id by then (measured: ready 0.3 s after
         # creation); the first partition built takes it.
-        self._ready: list[Producer] = [Producer(self._config)]
+        self._ready: Producer | None = Producer(self._config)
 
     @override
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ProducerPartition[X]:
-        producer = self._ready.pop() if self._ready else Producer(self._config)
+        producer = self._ready if self._ready is not None else Producer(self._config)  # a Producer is falsy when idle (len)
+        self._ready = None
         return _ProducerPartition(producer, self.topic, self._message, self.timeout)
