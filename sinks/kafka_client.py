@@ -35,8 +35,8 @@ CONNECT_AT_ONCE: dict[str, str] = {"enable.sparse.connections": "false"}
 """Connect to each broker as soon as it is known, not when a request first needs it.
 
 With librdkafka's sparse connections, a client that has just learnt the brokers from the bootstrap server holds
-its first request for the next connection slot, ~50 ms (half of ``reconnect.backoff.ms``): measured on the test
-broker, one metadata request in three took 53 ms instead of 1–3 ms. A ``detect`` start makes several clients one
+its first request for librdkafka's next connection slot, ~50 ms (an interval it derives from ``reconnect.backoff.ms``):
+measured on the test broker, one metadata request in three took 53 ms instead of 1–3 ms. A ``detect`` start makes several clients one
 after the other (the topic check, the partition listing, a consumer per partition, the alerts producer)."""
 
 CONSUMER_DEFAULTS: dict[str, Any] = {
