@@ -22,6 +22,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
@@ -31,11 +32,11 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, Message, Producer
 
-from flows.live import LiveTotals
+from flows.live import KafkaLinesSource, LiveTotals
 from flows.replay import ReplayResult, replay
 from schemas.rule_loader import load_rules
 from simulate.corpus import generate_corpus
-from sinks.kafka import KafkaDeliveryError, KafkaTopicSink
+from sinks.kafka import KafkaDeliveryError, KafkaTopicSink, missing_topics
 from tests.support import polling
 from tests.support.kafka_broker import Broker, Record, unique_topic
 from tests.support.processes import LogysteraProcess
@@ -213,6 +214,19 @@ def test_an_unreachable_broker_is_one_line_not_a_flood_of_client_logs() -> None:
     assert result.returncode == 1
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("logystera: error: Kafka at 127.0.0.1:1 did not answer within 10s"), lines
+
+
+@pytest.mark.broker
+def test_a_new_client_asks_the_broker_at_once_not_at_its_next_connection_slot(broker: Broker) -> None:
+    # librdkafka's sparse connections held a new client's first request for ~50 ms (one in three on this broker), at
+    # each of the clients a detect start makes in turn (the topic check, the partition listing, the consumers).
+    durations = []
+    for _ in range(20):
+        started = time.perf_counter()
+        assert missing_topics(broker.bootstrap, ["no-such-topic"]) == ["no-such-topic"]
+        durations.append(time.perf_counter() - started)
+    assert sum(duration >= 0.045 for duration in durations) <= 2, [round(duration, 3) for duration in durations]
+    assert KafkaLinesSource(broker.bootstrap, "signals").consumer_settings["enable.sparse.connections"] == "false"
 
 
 # -- kill -9 and restart ----------------------------------------------------------------------------------
