@@ -132,6 +132,16 @@ def reported_once(report: Callable[[str], None] = _print, fatal: Callable[[str],
     return {"log_level": 2, "error_cb": on_error}
 
 
+def metadata_client_settings(options: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Settings of a short-lived client that only reads the cluster's metadata (a topic check, a partition listing).
+
+    The command's ``--kafka-option`` settings reach it (security settings must; consumer-only ones are ignored
+    quietly at librdkafka's log level 2), it connects at once (:data:`CONNECT_AT_ONCE`), and its errors are left to
+    the request that fails: an unreachable broker is reported once, by that request's exception.
+    """
+    return {**CONNECT_AT_ONCE, **(options or {}), **reported_once(lambda _text: None)}
+
+
 def list_topics(client: Any, bootstrap: str, timeout: float) -> dict[str, Any]:
     """Every topic of the cluster (name → metadata), from a fresh metadata request; :class:`KafkaUnreachable` if none comes.
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from flows.live import KafkaLinesSource, LiveTotals
 from flows.replay import ReplayResult, replay
@@ -227,6 +227,25 @@ def test_a_new_client_asks_the_broker_at_once_not_at_its_next_connection_slot(br
         durations.append(time.perf_counter() - started)
     assert sum(duration >= 0.045 for duration in durations) <= 2, [round(duration, 3) for duration in durations]
     assert KafkaLinesSource(broker.bootstrap, "signals").consumer_settings["enable.sparse.connections"] == "false"
+
+
+@pytest.mark.broker
+def test_the_partition_listing_gets_the_commands_kafka_options(broker: Broker) -> None:
+    # Bytewax's listing client got none of --kafka-option, so a secured broker's settings never reached it. An option
+    # librdkafka refuses shows that the listing client is made with them; without options it lists the partitions.
+    topic = unique_topic("signals")
+    broker.create_topics([topic], partitions=3)
+    assert KafkaLinesSource(broker.bootstrap, topic).list_parts() == [f"{index}-{topic}" for index in range(3)]
+    with pytest.raises(KafkaException, match=re.escape("no.such.property")):
+        KafkaLinesSource(broker.bootstrap, topic, options={"no.such.property": "1"}).list_parts()
+
+
+def test_a_saved_offset_the_topic_no_longer_has_resumes_at_the_earliest_record_kept() -> None:
+    # librdkafka's default (the end of the partition) would skip every record still kept after retention removed the
+    # saved offset. The test broker cannot remove records (no DeleteRecords), so the setting itself is checked here.
+    assert KafkaLinesSource("127.0.0.1:9", "signals").consumer_settings["auto.offset.reset"] == "earliest"
+    chosen = KafkaLinesSource("127.0.0.1:9", "signals", options={"auto.offset.reset": "latest"})
+    assert chosen.consumer_settings["auto.offset.reset"] == "latest"  # --kafka-option may still choose
 
 
 # -- kill -9 and restart ----------------------------------------------------------------------------------
