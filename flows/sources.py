@@ -28,6 +28,12 @@ Line = tuple[int, bytes]
 
 DEFAULT_CHUNK_LINES = 10_000
 
+READ_BUFFER = 1 << 20
+"""The file's buffer, in bytes. Every partition reads the whole file a line at a time, its own chunks and the
+lines it skips; with the default buffer (``st_blksize``, 4 KiB here) that was a ``read`` call per ~28 lines of the
+scale bench. With 1 MiB, reading the 560k-line corpus took 66 ms of CPU instead of 88–94 ms in one partition, and
+55–57 ms instead of 76–84 ms in each of two (min of 7, interleaved)."""
+
 
 class _LinesPartition(StatefulSourcePartition[list[Line], int]):
     def __init__(self, stream: BinaryIO, chunk_lines: int, resume_line: int, index: int = 0, partitions: int = 1) -> None:
@@ -89,6 +95,6 @@ class JsonLinesSource(FixedPartitionedSource[list[Line], int]):
 
     @override
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _LinesPartition:
-        stream = sys.stdin.buffer if self.path == "-" else open(self.path, "rb")  # noqa: SIM115 - closed by close()
+        stream = sys.stdin.buffer if self.path == "-" else open(self.path, "rb", buffering=READ_BUFFER)  # noqa: SIM115 - closed by close()
         index = int(for_part.removeprefix("lines-"))
         return _LinesPartition(stream, self.chunk_lines, resume_state or 0, index, self.partitions)
