@@ -60,7 +60,7 @@ from schemas.rules import MetricDefinition, Rule
 from sinks.callback import CallbackSink, OwnerSink
 from sinks.clickhouse import EpochStoreSink, Store, StoreSink
 from sinks.kafka import DEFAULT_TIMEOUT_S, KafkaTopicSink, missing_topics
-from sinks.kafka_client import CONSUMER_DEFAULTS, reported_once
+from sinks.kafka_client import CONSUMER_DEFAULTS, metadata_client_settings, reported_once
 
 LINE_STRIDE = 10**12
 """A Kafka record's line number is ``partition × LINE_STRIDE + offset`` (``3000000000042``: partition 3, offset 42)."""
@@ -123,7 +123,8 @@ class _KafkaLinesPartition(StatefulSourcePartition[list[Line], int | None]):
         self._consumer = Consumer(config)
         # The partition's leader first: assigned before it is known, a start at a logical offset (the beginning) waits
         # for librdkafka's offset-query retry, a fixed 500 ms, before the first fetch (measured: 0.50 s to the first
-        # record of a topic; 0.03 s this way). A broker that does not answer here is reported by the first poll.
+        # record of a topic; 0.03 s this way; the metadata takes 1-3 ms, CONNECT_AT_ONCE). A broker that does not
+        # answer here is reported by the first poll.
         with suppress(KafkaException):
             self._consumer.list_topics(topic, timeout=METADATA_WAIT_S)
         self._consumer.assign([TopicPartition(topic, partition, offset)])
@@ -179,9 +180,13 @@ class KafkaLinesSource(FixedPartitionedSource[list[Line], int | None]):
     """
 
     def __init__(self, bootstrap: str, topic: str, tail: bool = True, options: Mapping[str, str] | None = None) -> None:
-        self.consumer_settings: dict[str, Any] = {**CONSUMER_DEFAULTS, **(options or {}), **reported_once()}
+        # A saved offset the topic no longer has (retention removed it, or the topic was made anew) resumes at the
+        # earliest record still there, not at the end (librdkafka's default), which would skip every record kept.
+        self.consumer_settings: dict[str, Any] = {**CONSUMER_DEFAULTS, "auto.offset.reset": "earliest", **(options or {}),
+                                                  **reported_once()}
         """What each partition's consumer is given on top of the settings it needs to read by assignment."""
-        self._kafka = KafkaSource([bootstrap], [topic], tail=tail)
+        # Its client lists the partitions, with the command's options (a secured broker's settings).
+        self._kafka = KafkaSource([bootstrap], [topic], tail=tail, add_config=metadata_client_settings(options))
         self._config: dict[str, Any] = {
             "group.id": "logystera-detect",  # never joined (the partition is assigned) nor committed to
             "enable.auto.commit": False,

@@ -31,7 +31,7 @@ from confluent_kafka.admin import AdminClient
 from typing_extensions import override
 
 from schemas.errors import Failure
-from sinks.kafka_client import list_topics, producer_config, reported_once
+from sinks.kafka_client import CONNECT_AT_ONCE, list_topics, metadata_client_settings, producer_config, reported_once
 
 X = TypeVar("X")
 
@@ -47,7 +47,7 @@ def missing_topics(bootstrap: str, topics: Iterable[str], timeout: float = 10.0,
 
     ``options``: the command's ``--kafka-option`` settings (security settings must reach this client too).
     """
-    admin = AdminClient({**(options or {}), "bootstrap.servers": bootstrap, **reported_once(lambda _text: None)})
+    admin = AdminClient({**metadata_client_settings(options), "bootstrap.servers": bootstrap})
     found = list_topics(admin, bootstrap, timeout)
     return [topic for topic in topics if topic not in found]
 
@@ -113,7 +113,7 @@ class KafkaTopicSink(DynamicSink[X], Generic[X]):
         self._config = {
             **producer_config(bootstrap, {**(options or {}), "message.timeout.ms": max(1, int(timeout * 1000))}),
             # Connected to the brokers from the start, not at the first record: see the producer id below.
-            "enable.sparse.connections": False,
+            **CONNECT_AT_ONCE,
             **reported_once(),
         }
         # An idempotent producer sends nothing before the broker gave it a producer id, which librdkafka asks for

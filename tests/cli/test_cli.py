@@ -284,6 +284,39 @@ def test_replay_empty_input(rules_dir: Path, tmp_path: Path) -> None:
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "replayed 0 signals, 0 invalid, 0 late\n")
 
 
+LAST_COLLECTION_PROBE = """
+import sys
+from cli.main import main
+code = main(sys.argv[1:])
+class Cycle:
+    def __del__(self):
+        sys.stderr.write("collected at exit\\n")
+cycle = Cycle()
+cycle.itself = cycle
+del cycle  # garbage that only a collection frees: the interpreter's last one, if it runs
+raise SystemExit(code)
+"""
+
+
+@pytest.mark.parametrize(("command", "collected"), [("replay", False), ("detect", False), ("rules", True)])
+def test_replay_and_detect_end_without_the_interpreters_last_collection(
+    command: str, collected: bool, rules_dir: Path, signals_file: Path,
+) -> None:
+    """Process 0 of a cluster waits for the others to exit: replay and detect skip the last collection (~50 ms each).
+
+    ``rules check``, which leaves it in, shows that the probe sees a collection where one runs.
+    """
+    args = {
+        "replay": ["replay", str(signals_file), "--rules", str(rules_dir)],
+        "detect": ["detect", "--bootstrap", "127.0.0.1:9", "--rules", str(rules_dir), "--epoch-interval", "10ms"],
+        "rules": ["rules", "check", str(rules_dir)],
+    }[command]
+    result = subprocess.run([sys.executable, "-c", LAST_COLLECTION_PROBE, *args], capture_output=True, text=True,
+                            timeout=TIMEOUT, check=False)
+    assert "Traceback" not in result.stderr
+    assert ("collected at exit" in result.stderr) is collected, result.stderr
+
+
 # --- usage errors: one line, exit 2, never a traceback -----------------------------------------
 
 

@@ -22,6 +22,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
@@ -29,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from flows.live import LiveTotals
+from flows.live import KafkaLinesSource, LiveTotals
 from flows.replay import ReplayResult, replay
 from schemas.rule_loader import load_rules
 from simulate.corpus import generate_corpus
-from sinks.kafka import KafkaDeliveryError, KafkaTopicSink
+from sinks.kafka import KafkaDeliveryError, KafkaTopicSink, missing_topics
 from tests.support import polling
 from tests.support.kafka_broker import Broker, Record, unique_topic
 from tests.support.processes import LogysteraProcess
@@ -213,6 +214,38 @@ def test_an_unreachable_broker_is_one_line_not_a_flood_of_client_logs() -> None:
     assert result.returncode == 1
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("logystera: error: Kafka at 127.0.0.1:1 did not answer within 10s"), lines
+
+
+@pytest.mark.broker
+def test_a_new_client_asks_the_broker_at_once_not_at_its_next_connection_slot(broker: Broker) -> None:
+    # librdkafka's sparse connections held a new client's first request for ~50 ms (one in three on this broker), at
+    # each of the clients a detect start makes in turn (the topic check, the partition listing, the consumers).
+    durations = []
+    for _ in range(20):
+        started = time.perf_counter()
+        assert missing_topics(broker.bootstrap, ["no-such-topic"]) == ["no-such-topic"]
+        durations.append(time.perf_counter() - started)
+    assert sum(duration >= 0.045 for duration in durations) <= 2, [round(duration, 3) for duration in durations]
+    assert KafkaLinesSource(broker.bootstrap, "signals").consumer_settings["enable.sparse.connections"] == "false"
+
+
+@pytest.mark.broker
+def test_the_partition_listing_gets_the_commands_kafka_options(broker: Broker) -> None:
+    # Bytewax's listing client got none of --kafka-option, so a secured broker's settings never reached it. An option
+    # librdkafka refuses shows that the listing client is made with them; without options it lists the partitions.
+    topic = unique_topic("signals")
+    broker.create_topics([topic], partitions=3)
+    assert KafkaLinesSource(broker.bootstrap, topic).list_parts() == [f"{index}-{topic}" for index in range(3)]
+    with pytest.raises(KafkaException, match=re.escape("no.such.property")):
+        KafkaLinesSource(broker.bootstrap, topic, options={"no.such.property": "1"}).list_parts()
+
+
+def test_a_saved_offset_the_topic_no_longer_has_resumes_at_the_earliest_record_kept() -> None:
+    # librdkafka's default (the end of the partition) would skip every record still kept after retention removed the
+    # saved offset. The test broker cannot remove records (no DeleteRecords), so the setting itself is checked here.
+    assert KafkaLinesSource("127.0.0.1:9", "signals").consumer_settings["auto.offset.reset"] == "earliest"
+    chosen = KafkaLinesSource("127.0.0.1:9", "signals", options={"auto.offset.reset": "latest"})
+    assert chosen.consumer_settings["auto.offset.reset"] == "latest"  # --kafka-option may still choose
 
 
 # -- kill -9 and restart ----------------------------------------------------------------------------------
