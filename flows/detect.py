@@ -40,8 +40,8 @@ from operators.notification import DEFAULT_LINK_BASE, Decision, Emitted, Notific
 from operators.routing import RoutingTable
 from operators.site import SiteDetector
 from operators.snapshot import SnapshotCodec
-from schemas.records import Record, RoutingSites, parse_lines, salvage_site_and_ts
-from schemas.store import Columns, alert_rows, metric_columns, rejected_row, signal_columns
+from schemas.records import Record, RecordColumns, RoutingSites, parse_lines, salvage_site_and_ts
+from schemas.store import Columns, alert_rows, metric_columns, parsed_signal_columns, rejected_row, signal_columns
 from sinks.callback import OwnerSink
 from sinks.clickhouse import StoreItem
 
@@ -156,11 +156,15 @@ class RouteSiteLines:
 
 def valid_times(records: list[Record]) -> ValidTimes:
     """The :data:`ValidTimes` of parsed records."""
-    lines = list(map(_line_of, records))
-    if lines != sorted(lines):  # parse_lines keeps its input's order, which is line order where lines are numbered
-        records = sorted(records, key=_line_of)
-        lines = list(map(_line_of, records))
-    return lines, list(map(_ts_of, records))
+    return in_line_order(list(map(_line_of, records)), list(map(_ts_of, records)))
+
+
+def in_line_order(lines: list[int], times: list[int]) -> ValidTimes:
+    """The :data:`ValidTimes` of records' ``lines`` and ``times``, given in the order they were parsed."""
+    if lines == sorted(lines):  # parse_lines keeps its input's order, which is line order where lines are numbered
+        return lines, times
+    pairs = sorted(zip(lines, times, strict=True))
+    return [line for line, _ in pairs], [ts for _, ts in pairs]
 
 
 def reject_rows(lines: list[Line], rejects: list[Reject]) -> list[RejectRow]:
@@ -490,7 +494,8 @@ class ShardLogic(StatefulBatchLogic[ShardLines, ShardChunk, None]):
 
     def _run(self, index: int, lines: list[Line]) -> ShardChunk:
         by_site: dict[str, list[Record]] = {}
-        records, rejects = parse_lines(lines, self.routed, by_site)
+        parsed = RecordColumns() if self.storing else None
+        records, rejects = parse_lines(lines, self.routed, by_site, parsed)
         sites, link_base = self.sites, self.link_base
         points = MetricColumns() if self.metrics else None
         detected: list[Detected] = []
@@ -501,10 +506,11 @@ class ShardLogic(StatefulBatchLogic[ShardLines, ShardChunk, None]):
             found = detect_batch(detector, (routed,), link_base, points)
             if found is not None:
                 detected.append(found)
-        if not self.storing:
+        if parsed is None:
             return ShardChunk(detected, len(records), [], ChunkPart(index, rejects))
-        part = ChunkPart(index, rejects, reject_rows(lines, rejects) if rejects else [], valid_times(records))
-        store: list[StoreItem] = [("signals", signal_columns(records))]
+        times = in_line_order(parsed.lines, parsed.times)
+        part = ChunkPart(index, rejects, reject_rows(lines, rejects) if rejects else [], times)
+        store: list[StoreItem] = [("signals", parsed_signal_columns(parsed))]
         if points:
             store.append(("metrics", metric_columns(points)))
         return ShardChunk(detected, len(records), store, part)

@@ -94,67 +94,120 @@ def summand(value: int | float | None) -> float:
         return math.inf if value > 0 else -math.inf
 
 
+class LabelScale(NamedTuple):
+    """One declared label of a metric, its stored texts ranked.
+
+    The texts are those of its declared values, ``other`` and ``none``,
+    distinct and sorted: two values that label alike (or a declared
+    ``other``) share a rank.
+    """
+
+    name: str
+    ranks: dict[tuple[bool, Any], int]
+    """The rank of each declared value's text, by (is a bool, value): ``True`` and ``1`` compare equal, not alike."""
+    other: int
+    none: int
+    texts: tuple[str, ...]
+    """Every text of the label, by rank."""
+
+
+def label_scale(name: str, values: Iterable[Any]) -> LabelScale:
+    """The ranked texts of one label declared with ``values``."""
+    declared = {(type(value) is bool, value): label_text(value) for value in values}
+    texts = tuple(sorted({*declared.values(), OTHER, NONE}))
+    rank = {text: position for position, text in enumerate(texts)}
+    return LabelScale(name, {value: rank[text] for value, text in declared.items()}, rank[OTHER], rank[NONE], texts)
+
+
 @dataclass(frozen=True, eq=False)
 class CompiledMetric:
-    """A metric definition prepared for the per-signal path."""
+    """A metric definition prepared for the per-signal path.
+
+    A label combination is counted as its rank among the metric's
+    combinations in sorted order (the labels' ranks, the first label the
+    most significant): a small integer, which a bucket's key is made of
+    (:class:`SiteMetrics`), and which orders as the combination itself does.
+    """
 
     name: str
     types: frozenset[str]
     matches: Predicate | None
-    labels: tuple[tuple[str, dict[Any, str]], ...]
+    labels: tuple[LabelScale, ...]
+    """Sorted by name."""
     sum_field: str | None
     resolution: int
-    _by_class: dict[type, tuple[Callable[[Any], Any] | None, dict[Any, tuple[tuple[str, str], ...]]]] = field(
-        default_factory=dict, repr=False)
+    combinations: int
+    """How many label combinations there are (the product of the labels' texts): ranks are below it."""
+    _by_class: dict[type, tuple[Callable[[Any], Any] | None, dict[Any, int]]] = field(default_factory=dict, repr=False)
     """Per payload class: a getter of the label values (None when the class lacks a label field), and the
     combinations seen, by those values. Exact: a strict payload field holds one type (never both ``bool`` and
     ``int``, the only values that compare equal and label differently), so within a class equal values label alike."""
+    _labels: dict[int, tuple[tuple[str, str], ...]] = field(default_factory=dict, repr=False)
+    """The label names and texts of each combination rank emitted so far (at most :attr:`combinations`)."""
 
-    def labels_of(self, data: Any) -> tuple[tuple[str, str], ...]:
-        """The label combination of one payload, bucketed into declared / other / none (remembered: the per-signal path)."""
+    def combination_of(self, data: Any) -> int:
+        """The rank of one payload's label combination (remembered: the per-signal path)."""
         if not self.labels:
-            return ()
+            return 0
         kind = type(data)
         entry = self._by_class.get(kind)
         if entry is None:
-            names = [name for name, _ in self.labels]
+            names = [label.name for label in self.labels]
             fields = getattr(kind, "model_fields", getattr(kind, "__struct_fields__", ()))  # a model, or a Struct
             entry = self._by_class[kind] = (attrgetter(*names) if all(name in fields for name in names) else None, {})
         getter, seen = entry
         if getter is None:
-            return self._labels_of(data)
+            return self._combination_of(data)
         values = getter(data)
         try:
             found = seen.get(values)
         except TypeError:  # a list (`flags`) is not hashable: not remembered
-            return self._labels_of(data)
+            return self._combination_of(data)
         if found is None:
             if len(seen) >= LABELS_CACHE_LIMIT:
                 seen.clear()
-            found = seen[values] = self._labels_of(data)
+            found = seen[values] = self._combination_of(data)
         return found
 
-    def _labels_of(self, data: Any) -> tuple[tuple[str, str], ...]:
-        combination = []
-        for name, declared in self.labels:
-            value = getattr(data, name, None)
+    def _combination_of(self, data: Any) -> int:
+        combination = 0
+        for label in self.labels:
+            value = getattr(data, label.name, None)
             if value is None:
-                text = NONE
+                rank = label.none
             elif isinstance(value, list):
-                text = OTHER
+                rank = label.other
             else:
-                found = declared.get((type(value) is bool, value))
-                text = OTHER if found is None else found
-            combination.append((name, text))
-        return tuple(combination)
+                found = label.ranks.get((type(value) is bool, value))
+                rank = label.other if found is None else found
+            combination = combination * len(label.texts) + rank
+        return combination
+
+    def labels_of(self, combination: int) -> tuple[tuple[str, str], ...]:
+        """The label names and texts of a combination rank, as stored."""
+        found = self._labels.get(combination)
+        if found is None:
+            pairs: list[tuple[str, str]] = []
+            rest = combination
+            for label in self.labels[::-1]:
+                pairs.append((label.name, label.texts[rest % len(label.texts)]))
+                rest //= len(label.texts)
+            found = self._labels[combination] = tuple(pairs[::-1])
+        return found
+
+    def combination(self, labels: tuple[tuple[str, str], ...]) -> int:
+        """The rank of a combination given as names and texts (:meth:`labels_of`'s inverse, for restored snapshots)."""
+        combination = 0
+        for label, (name, text) in zip(self.labels, labels, strict=True):
+            if name != label.name:
+                raise ValueError(f"metric {self.name}: label {name!r} is not declared")
+            combination = combination * len(label.texts) + label.texts.index(text)
+        return combination
 
 
 def compile_metric(metric: MetricDefinition) -> CompiledMetric:
-    """Precompute the predicate, the declared-value lookups and the bucket length."""
-    labels = tuple(
-        (name, {(type(value) is bool, value): label_text(value) for value in values})
-        for name, values in sorted(metric.labels.items())
-    )
+    """Precompute the predicate, the ranked label texts and the bucket length."""
+    labels = tuple(label_scale(name, values) for name, values in sorted(metric.labels.items()))
     return CompiledMetric(
         name=metric.name,
         types=frozenset(metric.signal_types),
@@ -162,26 +215,48 @@ def compile_metric(metric: MetricDefinition) -> CompiledMetric:
         labels=labels,
         sum_field=None if isinstance(metric.value, str) else metric.value.sum,
         resolution=RESOLUTION_MS[metric.resolution],
+        combinations=math.prod([len(label.texts) for label in labels]),
     )
 
 
-class SiteMetrics:
-    """Open buckets of every metric for one site, finalised by the site's clock."""
+Bucket = list[float]
+"""An open bucket: ``[value, signals]``."""
+NamedKey = tuple[int, str, tuple[tuple[str, str], ...]]
+"""A bucket as a snapshot names it: (bucket start, metric name, label names and texts)."""
 
-    __slots__ = ("by_type", "clock", "late", "lateness", "next_end", "open", "resolutions", "site")
+
+class SiteMetrics:
+    """Open buckets of every metric for one site, finalised by the site's clock.
+
+    A bucket's key is one integer, ``start × width + metric × stride +
+    combination`` (the site's metrics numbered in name order, ``stride`` the
+    most label combinations any of them has, ``width`` the metrics'
+    strides), where it was a tuple of the start, the metric's name and the
+    label pairs: nothing to build, and hashing it (to open, find and pop the
+    bucket) costs next to nothing, where the tuple's hash walked the label
+    pairs each time. Sorted keys are the buckets in (start, name, labels)
+    order, as sorted tuples were. Callgrind, a 560k-line replay with the
+    default pack: :meth:`count` and :meth:`settle` 1.42G → 1.19G instructions.
+    """
+
+    __slots__ = ("by_type", "clock", "late", "lateness", "metrics", "next_end", "open", "site", "stride", "width")
 
     def __init__(self, metrics: list[CompiledMetric], site: str, lateness: int = DEFAULT_ALLOWED_LATENESS_MS) -> None:
         self.site = site
         self.lateness = lateness
         self.clock: int | None = None
         self.late = 0
-        self.by_type: dict[str, tuple[CompiledMetric, ...]] = {}
+        named: dict[str, CompiledMetric] = {}
         for metric in metrics:
-            for signal_type in metric.types:
-                self.by_type[signal_type] = (*self.by_type.get(signal_type, ()), metric)
-        self.resolutions = {metric.name: metric.resolution for metric in metrics}
-        # (bucket_start, metric name, labels) -> [value, signals]
-        self.open: dict[tuple[int, str, tuple[tuple[str, str], ...]], list[float]] = {}
+            named.setdefault(metric.name, metric)
+        self.metrics = tuple(named[name] for name in sorted(named))
+        self.stride = max((metric.combinations for metric in self.metrics), default=1)
+        self.width = len(self.metrics) * self.stride
+        self.by_type: dict[str, tuple[tuple[CompiledMetric, int], ...]] = {}
+        for position, metric in enumerate(self.metrics):
+            for signal_type in sorted(metric.types):
+                self.by_type[signal_type] = (*self.by_type.get(signal_type, ()), (metric, position * self.stride))
+        self.open: dict[int, Bucket] = {}
         self.next_end: int | None = None  # the earliest end among open buckets: nothing is final before it
 
     def process(self, record: Record, out: MetricColumns) -> None:
@@ -216,20 +291,23 @@ class SiteMetrics:
                 clock = ts
         self.settle(None if clock == NO_CLOCK else clock, out)
 
-    def count(self, data: Any, ts: int, metrics: tuple[CompiledMetric, ...]) -> None:
-        """Add one signal that is not late (its payload ``data``, its ``ts``) to the buckets of ``metrics``, its type's."""
-        buckets = self.open
-        for metric in metrics:
+    def count(self, data: Any, ts: int, metrics: tuple[tuple[CompiledMetric, int], ...]) -> None:
+        """Add one signal that is not late (its payload ``data``, its ``ts``) to the buckets of ``metrics``, its type's.
+
+        Each metric comes with its number times the stride: the part of its buckets' keys that names it.
+        """
+        buckets, width = self.open, self.width
+        for metric, offset in metrics:
             matches = metric.matches
             if matches is not None and not matches(data):
                 continue
             resolution = metric.resolution
             start = ts - ts % resolution
-            key = (start, metric.name, metric.labels_of(data))
+            key = start * width + offset + metric.combination_of(data)
             sum_field = metric.sum_field
             amount = 1.0 if sum_field is None else summand(getattr(data, sum_field, None))
-            # Most signals open a bucket (a busy corpus makes one for every ~1.5 signals): one look-up of the key
-            # (hashing it is most of the cost), not a miss and then an insert.
+            # Most signals open a bucket (a busy corpus makes one for every ~1.5 signals): one look-up of the key,
+            # not a miss and then an insert.
             fresh = [amount, 1]
             bucket = buckets.setdefault(key, fresh)
             if bucket is fresh:
@@ -246,19 +324,15 @@ class SiteMetrics:
         self.clock = clock
         next_end = self.next_end
         if next_end is not None and clock is not None and next_end < clock - self.lateness:
-            self._final(out)
+            self._final(clock - self.lateness, out)
 
-    def _final(self, out: MetricColumns) -> None:
-        """Append the buckets whose end plus the allowed lateness the clock has passed."""
-        assert self.clock is not None
-        horizon = self.clock - self.lateness
-        if self.next_end is None or self.next_end >= horizon:
-            return
-        resolutions = self.resolutions
+    def _final(self, horizon: int, out: MetricColumns) -> None:
+        """Append the buckets whose end is before ``horizon`` (the clock minus the allowed lateness)."""
+        metrics, stride, width = self.metrics, self.stride, self.width
         done = []
         next_end = None
         for key in self.open:  # one pass: the final keys, and the earliest end among the others
-            end = key[0] + resolutions[key[1]]
+            end = key // width + metrics[key % width // stride].resolution
             if end < horizon:
                 done.append(key)
             elif next_end is None or end < next_end:
@@ -271,17 +345,41 @@ class SiteMetrics:
         self.next_end = None
         self._emit(list(self.open), out)
 
-    def _emit(self, keys: list[tuple[int, str, tuple[tuple[str, str], ...]]], out: MetricColumns) -> None:
-        pop, site, resolutions = self.open.pop, self.site, self.resolutions
+    def _emit(self, keys: list[int], out: MetricColumns) -> None:
+        pop, site, metrics, stride, width = self.open.pop, self.site, self.metrics, self.stride, self.width
         sites, names, labels_of, starts, lengths, values, counts = (
             out.sites, out.metrics, out.labels, out.bucket_starts, out.resolutions, out.values, out.signals)
         for key in sorted(keys):
             value, signals = pop(key)
-            start, name, labels = key
+            offset = key % width
+            metric = metrics[offset // stride]
             sites.append(site)
-            names.append(name)
-            labels_of.append(labels)
-            starts.append(start)
-            lengths.append(resolutions[name])
+            names.append(metric.name)
+            labels_of.append(metric.labels_of(offset % stride))
+            starts.append(key // width)
+            lengths.append(metric.resolution)
             values.append(value)
             counts.append(int(signals))
+
+    def named(self) -> dict[NamedKey, Bucket]:
+        """The open buckets by (start, metric name, labels): what a snapshot keeps, whatever the keys are here."""
+        metrics, stride, width = self.metrics, self.stride, self.width
+        named: dict[NamedKey, Bucket] = {}
+        for key, bucket in self.open.items():
+            offset = key % width
+            metric = metrics[offset // stride]
+            named[(key // width, metric.name, metric.labels_of(offset % stride))] = bucket
+        return named
+
+    def restore(self, named: dict[NamedKey, Bucket]) -> None:
+        """Open the buckets of :meth:`named` again, those of the metrics this site counts (the others are dropped)."""
+        by_name = {metric.name: (position, metric) for position, metric in enumerate(self.metrics)}
+        self.open = {}
+        ends = []
+        for (start, name, labels), bucket in named.items():
+            found = by_name.get(name)
+            if found is not None:
+                position, metric = found
+                self.open[start * self.width + position * self.stride + metric.combination(labels)] = bucket
+                ends.append(start + metric.resolution)
+        self.next_end = min(ends) if ends else None

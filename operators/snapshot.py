@@ -63,7 +63,7 @@ PRESENTATION_FIELDS = frozenset({"title", "description", "severity", "subsystem"
 """Rule fields read only when a notification is written out: changing them keeps the rule's state."""
 
 _SITE_FIELDS = {"by_type", "clock", "dues", "index", "lateness", "metrics", "runners", "started", "tick_max", "ticks"}
-_METRICS_FIELDS = {"by_type", "clock", "late", "lateness", "next_end", "open", "resolutions", "site"}
+_METRICS_FIELDS = {"by_type", "clock", "late", "lateness", "metrics", "next_end", "open", "site", "stride", "width"}
 """Every slot of SiteDetector / SiteMetrics is either snapshotted or rebuilt below; a new slot must be added here."""
 
 
@@ -197,7 +197,7 @@ class SnapshotCodec:
             _site_of(detector),
             (detector.clock, detector.ticks, detector.tick_max, detector.dues),
             tuple((runner.rule, tuple(getattr(runner, name) for name in RUNNER_FIELDS)) for runner in detector.runners),
-            None if metrics is None else (_metrics_used(metrics), metrics.clock, metrics.late, metrics.open),
+            None if metrics is None else (metrics.metrics, metrics.clock, metrics.late, metrics.named()),
         )
         buffer = io.BytesIO()
         _Pickler(buffer, self._ids).dump(state)
@@ -264,9 +264,7 @@ class SnapshotCodec:
                            "snapshot: its open buckets are dropped")
         metrics.clock = clock
         metrics.late = late
-        metrics.open = {key: bucket for key, bucket in open_.items() if key[1] in unchanged}
-        ends = [start + metrics.resolutions[name] for start, name, _ in metrics.open]
-        metrics.next_end = min(ends) if ends else None
+        metrics.restore({key: bucket for key, bucket in open_.items() if key[1] in unchanged})
 
     def _once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -321,12 +319,3 @@ def _site_of(detector: SiteDetector) -> str:
     if detector.runners:
         return detector.runners[0].site
     return detector.metrics.site if detector.metrics is not None else ""
-
-
-def _metrics_used(metrics: SiteMetrics) -> tuple[CompiledMetric, ...]:
-    """The distinct compiled metrics a site counts, in a stable order (their persistent ids go in the snapshot)."""
-    seen: dict[str, CompiledMetric] = {}
-    for compiled in metrics.by_type.values():
-        for metric in compiled:
-            seen.setdefault(metric.name, metric)
-    return tuple(seen[name] for name in sorted(seen))

@@ -21,7 +21,7 @@ from operator import attrgetter
 from typing import Any, Protocol
 
 from schemas.alerts import NotificationRecord
-from schemas.records import Record, compact_json
+from schemas.records import Record, RecordColumns, compact_json
 from schemas.timestamps import parse_ts_checked
 
 SIGNAL_COLUMNS = ("site", "type", "ts", "id", "seq", "envelope")
@@ -244,6 +244,15 @@ def signal_columns(records: Iterable[Record]) -> Columns:
     """
     signals = [record for record in records if record.type != "tick"]
     return Columns([list(map(field, signals)) for field in _SIGNAL_FIELDS])
+
+
+def parsed_signal_columns(parsed: RecordColumns) -> Columns:
+    """``signals`` rows, as :class:`Columns`, of the site signals ``parsed`` was filled with (its lists, taken over).
+
+    :func:`~schemas.records.parse_lines` fills it as it makes the records: the same rows as :func:`signal_columns`
+    of those records.
+    """
+    return Columns([parsed.sites, parsed.types, parsed.signal_times, parsed.ids, parsed.seqs, parsed.raws])
 
 
 def signal_rows(records: Iterable[Record]) -> list[tuple[Any, ...]]:

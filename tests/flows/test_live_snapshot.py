@@ -214,7 +214,7 @@ def test_a_changed_rule_starts_fresh_a_removed_one_is_dropped_and_the_others_kee
         retuned_runner = detector.runners[detector.index[retuned]]
         assert (retuned_runner.fps, retuned_runner.clock, retuned_runner.instant) == ({}, None, 0)
         assert detector.metrics is not None
-        assert all(name != resolution_changed for _, name, _ in detector.metrics.open)
+        assert all(name != resolution_changed for _, name, _ in detector.metrics.named())
     after.feed(records[half:])
     after.finish()
 

@@ -105,3 +105,40 @@ def test_sum_metrics_add_the_field_and_where_filters() -> None:
         ((("status", "503"),), 20.0, 1),
         ((("status", "other"),), 7.0, 1),
     ]
+
+
+def test_final_buckets_come_sorted_by_start_metric_and_labels_whatever_the_metrics_and_values() -> None:
+    # A bucket's key is an integer (SiteMetrics): its order must stay that of (start, name, labels) as stored, across
+    # metrics with different label sets, texts that sort unlike their declaration, and a declared value named `other`.
+    detailed = metric(labels={"outcome": ["success", "failure"], "method": ["sso", "other", "cookie"]})
+    plain = metric(name="a_auth")
+    values = [("failure", "cookie"), ("lockout", "sso"), ("success", "password"), ("success", "xmlrpc"), ("failure", "other")]
+    records = [auth(T0 + n * 20 * SECOND, n, outcome=outcome, method=method) for n, (outcome, method) in enumerate(values)]
+    _, site = run([detailed, plain], records)
+    flushed = [(p.bucket_start, p.metric, p.labels) for p in flush(site)]
+    assert flushed == sorted(flushed)
+    assert flushed == [
+        (T0, "a_auth", ()),
+        (T0, "auth_attempts", (("method", "cookie"), ("outcome", "failure"))),
+        (T0, "auth_attempts", (("method", "other"), ("outcome", "success"))),
+        (T0, "auth_attempts", (("method", "sso"), ("outcome", "other"))),
+        (T0 + MINUTE, "a_auth", ()),
+        (T0 + MINUTE, "auth_attempts", (("method", "other"), ("outcome", "failure"))),
+        (T0 + MINUTE, "auth_attempts", (("method", "other"), ("outcome", "success"))),
+    ]
+
+
+def test_open_buckets_named_and_restored_are_the_same_buckets() -> None:
+    # What a snapshot keeps (SiteMetrics.named) opens the same buckets again in a fresh site (restore).
+    definitions = [metric(labels={"outcome": ["success", "failure"]}), metric(name="a_auth", resolution="5m")]
+    _, site = run(definitions, [auth(T0, 1), auth(T0 + 30 * SECOND, 2, outcome="success"), auth(T0 + 70 * SECOND, 3)])
+    named = site.named()
+    assert sorted(named) == [
+        (T0, "a_auth", ()), (T0, "auth_attempts", (("outcome", "failure"),)),
+        (T0, "auth_attempts", (("outcome", "success"),)), (T0 + MINUTE, "auth_attempts", (("outcome", "failure"),)),
+    ]
+    fresh = SiteMetrics([compile_metric(definition) for definition in definitions], "shop")
+    fresh.restore(named)
+    assert fresh.next_end == site.next_end == T0 + MINUTE
+    assert process(fresh, tick(T0 + 3 * MINUTE)) == process(site, tick(T0 + 3 * MINUTE))
+    assert flush(fresh) == flush(site) != []

@@ -24,10 +24,10 @@ from pydantic import ValidationError
 
 from operators.metrics import MetricColumns, SiteMetrics, compile_metric, summand
 from schemas.problems import first_problem
-from schemas.records import _PATTERN_WORDS, _TICK_LINE, Record, RoutingSites, parse_lines, salvage_site_and_ts
+from schemas.records import _PATTERN_WORDS, _TICK_LINE, Record, RecordColumns, RoutingSites, parse_lines, salvage_site_and_ts
 from schemas.rule_loader import load_rules
 from schemas.signals import SIGNAL_ADAPTER, SITE_PATTERN
-from schemas.store import LAST_DATETIME_S, metric_columns, rejected_row, signal_columns
+from schemas.store import LAST_DATETIME_S, metric_columns, parsed_signal_columns, rejected_row, signal_columns
 from schemas.timestamps import TimestampError, parse_ts
 from simulate.corpus import generate_corpus
 
@@ -139,7 +139,11 @@ def mutated_lines(draw: st.DrawFn) -> bytes:
 @given(st.lists(mutated_lines(), min_size=1, max_size=6))
 def test_every_mutated_line_is_a_record_or_one_reason_and_gives_storable_rows(raws: list[bytes]) -> None:
     lines = list(enumerate(raws, 1))
-    records, rejects = parse_lines(lines)
+    parsed = RecordColumns()
+    records, rejects = parse_lines(lines, columns=parsed)
+    # What the store keeps, filled in the parse's own pass: the same as read off the records afterwards.
+    assert (parsed.lines, parsed.times) == ([record.line for record in records], [record.ts for record in records])
+    assert parsed_signal_columns(parsed).data == signal_columns(records).data
     blank = {line for line, raw in lines if not raw.strip()}
     assert sorted([record.line for record in records] + [line for line, _ in rejects]) == sorted(set(dict(lines)) - blank)
     for _, reason in rejects:

@@ -695,6 +695,28 @@ def test_storing_changes_nothing_the_flow_decides(store: Store, corpus: Corpus, 
     assert plain.alerts
 
 
+@pytest.mark.slow
+def test_a_replay_into_chdb_inserts_a_table_when_it_has_a_batch_or_at_the_end_not_by_time(
+    store_dsn: str, corpus: Corpus, ruleset: Any,
+) -> None:
+    # No other process can read the directory while the replay holds it: a small insert every few seconds (each ~10 ms
+    # of chDB) bought nothing. The flow is held up at its first notifications, past the sink's default max_delay (2 s).
+    store = RecordingStore(parse_dsn(store_dsn), ttl_days=TTL_DAYS)
+    store.migrate()
+    store.acknowledged.clear()
+    batches: list[int] = []
+
+    def slow_start(alerts: list[Any]) -> None:
+        batches.append(len(alerts))
+        if len(batches) <= 5:
+            time.sleep(0.6)
+
+    replay(str(corpus.path), ruleset.enabled_rules, store=store, metrics=ruleset.metrics, chunk_lines=500, on_alerts=slow_start)
+    assert len(batches) > 5  # rows came after the waits: with a time limit, those so far would have been inserted then
+    assert sorted(table for table, _ in store.acknowledged) == ["alerts", "evidence", "metrics", "rejected", "signals"]
+    assert store.acknowledged_rows()["signals"] == table_rows(store, "signals") == len(corpus.signals)
+
+
 METRIC_RULES = """\
 - id: lockouts
   title: Lockouts
