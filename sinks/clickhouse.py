@@ -49,7 +49,7 @@ _LOW_CARDINALITY = re.compile(r"LowCardinality\((\w+(?:\([^()]*\))?)\)")
 
 
 class StoreError(LogysteraError):
-    """Root of storage errors: ``StoreConfigError`` (a bad DSN) and ``StoreUnavailable`` (gave up)."""
+    """Root of storage errors: a bad DSN, a store that stays unavailable, one that refuses, one locked elsewhere."""
 
 
 class StoreConfigError(StoreError, UsageError):
@@ -58,6 +58,40 @@ class StoreConfigError(StoreError, UsageError):
 
 class StoreUnavailable(StoreError, Failure):
     """The store kept failing for longer than the configured patience."""
+
+
+class StoreRefused(StoreError, Failure):
+    """The store answered with an error that asking again would only repeat: reported at once, not retried.
+
+    A syntax error, data it cannot parse, an unknown setting, wrong credentials (:data:`REFUSED_CODES`): retrying them
+    until the patience runs out (60 s by default) only delayed the same message.
+    """
+
+
+REFUSED_CODES: frozenset[int] = frozenset({
+    # The request itself: SYNTAX_ERROR, UNKNOWN_IDENTIFIER, UNKNOWN_FUNCTION, ILLEGAL_TYPE_OF_ARGUMENT,
+    # TYPE_MISMATCH, ILLEGAL_COLUMN, NO_SUCH_COLUMN_IN_TABLE, BAD_ARGUMENTS, NOT_IMPLEMENTED,
+    # FUNCTION_THROW_IF_VALUE_IS_NON_ZERO, UNKNOWN_QUERY_PARAMETER, BAD_QUERY_PARAMETER.
+    62, 47, 46, 43, 53, 44, 16, 36, 48, 395, 456, 457,
+    # Its data: CANNOT_PARSE_TEXT, CANNOT_PARSE_INPUT_ASSERTION_FAILED, CANNOT_CONVERT_TYPE, INCORRECT_DATA.
+    6, 27, 70, 117,
+    # Its settings and who sends it: UNKNOWN_SETTING, READONLY, SETTING_CONSTRAINT_VIOLATION, ACCESS_DENIED,
+    # AUTHENTICATION_FAILED.
+    115, 164, 452, 497, 516,
+})
+"""ClickHouse error codes that are the same answer however often the request is made. Every other error is retried
+for the store's patience: a connection lost or refused, a busy or overloaded server, a replica or Keeper away, and a
+table or database missing for a while (being restored or attached again)."""
+
+
+def _refused(error: Exception) -> bool:
+    """Whether ``error`` is an answer of the server's that retrying would repeat (:data:`REFUSED_CODES`)."""
+    return getattr(error, "code", None) in REFUSED_CODES
+
+
+def _first_line(error: Exception) -> str:
+    """The error's first line, at most 300 characters (a server's message can carry the whole statement and a stack)."""
+    return str(error).splitlines()[0][:300] if str(error) else type(error).__name__
 
 
 class StoreLocked(StoreError, Failure):
@@ -302,11 +336,13 @@ class Store:
                 self.attempts_failed += 1
                 self._client = None if self.address.kind == "http" else self._client
                 elapsed = self._clock() - started
+                if _refused(error):
+                    raise StoreRefused(f"store {self.address} refused to {what}: {_first_line(error)} (not retried: "
+                                       "the same request would be refused again)") from error
                 if elapsed + delay > self.retry.give_up_after:
-                    reason = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
                     raise StoreUnavailable(
                         f"store {self.address} failed to {what} for {elapsed:.1f}s "
-                        f"({self.attempts_failed} failed attempts); last error: {reason}"
+                        f"({self.attempts_failed} failed attempts); last error: {_first_line(error)}"
                     ) from error
                 self._sleep(delay)
                 delay = min(delay * 2, self.retry.ceiling)

@@ -43,6 +43,7 @@ from sinks.clickhouse import (
     StoreAddress,
     StoreConfigError,
     StoreError,
+    StoreRefused,
     StoreSink,
     StoreUnavailable,
     parse_dsn,
@@ -310,18 +311,21 @@ def test_a_replay_through_the_server_stores_what_the_embedded_store_stores(
     assert sum(1 for _, _, _, sql in http_front.requests if sql.startswith("INSERT INTO")) >= 5
 
 
-def test_a_wrong_password_fails_after_retries_without_showing_any_password(http_front: HttpFront, request: pytest.FixtureRequest) -> None:
+def test_a_wrong_password_fails_at_once_without_showing_any_password(http_front: HttpFront, request: pytest.FixtureRequest) -> None:
+    # AUTHENTICATION_FAILED is the same answer the next time: reported at once, not after the patience (decision 144).
     fake = FakeTime()
-    store = Store(parse_dsn(http_dsn(http_front, database_name(request.node.name), password="Wr0ngHorse")),
+    database = database_name(request.node.name)
+    store = Store(parse_dsn(http_dsn(http_front, database, password="Wr0ngHorse")),
                   retry=RetryPolicy(initial=0.1, ceiling=0.4, give_up_after=1.0), sleep=fake.sleep, clock=fake.clock)
-    with pytest.raises(StoreUnavailable) as caught:
+    with pytest.raises(StoreRefused) as caught:
         store.migrate()
     message = str(caught.value)
-    assert message.startswith(f"store http://ana+ops@127.0.0.1:{http_front.port}/")
-    assert "516" in message
+    assert message.startswith(f"store http://ana+ops@127.0.0.1:{http_front.port}/{database} refused to run a command: ")
+    assert "Code: 516." in message
+    assert message.endswith("(not retried: the same request would be refused again)")
     assert "Wr0ngHorse" not in message and "p@ss" not in message
     assert "\n" not in message
-    assert store.attempts_failed == 4 and fake.sleeps == [0.1, 0.2, 0.4]
+    assert store.attempts_failed == 1 and fake.sleeps == []
     assert ("ana+ops", "Wr0ngHorse") in {(user, password) for user, password, _, _ in http_front.requests}
 
 
@@ -339,6 +343,21 @@ def test_an_unreachable_server_fails_after_the_configured_retries() -> None:
     with pytest.raises(StoreUnavailable):  # Store.open reports the same way
         Store.open(f"http://ops:Sekr1t-Value@127.0.0.1:{port}/events",
                    retry=RetryPolicy(initial=0.1, ceiling=0.1, give_up_after=0.15), sleep=fake.sleep, clock=fake.clock)
+
+
+def test_a_request_the_engine_refuses_is_not_retried_and_a_missing_table_is(store_dsn: str) -> None:
+    # The real engine's answers: a syntax error and an unknown setting come back the same every time; a table that is
+    # missing may be attached again (restored) while the store retries (decision 144).
+    fake = FakeTime()
+    store = Store.open(store_dsn, retry=RetryPolicy(initial=0.1, ceiling=0.4, give_up_after=1.0), sleep=fake.sleep, clock=fake.clock)
+    for sql, code in (("SELEC 1", 62), ("SELECT 1 SETTINGS no_such_setting = 1", 115)):
+        failed_before = store.attempts_failed
+        with pytest.raises(StoreRefused, match=f"refused to query: Code: {code}\\."):
+            store.query(sql)
+        assert store.attempts_failed == failed_before + 1 and fake.sleeps == []
+    with pytest.raises(StoreUnavailable, match=r"failed to query for 0\.7s \(6 failed attempts\); last error: Code: 60\."):
+        store.query("SELECT * FROM no_such_table")
+    assert fake.sleeps == [0.1, 0.2, 0.4]  # the two refused requests before: one attempt each
 
 
 def test_an_insert_the_server_rejects_twice_is_retried_on_a_new_connection_and_lands_once(
