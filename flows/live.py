@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -310,6 +311,13 @@ class LiveTotals:
     late: int = 0
     stopped_by_signal: bool = False
     decisions: Counter[tuple[str, Decision]] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    """Held by the workers' updates and by :meth:`reading` (a metrics scrape, on another thread)."""
+
+    def reading(self) -> LiveTotals:
+        """A copy of the counts at one moment (no update half-applied)."""
+        with self.lock:
+            return LiveTotals(self.valid, self.invalid, self.late, self.stopped_by_signal, Counter(self.decisions))
 
     @property
     def decisions_line(self) -> str:
@@ -327,14 +335,15 @@ class LiveTotals:
 
 
 def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[MetricDefinition], store: Store | None,
-               err: TextIO = sys.stderr, cluster: LocalCluster | None = None) -> LiveTotals:
+               err: TextIO = sys.stderr, cluster: LocalCluster | None = None, totals: LiveTotals | None = None) -> LiveTotals:
     """Run the live flow until SIGINT/SIGTERM (or the end of the topic with ``exit_at_end``).
 
     ``cluster``: the local cluster this process started (``--processes N``,
     :func:`flows.cluster.start_local_cluster`), told once the configuration
     is checked; None for one process or a cluster started by hand
     (``--addresses``). Process 0 gathers the rejected records and the totals
-    of all, and in process 0 only the totals are the cluster's.
+    of all, and in process 0 only the totals are the cluster's. ``totals``:
+    where to count them (read while the flow runs: ``--metrics-port``).
 
     Raises :class:`LiveConfigError` when it cannot start as configured,
     :class:`sinks.kafka_client.KafkaUnreachable` when the broker does not answer,
@@ -348,7 +357,7 @@ def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[Metric
     # First, so that its producer gets its producer id while the rest starts (sinks.kafka.KafkaTopicSink).
     alerts = KafkaTopicSink(settings.bootstrap, settings.alerts_topic, alert_message, timeout=settings.delivery_timeout,
                             options=settings.kafka_options)
-    totals = LiveTotals()
+    totals = totals if totals is not None else LiveTotals()
     table = RoutingTable(rules)
     pairs = [(metric, compile_metric(metric)) for metric in metrics] if store is not None else []
     compiled_metrics = [compiled for _, compiled in pairs]
@@ -361,16 +370,18 @@ def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[Metric
         snapshots = SnapshotCodec(table, settings.lateness, pairs, warn=lambda message: print(message, file=err, flush=True))
 
     def report_rejects(items: list[Reject]) -> None:
-        totals.invalid += len(items)
+        with totals.lock:
+            totals.invalid += len(items)
         for line, reason in items:
             partition, offset = kafka_position(line)
             print(f"{settings.topic} partition {partition} offset {offset}: {reason}", file=err, flush=True)
 
     def count(items: list[FlowStats]) -> None:
-        for stats in items:
-            totals.valid += stats.valid
-            totals.late += len(stats.late)
-            totals.decisions.update(stats.decisions)
+        with totals.lock:
+            for stats in items:
+                totals.valid += stats.valid
+                totals.late += len(stats.late)
+                totals.decisions.update(stats.decisions)
 
     shape = settings.cluster
     gathered = shape.processes > 1
