@@ -24,6 +24,7 @@ from bytewax.recovery import init_db_dir
 from flows.cluster import STARTED_BY_PROCESS_0, ClusterShape, cluster_shape, shard_keys
 from flows.live import CLUSTER_FILE, LiveConfigError, LiveTotals, RecoveryLayout, prepare_recovery
 from flows.live_metrics import DetectMetrics
+from flows.placement import kafka_partition
 from schemas.errors import UsageError
 from simulate.corpus import write_corpus
 from tests.flows.test_live_kafka import (
@@ -32,6 +33,8 @@ from tests.flows.test_live_kafka import (
     RULES_DIR,
     Detect,
     corpus,
+    expected_rejects,
+    key_of,
     notifications,
     produce,
     produce_lines,
@@ -307,3 +310,29 @@ def test_detect_metrics_name_every_count_of_the_totals() -> None:
         'logystera_detect_decisions_total{decision="suppressed",rule="auth.bruteforce"}': "5.0",
         'logystera_detect_decisions_total{decision="resolved",rule="cron.missed"}': "1.0",
     }
+
+
+@pytest.mark.broker
+@pytest.mark.process
+@pytest.mark.parametrize("partitioner", ["murmur2_random", "consistent_random"])
+def test_a_detect_cluster_writes_replays_notifications_whichever_partition_a_site_is_in(
+    broker: Broker, tmp_path: Path, partitioner: str,
+) -> None:
+    # murmur2 (the gateway's partitioner): each site's state is on the worker that reads its partition, nothing crosses.
+    # CRC32 (librdkafka's default): most sites are in another partition than murmur2 names: their records cross.
+    signals, alerts = unique_topic("signals"), unique_topic("alerts")
+    broker.create_topics([signals, alerts], partitions=4)
+    lines = corpus(3000, seed=47)
+    expected = replayed(tmp_path, lines, "all")
+    assert len(expected.alerts) > 20 and expected.rejects
+    positions = produce_lines(broker.producer(partitioner=partitioner), signals, lines)
+    at_home = [partition == kafka_partition(key_of(line), 4) for (partition, _), line in zip(positions, lines, strict=True)]
+    assert all(at_home) if partitioner == "murmur2_random" else not all(at_home)
+    returncode, detect = run_detect(broker, "--topic", signals, "--alerts-topic", alerts, "--processes", "2", "--exit-at-end")
+    assert returncode == 0, "\n".join(detect.lines)
+    got = [record.value.decode() for record in notifications(broker, alerts) if record.value is not None]
+    assert sorted(got) == sorted(expected.alerts)
+    for site in {json.loads(alert)["site"] for alert in expected.alerts}:  # and each site's in replay's order
+        assert [alert for alert in got if json.loads(alert)["site"] == site] == [
+            alert for alert in expected.alerts if json.loads(alert)["site"] == site]
+    assert detect.rejects() == expected_rejects(expected, positions)
