@@ -180,6 +180,21 @@ def test_a_recovery_directory_made_before_placement_keeps_its_state_keyed_by_sit
         prepare_recovery(oldest, ClusterShape(2, 1), "signals", 4)
 
 
+@pytest.mark.parametrize(("marker", "problem"), [
+    ("not json", r"the file: Invalid JSON"),
+    ('{"processes": 2, "workers": 1, "state": "by-partition"}', r"the file: Value error, a state placed by partition names its workers"),
+    ('{"processes": 2, "shards": 3}', r"shards: Extra inputs are not permitted"),
+    ('{"processes": 1e30}', r"processes: "),
+])
+def test_a_recovery_marker_logystera_did_not_write_is_refused_in_one_line(tmp_path: Path, marker: str, problem: str) -> None:
+    directory = tmp_path / "recovery"
+    directory.mkdir()
+    init_db_dir(directory, 2)
+    (directory / CLUSTER_FILE).write_text(marker, encoding="utf-8")
+    with pytest.raises(LiveConfigError, match=rf"logystera-cluster.json is not a marker Logystera wrote \({problem}.*give a new directory"):
+        prepare_recovery(directory, ClusterShape(2, 1), "signals", 4)
+
+
 @pytest.mark.broker
 @pytest.mark.process
 def test_detect_refuses_a_recovery_directory_of_another_process_count_in_one_line(broker: Broker, tmp_path: Path) -> None:
