@@ -195,8 +195,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
             raise UsageError("--web: only process 0 of a cluster serves the console (it is the one that holds the store)")
         totals = LiveTotals()
         if args.metrics_port is not None and shape.owner:  # process 0 holds the cluster's counts
+            from delivery.metrics import serve_registry
             from flows.live_metrics import DetectMetrics
-            from protocol.prometheus import serve_registry
 
             serve_registry(DetectMetrics(totals).registry, args.metrics_host, args.metrics_port)
             print(f"detect: metrics on http://{args.metrics_host}:{args.metrics_port}/metrics", file=sys.stderr, flush=True)

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from delivery.service import DeliveryService
-from protocol.prometheus import serve_registry
+from schemas.errors import UsageError
 
 SCRAPE_TIMEOUT_S = 5.0
 
@@ -108,3 +108,14 @@ class DeliveryMetrics(Collector):
     def serve(self, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
         """Serve ``http://host:port/metrics`` from a daemon thread; a port that cannot be bound is a usage error."""
         return serve_registry(self.registry, host, port)
+
+
+def serve_registry(registry: CollectorRegistry, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``registry`` on ``http://host:port/metrics`` from a daemon thread (``deliver``'s, and ``detect``'s).
+
+    A port that cannot be bound is a usage error: one line, exit 2.
+    """
+    try:
+        return start_http_server(port, host, registry)
+    except OSError as error:
+        raise UsageError(f"--metrics-port {port}: {error.strerror}") from None
