@@ -225,15 +225,19 @@ def parse_lines(
                 if repeated is not None:
                     rejects.append((line, repeated))
                     continue
-        record = Record(line, site, type_, ts, id_, data, raw, seq)
+        # Boxed once (compiled, ``line`` and ``ts`` are machine ints): the record and the store's columns share each
+        # int object, where every use as an object would allocate one of its own.
+        number: Any = line
+        stamp: Any = ts
+        record = Record(number, site, type_, stamp, id_, data, raw, seq)
         records.append(record)
         if columns is not None:
-            columns.lines.append(line)
-            columns.times.append(ts)
+            columns.lines.append(number)
+            columns.times.append(stamp)
             if type_ != "tick":
                 columns.sites.append(site)
                 columns.types.append(type_)
-                columns.signal_times.append(ts)
+                columns.signal_times.append(stamp)
                 columns.ids.append(id_)
                 columns.seqs.append(seq)
                 columns.raws.append(raw)
