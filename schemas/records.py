@@ -71,11 +71,15 @@ class RecordColumns:
     one with a store); here each is a list append while the value is at hand.
     """
 
-    __slots__ = ("ids", "lines", "raws", "seqs", "signal_times", "sites", "times", "types")
+    __slots__ = ("ids", "latest", "lines", "raws", "seqs", "signal_times", "sites", "times", "types")
 
     def __init__(self) -> None:
         self.lines: list[int] = []
         self.times: list[int] = []
+        self.latest = 0
+        """The largest ``ts`` of the records (0 for none: every valid ``ts`` is at or after 1970). Kept while parsing,
+        a comparison of machine ints per record: ``max`` over the times afterwards cost 115M instructions on a
+        560k-line replay (6% of what storing costs in Python)."""
         self.sites: list[str] = []
         self.types: list[str] = []
         self.signal_times: list[int] = []
@@ -234,6 +238,8 @@ def parse_lines(
         if columns is not None:
             columns.lines.append(number)
             columns.times.append(stamp)
+            if ts > columns.latest:
+                columns.latest = ts
             if type_ != "tick":
                 columns.sites.append(site)
                 columns.types.append(type_)
