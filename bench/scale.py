@@ -45,8 +45,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from confluent_kafka import Producer
+
 from bench.children import cpu_seconds
 from simulate.corpus import write_corpus
+from sinks.kafka_client import producer_config
 from tests.support.kafka_broker import Broker, start_broker, unique_topic
 
 LOGYSTERA = shutil.which("logystera", path=str(Path(sys.executable).parent)) or "logystera"
@@ -131,7 +134,7 @@ def fill_topic(broker: Broker, corpus: Path, partitions: int) -> str:
     """A topic of ``partitions`` partitions holding the corpus, keyed by site as the gateway keys it."""
     signals = unique_topic("signals")
     broker.create_topics([signals], partitions=partitions)
-    producer = broker.producer(linger_ms=50)
+    producer = Producer(producer_config(broker.bootstrap, {"linger.ms": 50}))  # the gateway's: murmur2 by site
     with corpus.open("rb") as lines:
         for line in lines:
             try:

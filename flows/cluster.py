@@ -43,6 +43,7 @@ from datetime import timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from flows.placement import StatePlacement
 from schemas.errors import Failure, UsageError
 
 if TYPE_CHECKING:
@@ -425,3 +426,60 @@ def shard_keys(workers: int) -> tuple[str, ...]:
         if len(found) == workers:
             return tuple(str(found[worker]) for worker in range(workers))
         candidates *= 4
+
+
+@cache
+def partition_workers(parts: tuple[str, ...], workers: int) -> dict[str, int]:
+    """The worker Bytewax gives each input partition of a source that lists ``parts`` on every worker.
+
+    Bytewax assigns them (``calc_primaries``: the least-loaded worker, in
+    the partitions' name order, ties by an order of its own) from the names
+    and the total worker count only, so a throw-away flow of ``workers``
+    threads here reads each partition on the worker the cluster will read it
+    on — the same answer in every process (:mod:`flows.placement`).
+    """
+    if workers == 1:
+        return dict.fromkeys(parts, 0)
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+    from bytewax.testing import cluster_main
+
+    class Name(StatefulSourcePartition[str, None]):
+        def __init__(self, name: str) -> None:
+            self.left = [name]
+
+        def next_batch(self) -> list[str]:
+            if not self.left:
+                raise StopIteration
+            sent, self.left = self.left, []
+            return sent
+
+        def snapshot(self) -> None:
+            return None
+
+    class Names(FixedPartitionedSource[str, None]):
+        def list_parts(self) -> list[str]:
+            return list(parts)
+
+        def build_part(self, step_id: str, for_part: str, resume_state: None) -> Name:
+            return Name(for_part)
+
+    found: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def where(step_id: str, item: str, epoch: int, worker: int) -> None:
+        with lock:
+            found[item] = worker
+
+    flow = Dataflow("logystera_partition_probe")
+    op.inspect_debug("where", op.input("parts", flow, Names()), where)
+    cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    return found
+
+
+def state_placement(topic: str, partitions: int, workers: int) -> StatePlacement:
+    """The :class:`StatePlacement` of the live flow reading ``topic``'s ``partitions`` with ``workers`` in all."""
+    names = tuple(f"{index}-{topic}" for index in range(partitions))  # Bytewax's KafkaSource's names of them
+    readers = partition_workers(names, workers)
+    return StatePlacement(tuple(readers[name] for name in names), workers)

@@ -33,7 +33,8 @@ from bytewax.outputs import Sink
 from typing_extensions import override
 
 from flows.cluster import site_shard
-from flows.sources import Line, chunk_index
+from flows.placement import SiteKeys, StatePlacement
+from flows.sources import LINE_STRIDE, Line, chunk_index
 from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS
 from operators.metrics import CompiledMetric, MetricColumns
 from operators.notification import DEFAULT_LINK_BASE, Decision, Emitted, Notification, decision_counts
@@ -80,7 +81,7 @@ parsed as a call argument: 7% of the detection step with a store); these lists t
 class SiteLines:
     """What :class:`RouteSiteLines` makes of one chunk (the unordered, live flow)."""
 
-    work: list[tuple[str, list[Line]]]  # each site's raw lines, in line order: the detect step's input
+    work: list[tuple[str, list[Line]]]  # each site's raw lines, in line order, under its state key: the detect step's input
     rejects: list[Reject]  # lines rejected here: no site to send them to
     store: list[StoreItem]  # with a store: their rows
 
@@ -120,16 +121,21 @@ class RouteSiteLines:
     line it is rejected here.
     """
 
-    def __init__(self, store_source: str | None) -> None:
+    def __init__(self, store_source: str | None, keys: SiteKeys) -> None:
         self.store_source = store_source
-        self.last_site: bytes | None = None  # the site of the latest line sent, in this partition
+        self.keys = keys
+        # The site of the latest line sent, per partition: one reader object serves every partition its process reads.
+        self.last_site: dict[int, bytes] = {}
         self.routing_site = RoutingSites()
 
     def __call__(self, chunk: list[Line]) -> SiteLines:
         """The chunk's lines per site; the lines rejected here, with their store rows."""
+        if not chunk:
+            return SiteLines([], [], [])
         by_site: dict[bytes, list[Line]] = {}
         unsent: list[Reject] = []
-        last, lookup, routing_site = self.last_site, by_site.get, self.routing_site
+        partition = chunk[0][0] // LINE_STRIDE  # a chunk is one partition's poll
+        last, lookup, routing_site = self.last_site.get(partition), by_site.get, self.routing_site
         for item in chunk:
             site = routing_site(item[1])
             if site is None:
@@ -147,11 +153,13 @@ class RouteSiteLines:
             else:
                 lines.append(item)
             last = site
-        self.last_site = last
+        if last is not None:
+            self.last_site[partition] = last
         store: list[StoreItem] = []
         if unsent and self.store_source is not None:
             store.append(("rejected", finish_rejected(self.store_source, reject_rows(chunk, unsent), 0, [])))
-        return SiteLines([(site.decode(), lines) for site, lines in by_site.items()], unsent, store)
+        key = self.keys
+        return SiteLines([(key(site), lines) for site, lines in by_site.items()], unsent, store)
 
 
 def valid_times(records: list[Record]) -> ValidTimes:
@@ -590,7 +598,10 @@ class DetectOptions:
     only with a store. With ``snapshots`` (a flow run with Bytewax recovery),
     each site's detector is snapshotted at the end of every epoch that
     touched it and restored from that on resume; the codec must be made for
-    this flow's rules, ``lateness`` and (stored) ``metrics``.
+    this flow's rules, ``lateness`` and (stored) ``metrics``. ``placement``
+    (the live flow): each site's state is kept on the worker that reads its
+    partition (:mod:`flows.placement`); None keys it by the site, wherever
+    Bytewax's hash puts that (a recovery directory made so).
     """
 
     lateness: int = DEFAULT_ALLOWED_LATENESS_MS
@@ -599,6 +610,7 @@ class DetectOptions:
     metrics: list[CompiledMetric] = field(default_factory=list)
     snapshots: SnapshotCodec | None = None
     ordering: Ordering | None = None
+    placement: StatePlacement | None = None
 
 
 @dataclass(frozen=True)
@@ -667,7 +679,7 @@ def detect(chunks: Stream[list[Line]], table: RoutingTable, options: DetectOptio
     store_parts: list[Stream[StoreItem]] = []
     if ordering is None:
         routed_types_ = routed_types(table, metric_types)
-        sent = op.map("route_site_lines", chunks, RouteSiteLines(store_source))
+        sent = op.map("route_site_lines", chunks, RouteSiteLines(store_source, SiteKeys(options.placement)))
         work = op.flat_map("work", sent, lambda chunk: chunk.work)
         batches = op.key_rm("site_batches", op.stateful_batch(
             "detect", work,

@@ -47,9 +47,9 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from typing_extensions import override
 
-from flows.cluster import ClusterShape, LocalCluster, run_on
+from flows.cluster import ClusterShape, LocalCluster, run_on, state_placement
 from flows.detect import DetectOptions, DetectSinks, FlowStats, Reject, build_detect_flow
-from flows.sources import Line
+from flows.sources import LINE_STRIDE, Line
 from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS
 from operators.metrics import compile_metric
 from operators.notification import DEFAULT_LINK_BASE, Decision, Emitted
@@ -59,11 +59,8 @@ from schemas.errors import Failure, LogysteraError, UsageError, root_cause
 from schemas.rules import MetricDefinition, Rule
 from sinks.callback import CallbackSink, OwnerSink
 from sinks.clickhouse import EpochStoreSink, Store, StoreSink
-from sinks.kafka import DEFAULT_TIMEOUT_S, KafkaTopicSink, missing_topics
+from sinks.kafka import DEFAULT_TIMEOUT_S, KafkaTopicSink, topic_partitions
 from sinks.kafka_client import CONSUMER_DEFAULTS, metadata_client_settings, reported_once
-
-LINE_STRIDE = 10**12
-"""A Kafka record's line number is ``partition × LINE_STRIDE + offset`` (``3000000000042``: partition 3, offset 42)."""
 
 DEFAULT_EPOCH_S = 10.0
 """Bytewax epoch length: how often offsets and touched detectors are snapshotted (see docs/live.md)."""
@@ -211,24 +208,42 @@ def alert_message(alert: Emitted) -> tuple[bytes, bytes]:
 
 
 CLUSTER_FILE = "logystera-cluster.json"
-"""In a recovery directory: the number of processes it was made for (``{"processes": N}``)."""
+"""In a recovery directory: the cluster it was made for and how its state is keyed (:func:`prepare_recovery`)."""
+
+STATE_BY_PARTITION = "by-partition"
+"""The marker's ``state``: each site's detector keyed to the worker reading its partition (:mod:`flows.placement`)."""
 
 RECOVERY_WAIT_S = 30.0
 """How long a process other than 0 waits for process 0 to initialise a shared recovery directory."""
 
 
-def prepare_recovery(directory: Path, shape: ClusterShape, wait_s: float = RECOVERY_WAIT_S) -> bool:
+@dataclass(frozen=True)
+class RecoveryLayout:
+    """What :func:`prepare_recovery` found: whether it made the directory, and whether its state is placed by partition."""
+
+    initialised: bool
+    by_partition: bool
+
+
+def prepare_recovery(directory: Path, shape: ClusterShape, topic: str, partitions: int,
+                     wait_s: float = RECOVERY_WAIT_S) -> RecoveryLayout:
     """Create and initialise the recovery partitions on first start (``python -m bytewax.recovery DIR N``).
 
     Process 0 does it, with one partition per worker of the cluster, and
-    records the process count; the other processes wait for it (the
-    directory is shared). Returns whether this call initialised it. A
-    directory made for another number of processes is refused
-    (:class:`LiveConfigError`): its partitions are spread for that cluster,
-    and resuming part of them would be silently wrong. ``--workers`` may
-    change: Bytewax moves each site's state to the worker that now owns it.
+    records the cluster's shape and the partition count of ``topic`` in
+    :data:`CLUSTER_FILE`; the other processes wait for it (the directory is
+    shared). A directory made for another number of processes, workers or
+    partitions is refused (:class:`LiveConfigError`): its partitions are
+    spread for that cluster, and each site's state is keyed for the worker
+    that read its partition then (:mod:`flows.placement`), so resuming it
+    otherwise would be silently wrong. A directory made before the state was
+    placed by partition (its marker has no ``state``, or there is none: one
+    process) keeps its sites' state keyed by site, and ``--workers`` may
+    still change on it: Bytewax moves each site's state to the worker that
+    owns it then.
     """
     marker = directory / CLUSTER_FILE
+    made = {"processes": shape.processes, "workers": shape.workers, "partitions": partitions, "state": STATE_BY_PARTITION}
     try:
         directory.mkdir(parents=True, exist_ok=True)
         if not shape.owner:
@@ -240,16 +255,28 @@ def prepare_recovery(directory: Path, shape: ClusterShape, wait_s: float = RECOV
                                       "(every process of a cluster uses the same, shared, directory)")
         elif not any(directory.glob("*.sqlite3")):
             init_db_dir(directory, shape.total_workers)
-            marker.write_text(json.dumps({"processes": shape.processes}) + "\n", encoding="utf-8")
-            return True
-        made_for = json.loads(marker.read_text(encoding="utf-8"))["processes"] if marker.exists() else 1
+            marker.write_text(json.dumps(made) + "\n", encoding="utf-8")
+            return RecoveryLayout(initialised=True, by_partition=True)
+        found = json.loads(marker.read_text(encoding="utf-8")) if marker.exists() else {"processes": 1}
     except OSError as error:
         raise LiveConfigError(f"--recovery-dir {directory}: {error.strerror or error}") from None
-    if made_for != shape.processes:
+    refused = f"--recovery-dir {directory} holds the state of"
+    if found["processes"] != shape.processes:
+        processes = found["processes"]
         raise LiveConfigError(
-            f"--recovery-dir {directory} holds the state of a cluster of {made_for} process{'es' if made_for != 1 else ''}, "
-            f"not {shape.processes}: start it with --processes {made_for}, or give a new directory (docs/scaling.md)")
-    return False
+            f"{refused} a cluster of {processes} process{'es' if processes != 1 else ''}, "
+            f"not {shape.processes}: start it with --processes {processes}, or give a new directory (docs/scaling.md)")
+    if found.get("state") != STATE_BY_PARTITION:
+        return RecoveryLayout(initialised=False, by_partition=False)
+    if found["workers"] != shape.workers:
+        raise LiveConfigError(
+            f"{refused} {found['workers']} worker{'s' if found['workers'] != 1 else ''} per process, not {shape.workers}: "
+            f"start it with --workers {found['workers']}, or give a new directory (docs/scaling.md)")
+    if found["partitions"] != partitions:
+        raise LiveConfigError(
+            f"{refused} a topic of {found['partitions']} partitions; {topic!r} has {partitions}: each site's state "
+            "is kept where its partition is read, so give a new directory (docs/scaling.md)")
+    return RecoveryLayout(initialised=False, by_partition=True)
 
 
 @dataclass(frozen=True)
@@ -314,9 +341,10 @@ def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[Metric
     and the :class:`KafkaReadError`, :class:`sinks.kafka.KafkaDeliveryError`
     or :class:`sinks.clickhouse.StoreError` that stopped it.
     """
-    missing = missing_topics(settings.bootstrap, [settings.topic, settings.alerts_topic], options=settings.kafka_options)
-    if missing:
-        raise LiveConfigError(f"topic {missing[0]!r} does not exist on {settings.bootstrap} (create it with the partitions it needs)")
+    partitions = topic_partitions(settings.bootstrap, [settings.topic, settings.alerts_topic], options=settings.kafka_options)
+    for topic in (settings.topic, settings.alerts_topic):
+        if topic not in partitions:
+            raise LiveConfigError(f"topic {topic!r} does not exist on {settings.bootstrap} (create it with the partitions it needs)")
     # First, so that its producer gets its producer id while the rest starts (sinks.kafka.KafkaTopicSink).
     alerts = KafkaTopicSink(settings.bootstrap, settings.alerts_topic, alert_message, timeout=settings.delivery_timeout,
                             options=settings.kafka_options)
@@ -326,8 +354,9 @@ def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[Metric
     compiled_metrics = [compiled for _, compiled in pairs]
     recovery = None
     snapshots = None
+    by_partition = True
     if settings.recovery_dir is not None:
-        prepare_recovery(settings.recovery_dir, settings.cluster)
+        by_partition = prepare_recovery(settings.recovery_dir, settings.cluster, settings.topic, partitions[settings.topic]).by_partition
         recovery = RecoveryConfig(settings.recovery_dir, timedelta(0))
         snapshots = SnapshotCodec(table, settings.lateness, pairs, warn=lambda message: print(message, file=err, flush=True))
 
@@ -352,8 +381,9 @@ def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[Metric
         alerts=alerts, rejects=rejects, stats=stats,
         store=EpochStoreSink(StoreSink(store), local=local_store) if store is not None else None,
     )
+    placement = state_placement(settings.topic, partitions[settings.topic], shape.total_workers) if by_partition else None
     options = DetectOptions(lateness=settings.lateness, link_base=settings.link_base, store_source=f"kafka:{settings.topic}",
-                            metrics=compiled_metrics, snapshots=snapshots)
+                            metrics=compiled_metrics, snapshots=snapshots, placement=placement)
     source = KafkaLinesSource(settings.bootstrap, settings.topic, tail=not settings.exit_at_end, options=settings.kafka_options)
     flow = build_detect_flow(source, table, sinks, options)
     if shape.owner:

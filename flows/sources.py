@@ -26,6 +26,9 @@ from typing_extensions import override
 Line = tuple[int, bytes]
 """A 1-based line number and the line's bytes (without the newline)."""
 
+LINE_STRIDE = 10**12
+"""A Kafka record's line number is ``partition × LINE_STRIDE + offset`` (``3000000000042``: partition 3, offset 42)."""
+
 DEFAULT_CHUNK_LINES = 10_000
 
 READ_BUFFER = 1 << 20

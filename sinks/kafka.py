@@ -15,7 +15,7 @@ completed epoch, so nothing is lost, and consumers may see a record twice
 or unreachable broker) the worker blocks in the batch for up to ``timeout``.
 The producer's settings are every Logystera producer's
 (:mod:`sinks.kafka_client`).
-:func:`missing_topics` is the start-up check: a wrong address or a missing
+:func:`topic_partitions` is the start-up check: a wrong address or a missing
 topic fails at start, not at the first record.
 """
 
@@ -42,14 +42,16 @@ class KafkaDeliveryError(Failure):
     """Records were not acknowledged by the broker in time (or were refused)."""
 
 
-def missing_topics(bootstrap: str, topics: Iterable[str], timeout: float = 10.0, options: Mapping[str, str] | None = None) -> list[str]:
-    """The ``topics`` the cluster does not have; :class:`sinks.kafka_client.KafkaUnreachable` if it does not answer.
+def topic_partitions(bootstrap: str, topics: Iterable[str], timeout: float = 10.0,
+                     options: Mapping[str, str] | None = None) -> dict[str, int]:
+    """How many partitions each of ``topics`` has, for those the cluster has (a missing topic is absent).
 
+    :class:`sinks.kafka_client.KafkaUnreachable` if the cluster does not answer.
     ``options``: the command's ``--kafka-option`` settings (security settings must reach this client too).
     """
     admin = AdminClient({**metadata_client_settings(options), "bootstrap.servers": bootstrap})
     found = list_topics(admin, bootstrap, timeout)
-    return [topic for topic in topics if topic not in found]
+    return {topic: len(found[topic].partitions) for topic in topics if topic in found}
 
 
 class _ProducerPartition(StatelessSinkPartition[X]):

@@ -19,9 +19,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from bytewax.recovery import init_db_dir
 
 from flows.cluster import STARTED_BY_PROCESS_0, ClusterShape, cluster_shape, shard_keys
-from flows.live import LiveConfigError, prepare_recovery
+from flows.live import CLUSTER_FILE, LiveConfigError, RecoveryLayout, prepare_recovery
 from schemas.errors import UsageError
 from simulate.corpus import write_corpus
 from tests.flows.test_live_kafka import (
@@ -145,13 +146,32 @@ def test_the_cluster_options_are_checked() -> None:
             cluster_shape(*bad)
 
 
-def test_a_recovery_directory_made_for_another_process_count_is_refused(tmp_path: Path) -> None:
+def test_a_recovery_directory_made_for_another_cluster_or_partition_count_is_refused(tmp_path: Path) -> None:
     directory = tmp_path / "recovery"
-    assert prepare_recovery(directory, ClusterShape(2, 1))
+    assert prepare_recovery(directory, ClusterShape(2, 1), "signals", 4) == RecoveryLayout(initialised=True, by_partition=True)
     assert len(list(directory.glob("*.sqlite3"))) == 2
-    assert not prepare_recovery(directory, ClusterShape(2, 3))  # workers may change: Bytewax moves the state
+    assert prepare_recovery(directory, ClusterShape(2, 1), "signals", 4) == RecoveryLayout(initialised=False, by_partition=True)
     with pytest.raises(LiveConfigError, match=r"holds the state of a cluster of 2 processes, not 1: start it with --processes 2"):
-        prepare_recovery(directory, ClusterShape(1, 2))
+        prepare_recovery(directory, ClusterShape(1, 2), "signals", 4)
+    # Each site's state is keyed for the worker that read its partition: neither count may change.
+    with pytest.raises(LiveConfigError, match=r"holds the state of 1 worker per process, not 3: start it with --workers 1"):
+        prepare_recovery(directory, ClusterShape(2, 3), "signals", 4)
+    with pytest.raises(LiveConfigError, match=r"holds the state of a topic of 4 partitions; 'signals' has 6: .* give a new directory"):
+        prepare_recovery(directory, ClusterShape(2, 1), "signals", 6)
+
+
+def test_a_recovery_directory_made_before_placement_keeps_its_state_keyed_by_site(tmp_path: Path) -> None:
+    older = tmp_path / "older"  # made by a cluster of the previous release: its marker names only the processes
+    older.mkdir()
+    init_db_dir(older, 2)
+    (older / CLUSTER_FILE).write_text('{"processes": 2}\n', encoding="utf-8")
+    assert prepare_recovery(older, ClusterShape(2, 3), "signals", 6) == RecoveryLayout(initialised=False, by_partition=False)
+    oldest = tmp_path / "oldest"  # made before clusters: one process, no marker
+    oldest.mkdir()
+    init_db_dir(oldest, 1)
+    assert prepare_recovery(oldest, ClusterShape(1, 2), "signals", 4) == RecoveryLayout(initialised=False, by_partition=False)
+    with pytest.raises(LiveConfigError, match=r"holds the state of a cluster of 1 process, not 2"):
+        prepare_recovery(oldest, ClusterShape(2, 1), "signals", 4)
 
 
 @pytest.mark.broker
@@ -160,7 +180,7 @@ def test_detect_refuses_a_recovery_directory_of_another_process_count_in_one_lin
     signals, alerts = unique_topic("signals"), unique_topic("alerts")
     broker.create_topics([signals, alerts], partitions=2)
     recovery = tmp_path / "recovery"
-    prepare_recovery(recovery, ClusterShape(2, 1))
+    prepare_recovery(recovery, ClusterShape(2, 1), signals, 2)
     returncode, detect = run_detect(broker, "--topic", signals, "--alerts-topic", alerts, "--recovery-dir", str(recovery))
     assert returncode == 2
     assert detect.lines == [f"logystera: error: --recovery-dir {recovery} holds the state of a cluster of 2 processes, not 1: "

@@ -17,7 +17,10 @@ from typing import Any
 from bytewax.operators import StatefulBatchLogic
 from bytewax.testing import TestingSource, cluster_main, run_main
 
+from flows.cluster import state_placement
 from flows.detect import DetectLogic, DetectOptions, DetectSinks, FlowStats, RouteSiteLines, build_detect_flow, routed_types
+from flows.live import kafka_line
+from flows.placement import SiteKeys
 from flows.replay import replay
 from flows.sources import Line
 from operators.metrics import compile_metric
@@ -110,13 +113,26 @@ def test_the_live_flow_gives_the_same_output_for_1_and_3_workers_and_the_notific
 
 
 def test_the_reader_sends_every_line_with_a_site_to_it_unparsed_and_keeps_the_last_site_across_chunks() -> None:
-    reader = RouteSiteLines(store_source=None)
+    reader = RouteSiteLines(store_source=None, keys=SiteKeys(None))
     spaced = json.dumps(json.loads(line("shop-c", T0, 3))).encode()  # the look-up does not settle it: parsed here
     first = reader([(1, b"oops"), (2, line("shop-a", T0, 2)), (3, spaced), (4, b"oops")])
     assert first.rejects == [(1, first.rejects[0][1])] and first.rejects[0][1]
     assert first.work == [("shop-a", [(2, line("shop-a", T0, 2))]), ("shop-c", [(3, spaced), (4, b"oops")])]
     second = reader([(5, b"oops again")])
     assert second.work == [("shop-c", [(5, b"oops again")])] and second.rejects == []
+    # One reader serves every partition its process reads: the line before is the one in the same partition.
+    other = reader([(kafka_line(1, 0), b"oops")])
+    assert other.work == [] and [position for position, _ in other.rejects] == [kafka_line(1, 0)]
+    assert reader([(6, b"oops")]).work == [("shop-c", [(6, b"oops")])]
+
+
+def test_the_reader_sends_each_site_under_its_placed_key() -> None:
+    placement = state_placement("signals", 4, 2)
+    reader = RouteSiteLines(store_source=None, keys=SiteKeys(placement))
+    sites = [f"shop-{index}" for index in range(40)]
+    sent = reader([(index + 1, line(site, T0, index)) for index, site in enumerate(sites)])
+    assert sent.work == [(placement.key(site), [(index + 1, line(site, T0, index))]) for index, site in enumerate(sites)]
+    assert any(key != site for (key, _), site in zip(sent.work, sites, strict=True))
 
 
 def test_a_site_key_that_never_had_a_valid_record_keeps_no_state() -> None:
