@@ -55,8 +55,9 @@ class MetricColumns:
     handed to the store as they are (:func:`schemas.store.metric_columns`),
     7.1k (callgrind, compiled). A bucket's labels are appended in the two
     forms the store keeps, made once per label combination
-    (:meth:`CompiledMetric.label_columns`): looked up per bucket by their
-    pairs (a tuple hashed anew each time) they cost ~1.4k instructions more.
+    (:meth:`CompiledMetric.label_columns`, ~0.3k instructions per bucket):
+    looked up per bucket by their pairs instead (two caches keyed by a tuple
+    of tuples, hashed anew each time) they cost 1.2k.
     """
 
     def __init__(self) -> None:
@@ -262,7 +263,8 @@ class SiteMetrics:
     pop the bucket) costs next to nothing, where the tuple's hash walked the
     label pairs each time. Sorted keys are the buckets in (start, name,
     labels) order, as sorted tuples were. Callgrind, a 560k-line replay with
-    the default pack: :meth:`count` and :meth:`settle` 1.42G → 1.19G instructions.
+    the default pack: :meth:`count` and :meth:`settle` 1.42G → 1.19G instructions;
+    with the start in :data:`BUCKET_UNIT` steps and the counts below, 0.99G.
 
     An open bucket is its count of signals in :attr:`open` and, for a
     ``{sum: field}`` metric, its sum in :attr:`sums`: a count metric's value
