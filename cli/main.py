@@ -177,7 +177,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     shape = _cluster_shape(args)
     # The other processes of a local cluster start now and import while this one imports and checks the rest.
     with start_local_cluster(shape, args.argv) as cluster:
-        from flows.live import DetectSettings, run_detect
+        from flows.live import DetectSettings, LiveTotals, run_detect
 
         if args.epoch_interval < 1000 or args.delivery_timeout < 1000:
             raise UsageError("--epoch-interval and --delivery-timeout must be at least 1s")
@@ -193,10 +193,17 @@ def cmd_detect(args: argparse.Namespace) -> int:
         )
         if args.web is not None and not shape.owner:
             raise UsageError("--web: only process 0 of a cluster serves the console (it is the one that holds the store)")
+        totals = LiveTotals()
+        if args.metrics_port is not None and shape.owner:  # process 0 holds the cluster's counts
+            from flows.live_metrics import DetectMetrics
+            from protocol.prometheus import serve_registry
+
+            serve_registry(DetectMetrics(totals).registry, args.metrics_host, args.metrics_port)
+            print(f"detect: metrics on http://{args.metrics_host}:{args.metrics_port}/metrics", file=sys.stderr, flush=True)
         with _web_console(args.web, store, args.store, ruleset, args.rules) as console:
             if console is not None:
                 print(f"detect: web console on {console.url}/alerts", file=sys.stderr, flush=True)
-            totals = run_detect(settings, ruleset.enabled_rules, ruleset.metrics, store, cluster=cluster)
+            run_detect(settings, ruleset.enabled_rules, ruleset.metrics, store, cluster=cluster, totals=totals)
     if not shape.owner:
         return 0  # process 0 reports the cluster's totals
     print(totals.decisions_line, file=sys.stderr)
@@ -403,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--exit-at-end", action="store_true", help="stop at the end of the topic instead of waiting for more")
     _add_kafka_option(detect)
     detect.add_argument("--web", metavar="HOST:PORT", help="also serve the web console over --store from this process (loopback)")
+    detect.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on /metrics (process 0 of a cluster)")
+    detect.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST")
     detect.set_defaults(handler=cmd_detect)
 
     schema = commands.add_parser("schema", help="print a JSON Schema")

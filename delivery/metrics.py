@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from delivery.service import DeliveryService
-from schemas.errors import UsageError
+from protocol.prometheus import serve_registry
 
 SCRAPE_TIMEOUT_S = 5.0
 
@@ -107,8 +107,4 @@ class DeliveryMetrics(Collector):
 
     def serve(self, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
         """Serve ``http://host:port/metrics`` from a daemon thread; a port that cannot be bound is a usage error."""
-        try:
-            server, thread = start_http_server(port, host, self.registry)
-        except OSError as error:
-            raise UsageError(f"--metrics-port {port}: {error.strerror}") from None
-        return server, thread
+        return serve_registry(self.registry, host, port)

@@ -442,28 +442,17 @@ def partition_workers(parts: tuple[str, ...], workers: int) -> dict[str, int]:
         return dict.fromkeys(parts, 0)
     import bytewax.operators as op
     from bytewax.dataflow import Dataflow
-    from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+    from bytewax.inputs import FixedPartitionedSource
     from bytewax.testing import cluster_main
 
-    class Name(StatefulSourcePartition[str, None]):
-        def __init__(self, name: str) -> None:
-            self.left = [name]
-
-        def next_batch(self) -> list[str]:
-            if not self.left:
-                raise StopIteration
-            sent, self.left = self.left, []
-            return sent
-
-        def snapshot(self) -> None:
-            return None
+    from flows.sources import OneBatchPartition
 
     class Names(FixedPartitionedSource[str, None]):
         def list_parts(self) -> list[str]:
             return list(parts)
 
-        def build_part(self, step_id: str, for_part: str, resume_state: None) -> Name:
-            return Name(for_part)
+        def build_part(self, step_id: str, for_part: str, resume_state: None) -> OneBatchPartition:
+            return OneBatchPartition([for_part])
 
     found: dict[str, int] = {}
     lock = threading.Lock()

@@ -29,9 +29,10 @@ deliveries in flight are awaited and buffered store rows are written.
 
 from __future__ import annotations
 
-import json
+import os
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -39,12 +40,13 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from bytewax.connectors.kafka import KafkaSource
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from typing_extensions import override
 
 from flows.cluster import ClusterShape, LocalCluster, run_on, state_placement
@@ -210,11 +212,31 @@ def alert_message(alert: Emitted) -> tuple[bytes, bytes]:
 CLUSTER_FILE = "logystera-cluster.json"
 """In a recovery directory: the cluster it was made for and how its state is keyed (:func:`prepare_recovery`)."""
 
-STATE_BY_PARTITION = "by-partition"
+STATE_BY_PARTITION: Literal["by-partition"] = "by-partition"
 """The marker's ``state``: each site's detector keyed to the worker reading its partition (:mod:`flows.placement`)."""
+
+MARKER_LIMIT = 1_000_000
+"""The largest count a marker may hold (processes, workers, partitions): past it, the file is not one we wrote."""
 
 RECOVERY_WAIT_S = 30.0
 """How long a process other than 0 waits for process 0 to initialise a shared recovery directory."""
+
+
+class ClusterMarker(BaseModel):
+    """:data:`CLUSTER_FILE`: the shape a recovery directory was made for. An earlier release wrote only ``processes``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    processes: int = Field(ge=1, le=MARKER_LIMIT)
+    workers: int | None = Field(default=None, ge=1, le=MARKER_LIMIT)  # per process
+    partitions: int | None = Field(default=None, ge=1, le=MARKER_LIMIT)
+    state: Literal["by-partition"] | None = None
+
+    @model_validator(mode="after")
+    def _placed_state_names_its_shape(self) -> ClusterMarker:
+        if self.state is not None and (self.workers is None or self.partitions is None):
+            raise ValueError("a state placed by partition names its workers and partitions")
+        return self
 
 
 @dataclass(frozen=True)
@@ -243,7 +265,7 @@ def prepare_recovery(directory: Path, shape: ClusterShape, topic: str, partition
     owns it then.
     """
     marker = directory / CLUSTER_FILE
-    made = {"processes": shape.processes, "workers": shape.workers, "partitions": partitions, "state": STATE_BY_PARTITION}
+    made = ClusterMarker(processes=shape.processes, workers=shape.workers, partitions=partitions, state=STATE_BY_PARTITION)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         if not shape.owner:
@@ -255,26 +277,34 @@ def prepare_recovery(directory: Path, shape: ClusterShape, topic: str, partition
                                       "(every process of a cluster uses the same, shared, directory)")
         elif not any(directory.glob("*.sqlite3")):
             init_db_dir(directory, shape.total_workers)
-            marker.write_text(json.dumps(made) + "\n", encoding="utf-8")
+            written = marker.with_suffix(".tmp")  # whole or absent: the other processes read it as soon as it exists
+            written.write_text(made.model_dump_json(exclude_none=True) + "\n", encoding="utf-8")
+            os.replace(written, marker)
             return RecoveryLayout(initialised=True, by_partition=True)
-        found = json.loads(marker.read_text(encoding="utf-8")) if marker.exists() else {"processes": 1}
+        text = marker.read_text(encoding="utf-8") if marker.exists() else None
     except OSError as error:
         raise LiveConfigError(f"--recovery-dir {directory}: {error.strerror or error}") from None
+    try:
+        found = ClusterMarker(processes=1) if text is None else ClusterMarker.model_validate_json(text)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"]) or "the file"
+        raise LiveConfigError(f"--recovery-dir {directory}: {CLUSTER_FILE} is not a marker Logystera wrote ({where}: "
+                              f"{problem['msg']}): give a new directory") from None
     refused = f"--recovery-dir {directory} holds the state of"
-    if found["processes"] != shape.processes:
-        processes = found["processes"]
+    if found.processes != shape.processes:
         raise LiveConfigError(
-            f"{refused} a cluster of {processes} process{'es' if processes != 1 else ''}, "
-            f"not {shape.processes}: start it with --processes {processes}, or give a new directory (docs/scaling.md)")
-    if found.get("state") != STATE_BY_PARTITION:
+            f"{refused} a cluster of {found.processes} process{'es' if found.processes != 1 else ''}, "
+            f"not {shape.processes}: start it with --processes {found.processes}, or give a new directory (docs/scaling.md)")
+    if found.state is None:
         return RecoveryLayout(initialised=False, by_partition=False)
-    if found["workers"] != shape.workers:
+    if found.workers != shape.workers:
         raise LiveConfigError(
-            f"{refused} {found['workers']} worker{'s' if found['workers'] != 1 else ''} per process, not {shape.workers}: "
-            f"start it with --workers {found['workers']}, or give a new directory (docs/scaling.md)")
-    if found["partitions"] != partitions:
+            f"{refused} {found.workers} worker{'s' if found.workers != 1 else ''} per process, not {shape.workers}: "
+            f"start it with --workers {found.workers}, or give a new directory (docs/scaling.md)")
+    if found.partitions != partitions:
         raise LiveConfigError(
-            f"{refused} a topic of {found['partitions']} partitions; {topic!r} has {partitions}: each site's state "
+            f"{refused} a topic of {found.partitions} partitions; {topic!r} has {partitions}: each site's state "
             "is kept where its partition is read, so give a new directory (docs/scaling.md)")
     return RecoveryLayout(initialised=False, by_partition=True)
 
@@ -310,6 +340,13 @@ class LiveTotals:
     late: int = 0
     stopped_by_signal: bool = False
     decisions: Counter[tuple[str, Decision]] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    """Held by the workers' updates and by :meth:`reading` (a metrics scrape, on another thread)."""
+
+    def reading(self) -> LiveTotals:
+        """A copy of the counts at one moment (no update half-applied)."""
+        with self.lock:
+            return LiveTotals(self.valid, self.invalid, self.late, self.stopped_by_signal, Counter(self.decisions))
 
     @property
     def decisions_line(self) -> str:
@@ -327,14 +364,15 @@ class LiveTotals:
 
 
 def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[MetricDefinition], store: Store | None,
-               err: TextIO = sys.stderr, cluster: LocalCluster | None = None) -> LiveTotals:
+               err: TextIO = sys.stderr, cluster: LocalCluster | None = None, totals: LiveTotals | None = None) -> LiveTotals:
     """Run the live flow until SIGINT/SIGTERM (or the end of the topic with ``exit_at_end``).
 
     ``cluster``: the local cluster this process started (``--processes N``,
     :func:`flows.cluster.start_local_cluster`), told once the configuration
     is checked; None for one process or a cluster started by hand
     (``--addresses``). Process 0 gathers the rejected records and the totals
-    of all, and in process 0 only the totals are the cluster's.
+    of all, and in process 0 only the totals are the cluster's. ``totals``:
+    where to count them (read while the flow runs: ``--metrics-port``).
 
     Raises :class:`LiveConfigError` when it cannot start as configured,
     :class:`sinks.kafka_client.KafkaUnreachable` when the broker does not answer,
@@ -348,7 +386,7 @@ def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[Metric
     # First, so that its producer gets its producer id while the rest starts (sinks.kafka.KafkaTopicSink).
     alerts = KafkaTopicSink(settings.bootstrap, settings.alerts_topic, alert_message, timeout=settings.delivery_timeout,
                             options=settings.kafka_options)
-    totals = LiveTotals()
+    totals = totals if totals is not None else LiveTotals()
     table = RoutingTable(rules)
     pairs = [(metric, compile_metric(metric)) for metric in metrics] if store is not None else []
     compiled_metrics = [compiled for _, compiled in pairs]
@@ -361,16 +399,18 @@ def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[Metric
         snapshots = SnapshotCodec(table, settings.lateness, pairs, warn=lambda message: print(message, file=err, flush=True))
 
     def report_rejects(items: list[Reject]) -> None:
-        totals.invalid += len(items)
+        with totals.lock:
+            totals.invalid += len(items)
         for line, reason in items:
             partition, offset = kafka_position(line)
             print(f"{settings.topic} partition {partition} offset {offset}: {reason}", file=err, flush=True)
 
     def count(items: list[FlowStats]) -> None:
-        for stats in items:
-            totals.valid += stats.valid
-            totals.late += len(stats.late)
-            totals.decisions.update(stats.decisions)
+        with totals.lock:
+            for stats in items:
+                totals.valid += stats.valid
+                totals.late += len(stats.late)
+                totals.decisions.update(stats.decisions)
 
     shape = settings.cluster
     gathered = shape.processes > 1

@@ -75,6 +75,24 @@ class _LinesPartition(StatefulSourcePartition[list[Line], int]):
             self._stream.close()
 
 
+class OneBatchPartition(StatefulSourcePartition[str, None]):
+    """A partition that gives its items in one batch and ends (the flows that probe Bytewax: ``flows.cluster``)."""
+
+    def __init__(self, items: list[str]) -> None:
+        self.left = items
+
+    @override
+    def next_batch(self) -> list[str]:
+        if not self.left:
+            raise StopIteration
+        sent, self.left = self.left, []
+        return sent
+
+    @override
+    def snapshot(self) -> None:
+        return None
+
+
 def chunk_index(chunk: list[Line], chunk_lines: int) -> int:
     """Which chunk of the file this is (0-based), from its first line number."""
     return (chunk[0][0] - 1) // chunk_lines

@@ -3,6 +3,7 @@
 ``wire`` is the batch protocol (body, Standard Webhooks signing, ``Retry-After``,
 response classes; docs/protocol.md); ``resilience`` is full-jitter backoff and a
 circuit breaker; ``lease`` is an exclusive file lease (one dispatcher sender per
-buffer file, one ticker among a host's gateways). It imports nothing else of ours,
-so a change on one side cannot quietly break the other.
+buffer file, one ticker among a host's gateways); ``prometheus`` serves a metrics
+registry (``deliver``, ``detect``). It imports nothing else of ours but
+``schemas.errors``, so a change on one side cannot quietly break the other.
 """

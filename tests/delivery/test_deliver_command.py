@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from confluent_kafka import Consumer, TopicPartition
 from tests.support.factories import make_notification
 from tests.support.kafka_broker import Broker, unique_topic
 from tests.support.ports import free_port
+from tests.support.prometheus import scrape
 from tests.support.receivers import Hang, Received, Reply, WebhookReceiver
 
 pytestmark = pytest.mark.process
@@ -366,19 +366,13 @@ PENDING = "logystera_delivery_pending_records"
 RETRYING_TOTAL = 'logystera_delivery_attempts_total{channel="oncall",outcome="retrying"}'
 
 
-def metrics(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {name: float(value) for name, value in re.findall(r"^(\S+) (\S+)$", text, flags=re.MULTILINE)}
-
-
 def wait_for_metrics(port: int, process: subprocess.Popen[bytes], ready: Callable[[dict[str, float]], bool]) -> dict[str, float]:
     """Poll ``/metrics`` until ``ready`` says so (or fail after the deadline, or when the process stopped)."""
     deadline = time.monotonic() + TIMEOUT
     while True:
         assert process.poll() is None, "deliver stopped"
         try:
-            seen = metrics(port)
+            seen = scrape(port)
         except OSError:
             seen = {}
         if ready(seen):

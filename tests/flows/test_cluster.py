@@ -22,7 +22,9 @@ import pytest
 from bytewax.recovery import init_db_dir
 
 from flows.cluster import STARTED_BY_PROCESS_0, ClusterShape, cluster_shape, shard_keys
-from flows.live import CLUSTER_FILE, LiveConfigError, RecoveryLayout, prepare_recovery
+from flows.live import CLUSTER_FILE, LiveConfigError, LiveTotals, RecoveryLayout, prepare_recovery
+from flows.live_metrics import DetectMetrics
+from flows.placement import kafka_partition
 from schemas.errors import UsageError
 from simulate.corpus import write_corpus
 from tests.flows.test_live_kafka import (
@@ -31,6 +33,8 @@ from tests.flows.test_live_kafka import (
     RULES_DIR,
     Detect,
     corpus,
+    expected_rejects,
+    key_of,
     notifications,
     produce,
     produce_lines,
@@ -40,6 +44,8 @@ from tests.flows.test_live_kafka import (
     wait_for,
 )
 from tests.support.kafka_broker import Broker, unique_topic
+from tests.support.ports import free_port
+from tests.support.prometheus import scrape
 
 
 def run_replay(corpus_path: Path, *options: str) -> tuple[bytes, bytes]:
@@ -174,6 +180,21 @@ def test_a_recovery_directory_made_before_placement_keeps_its_state_keyed_by_sit
         prepare_recovery(oldest, ClusterShape(2, 1), "signals", 4)
 
 
+@pytest.mark.parametrize(("marker", "problem"), [
+    ("not json", r"the file: Invalid JSON"),
+    ('{"processes": 2, "workers": 1, "state": "by-partition"}', r"the file: Value error, a state placed by partition names its workers"),
+    ('{"processes": 2, "shards": 3}', r"shards: Extra inputs are not permitted"),
+    ('{"processes": 1e30}', r"processes: "),
+])
+def test_a_recovery_marker_logystera_did_not_write_is_refused_in_one_line(tmp_path: Path, marker: str, problem: str) -> None:
+    directory = tmp_path / "recovery"
+    directory.mkdir()
+    init_db_dir(directory, 2)
+    (directory / CLUSTER_FILE).write_text(marker, encoding="utf-8")
+    with pytest.raises(LiveConfigError, match=rf"logystera-cluster.json is not a marker Logystera wrote \({problem}.*give a new directory"):
+        prepare_recovery(directory, ClusterShape(2, 1), "signals", 4)
+
+
 @pytest.mark.broker
 @pytest.mark.process
 def test_detect_refuses_a_recovery_directory_of_another_process_count_in_one_line(broker: Broker, tmp_path: Path) -> None:
@@ -255,3 +276,78 @@ def test_kill_9_of_one_process_of_a_cluster_and_a_restart_give_the_notifications
                   "SELECT site, type, ts, id, seq FROM signals FINAL ORDER BY site, ts, id, seq"):
         assert sql(store, query) == sql(single, query), query
     assert run.lines[0].startswith("detect: ") and "2 processes × 1 worker" in run.lines[0]
+
+
+@pytest.mark.broker
+@pytest.mark.process
+def test_process_0_serves_the_clusters_counts_for_prometheus(broker: Broker, tmp_path: Path) -> None:
+    signals, alerts = unique_topic("signals"), unique_topic("alerts")
+    broker.create_topics([signals, alerts], partitions=2)
+    lines = corpus(3000, seed=43)
+    expected = replayed(tmp_path, lines, "all")
+    assert expected.rejects and len(expected.alerts) > 5
+    port = free_port()
+    running = Detect(broker, "--topic", signals, "--alerts-topic", alerts, "--processes", "2", "--metrics-port", str(port))
+    produce_lines(broker.producer(), signals, lines)
+    valid, invalid = 'logystera_detect_records_total{outcome="valid"}', 'logystera_detect_records_total{outcome="invalid"}'
+
+    def counted() -> dict[str, float] | None:
+        now = _scraped(port)
+        return now if now.get(valid) == expected.valid and now.get(invalid) == len(expected.rejects) else None
+
+    seen = wait_for(counted, "every record counted")  # process 0 counts what both processes read, each record once
+    decisions = {key: count for key, count in seen.items() if key.startswith("logystera_detect_decisions_total{")}
+    assert decisions == {f'logystera_detect_decisions_total{{decision="{reason}",rule="{rule}"}}': float(count)
+                         for (rule, reason), count in expected.decisions.items()}
+    assert seen["logystera_detect_late_records_total"] == len(expected.late_lines)
+    running.process.send_signal(signal.SIGTERM)
+    assert running.finish() == 0, running.lines
+    counts = f"{expected.valid} signals, {len(expected.rejects)} invalid, {len(expected.late_lines)} late"
+    assert running.lines[-1] == f"detect stopped: {counts}"
+
+
+def _scraped(port: int) -> dict[str, float]:
+    try:
+        return scrape(port)
+    except OSError:  # not serving yet
+        return {}
+
+
+def test_detect_metrics_name_every_count_of_the_totals() -> None:
+    totals = LiveTotals(valid=7, invalid=2, late=1)
+    totals.decisions.update({("auth.bruteforce", "fired"): 3, ("auth.bruteforce", "suppressed"): 5, ("cron.missed", "resolved"): 1})
+    text = DetectMetrics(totals).exposition().decode()
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert samples == {
+        'logystera_detect_records_total{outcome="valid"}': "7.0", 'logystera_detect_records_total{outcome="invalid"}': "2.0",
+        "logystera_detect_late_records_total": "1.0",
+        'logystera_detect_decisions_total{decision="fired",rule="auth.bruteforce"}': "3.0",
+        'logystera_detect_decisions_total{decision="suppressed",rule="auth.bruteforce"}': "5.0",
+        'logystera_detect_decisions_total{decision="resolved",rule="cron.missed"}': "1.0",
+    }
+
+
+@pytest.mark.broker
+@pytest.mark.process
+@pytest.mark.parametrize("partitioner", ["murmur2_random", "consistent_random"])
+def test_a_detect_cluster_writes_replays_notifications_whichever_partition_a_site_is_in(
+    broker: Broker, tmp_path: Path, partitioner: str,
+) -> None:
+    # murmur2 (the gateway's partitioner): each site's state is on the worker that reads its partition, nothing crosses.
+    # CRC32 (librdkafka's default): most sites are in another partition than murmur2 names: their records cross.
+    signals, alerts = unique_topic("signals"), unique_topic("alerts")
+    broker.create_topics([signals, alerts], partitions=4)
+    lines = corpus(3000, seed=47)
+    expected = replayed(tmp_path, lines, "all")
+    assert len(expected.alerts) > 20 and expected.rejects
+    positions = produce_lines(broker.producer(partitioner=partitioner), signals, lines)
+    at_home = [partition == kafka_partition(key_of(line), 4) for (partition, _), line in zip(positions, lines, strict=True)]
+    assert all(at_home) if partitioner == "murmur2_random" else not all(at_home)
+    returncode, detect = run_detect(broker, "--topic", signals, "--alerts-topic", alerts, "--processes", "2", "--exit-at-end")
+    assert returncode == 0, "\n".join(detect.lines)
+    got = [record.value.decode() for record in notifications(broker, alerts) if record.value is not None]
+    assert sorted(got) == sorted(expected.alerts)
+    for site in {json.loads(alert)["site"] for alert in expected.alerts}:  # and each site's in replay's order
+        assert [alert for alert in got if json.loads(alert)["site"] == site] == [
+            alert for alert in expected.alerts if json.loads(alert)["site"] == site]
+    assert detect.rejects() == expected_rejects(expected, positions)

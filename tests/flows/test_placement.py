@@ -8,12 +8,13 @@ from typing import Any
 import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.inputs import FixedPartitionedSource
 from bytewax.testing import TestingSource, cluster_main
 from confluent_kafka import Producer
 
 from flows.cluster import partition_workers, state_placement
 from flows.placement import SiteKeys, StatePlacement, bytewax_worker, kafka_partition, murmur2
+from flows.sources import OneBatchPartition
 from sinks.kafka_client import producer_config
 from tests.flows.test_live_kafka import produce
 from tests.support.kafka_broker import Broker, unique_topic
@@ -63,20 +64,6 @@ def test_a_site_is_in_the_partition_the_gateways_producer_writes_it_to(broker: B
     assert len({partition for partition, _ in positions}) == 5
 
 
-class _Sites(StatefulSourcePartition[str, None]):
-    def __init__(self, sites: list[str]) -> None:
-        self.left = sites
-
-    def next_batch(self) -> list[str]:
-        if not self.left:
-            raise StopIteration
-        sent, self.left = self.left, []
-        return sent
-
-    def snapshot(self) -> None:
-        return None
-
-
 class _Partitions(FixedPartitionedSource[str, None]):
     """Partitions named as Bytewax's KafkaSource names them, each holding the sites murmur2 puts in it."""
 
@@ -86,9 +73,9 @@ class _Partitions(FixedPartitionedSource[str, None]):
     def list_parts(self) -> list[str]:
         return [f"{index}-{self.topic}" for index in range(self.partitions)]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _Sites:
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> OneBatchPartition:
         index = int(for_part.split("-", 1)[0])
-        return _Sites([site for site in SITES if kafka_partition(site.encode(), self.partitions) == index])
+        return OneBatchPartition([site for site in SITES if kafka_partition(site.encode(), self.partitions) == index])
 
 
 @pytest.mark.parametrize(("partitions", "workers"), [(4, 2), (5, 2), (12, 3), (3, 4)])
