@@ -508,7 +508,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except KeyboardInterrupt:  # SIGINT (or SIGTERM, where a command turns it into a stop) before a command could stop cleanly
-        print("logystera: interrupted", file=sys.stderr)
+        from flows.cluster import started_by_process_0
+
+        if not started_by_process_0():  # process 0 of a local cluster says it, once
+            print("logystera: interrupted", file=sys.stderr)
         return 130
 
 

@@ -30,13 +30,12 @@ deliveries in flight are awaited and buffered store rows are written.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -432,8 +431,7 @@ def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[Metric
     try:
         here = cluster or LocalCluster(shape)
         here.checked()  # the others may now report a mistake of their own
-        with _stop_on_sigterm():
-            run_on(flow, here.shape, epoch_interval=timedelta(seconds=settings.epoch_interval), recovery=recovery)
+        run_on(flow, here.shape, epoch_interval=timedelta(seconds=settings.epoch_interval), recovery=recovery)
     except KeyboardInterrupt:
         totals.stopped_by_signal = True
     except Exception as error:
@@ -443,23 +441,3 @@ def run_detect(settings: DetectSettings, rules: list[Rule], metrics: list[Metric
             raise cause from None
         raise
     return totals
-
-
-@contextmanager
-def _stop_on_sigterm() -> Iterator[None]:
-    """SIGTERM stops the flow as SIGINT does: Bytewax checks for signals between steps and stops every worker.
-
-    A handler already there runs first: a local cluster's passes the signal on to the other processes.
-    """
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def interrupt(signum: int, frame: Any) -> None:
-        if callable(previous):
-            previous(signum, frame)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
