@@ -394,13 +394,14 @@ class ChunkPart:
 
     The reader's holds the lines it could not route (rejected by a full
     parse); a shard's, the rejects among its sites' lines and, with a store,
-    its valid records' :data:`ValidTimes`.
+    its valid records' :data:`ValidTimes` and the largest of their ``ts``.
     """
 
     chunk: int
     rejects: list[Reject]
     rows: list[RejectRow] = field(default_factory=list)  # with a store: the rejects' rows
     times: ValidTimes = field(default_factory=lambda: ([], []))  # with a store
+    latest: int = 0  # with a store: the largest ts in times (0 for none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,7 +518,7 @@ class ShardLogic(StatefulBatchLogic[ShardLines, ShardChunk, None]):
         if parsed is None:
             return ShardChunk(detected, len(records), [], ChunkPart(index, rejects))
         times = in_line_order(parsed.lines, parsed.times)
-        part = ChunkPart(index, rejects, reject_rows(lines, rejects) if rejects else [], times)
+        part = ChunkPart(index, rejects, reject_rows(lines, rejects) if rejects else [], times, parsed.latest)
         store: list[StoreItem] = [("signals", parsed_signal_columns(parsed))]
         if points:
             store.append(("metrics", metric_columns(points)))
@@ -580,7 +581,7 @@ class ChunkOrder(StatefulBatchLogic[ChunkPart, Ordered, None]):
                     rows = sorted(chain.from_iterable(part.rows for part in parts), key=_first)
                     store.append(("rejected", finish_rejected(self.store_source, rows, self.latest_ts, times)))
                 out.append(Ordered(rejects, store))
-            self.latest_ts = max([self.latest_ts, *(max(stamps) for _, stamps in times if stamps)])
+            self.latest_ts = max([self.latest_ts, *(part.latest for part in parts)])
             self.next_chunk += 1
         return out, StatefulBatchLogic.RETAIN
 

@@ -15,14 +15,18 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from operators.compiled import DEFAULT_ALLOWED_LATENESS_MS
 from operators.conditions import Predicate, compile_conditions
-from schemas.records import Record
+from schemas.records import Record, compact_json
 from schemas.rules import MetricDefinition
 
 RESOLUTION_MS = {"10s": 10_000, "1m": 60_000, "5m": 300_000, "1h": 3_600_000}
+BUCKET_UNIT: Final = 10_000
+"""Every resolution is a multiple of 10 s, so every bucket start is too: a bucket's key (:class:`SiteMetrics`) holds
+its start in these units. In milliseconds (~1.7e12) the start times ``width`` was a generic Python multiplication in the
+compiled engine (a factor of 2^30 or more leaves mypyc's machine-word path), ~800 instructions per signal counted."""
 OTHER, NONE = "other", "none"
 NO_CLOCK = -(1 << 60)
 """A clock before every ``ts`` (the contract's are 1970–2199), for loops that keep a clock as a plain ``int``."""
@@ -43,21 +47,30 @@ class MetricPoint(NamedTuple):
 
 
 class MetricColumns:
-    """Final buckets, column by column: what every site of a batch appends its final buckets to.
+    """Final buckets, column by column, as the store's ``metrics`` columns: what every site of a batch appends its final buckets to.
 
     A busy corpus makes a final bucket for every ~1.5 signals. A
     :class:`MetricPoint` tuple per bucket, transposed into the store's
     columns afterwards, cost 10.0k instructions per bucket; appended here and
     handed to the store as they are (:func:`schemas.store.metric_columns`),
-    7.1k (callgrind, compiled).
+    7.1k (callgrind, compiled). A bucket's labels are appended in the two
+    forms the store keeps, made once per label combination
+    (:meth:`CompiledMetric.label_columns`, ~0.3k instructions per bucket):
+    looked up per bucket by their pairs instead (two caches keyed by a tuple
+    of tuples, hashed anew each time) they cost 1.2k.
     """
 
     def __init__(self) -> None:
         self.sites: list[str] = []
         self.metrics: list[str] = []
-        self.labels: list[tuple[tuple[str, str], ...]] = []
+        self.labels_keys: list[str] = []
+        """The labels as sorted compact JSON (``labels_key``, part of a stored bucket's identity)."""
+        self.labels_maps: list[dict[str, str]] = []
+        """The labels by name, sorted; one dict per label combination, shared by its buckets (only ever read)."""
         self.bucket_starts: list[int] = []
+        """Epoch ms."""
         self.resolutions: list[int] = []
+        """Length of each bucket, seconds (``resolution_s``)."""
         self.values: list[float] = []
         self.signals: list[int] = []
 
@@ -66,8 +79,12 @@ class MetricColumns:
 
     def points(self) -> list[MetricPoint]:
         """The buckets one by one, in the order they were appended."""
-        return [MetricPoint(*fields) for fields in zip(
-            self.sites, self.metrics, self.labels, self.bucket_starts, self.resolutions, self.values, self.signals, strict=True)]
+        return [
+            MetricPoint(site, metric, tuple(labels.items()), start, resolution * 1000, value, signals)
+            for site, metric, labels, start, resolution, value, signals in zip(
+                self.sites, self.metrics, self.labels_maps, self.bucket_starts, self.resolutions, self.values, self.signals,
+                strict=True)
+        ]
 
 
 def label_text(value: Any) -> str:
@@ -143,7 +160,9 @@ class CompiledMetric:
     combinations seen, by those values. Exact: a strict payload field holds one type (never both ``bool`` and
     ``int``, the only values that compare equal and label differently), so within a class equal values label alike."""
     _labels: dict[int, tuple[tuple[str, str], ...]] = field(default_factory=dict, repr=False)
-    """The label names and texts of each combination rank emitted so far (at most :attr:`combinations`)."""
+    """The label names and texts of each combination rank named so far (at most :attr:`combinations`)."""
+    _columns: dict[int, tuple[str, dict[str, str]]] = field(default_factory=dict, repr=False)
+    """The stored forms of each combination rank emitted so far (:meth:`label_columns`)."""
 
     def combination_of(self, data: Any) -> int:
         """The rank of one payload's label combination (remembered: the per-signal path)."""
@@ -195,6 +214,14 @@ class CompiledMetric:
             found = self._labels[combination] = tuple(pairs[::-1])
         return found
 
+    def label_columns(self, combination: int) -> tuple[str, dict[str, str]]:
+        """A combination rank's labels as stored: sorted compact JSON (``labels_key``) and a map (``labels``)."""
+        found = self._columns.get(combination)
+        if found is None:
+            labels = dict(self.labels_of(combination))
+            found = self._columns[combination] = (compact_json(labels), labels)
+        return found
+
     def combination(self, labels: tuple[tuple[str, str], ...]) -> int:
         """The rank of a combination given as names and texts (:meth:`labels_of`'s inverse, for restored snapshots)."""
         combination = 0
@@ -220,7 +247,7 @@ def compile_metric(metric: MetricDefinition) -> CompiledMetric:
 
 
 Bucket = list[float]
-"""An open bucket: ``[value, signals]``."""
+"""An open bucket as a snapshot keeps it: ``[value, signals]``."""
 NamedKey = tuple[int, str, tuple[tuple[str, str], ...]]
 """A bucket as a snapshot names it: (bucket start, metric name, label names and texts)."""
 
@@ -228,18 +255,26 @@ NamedKey = tuple[int, str, tuple[tuple[str, str], ...]]
 class SiteMetrics:
     """Open buckets of every metric for one site, finalised by the site's clock.
 
-    A bucket's key is one integer, ``start × width + metric × stride +
-    combination`` (the site's metrics numbered in name order, ``stride`` the
-    most label combinations any of them has, ``width`` the metrics'
-    strides), where it was a tuple of the start, the metric's name and the
-    label pairs: nothing to build, and hashing it (to open, find and pop the
-    bucket) costs next to nothing, where the tuple's hash walked the label
-    pairs each time. Sorted keys are the buckets in (start, name, labels)
-    order, as sorted tuples were. Callgrind, a 560k-line replay with the
-    default pack: :meth:`count` and :meth:`settle` 1.42G → 1.19G instructions.
+    A bucket's key is one integer, ``start / BUCKET_UNIT × width + metric ×
+    stride + combination`` (the site's metrics numbered in name order,
+    ``stride`` the most label combinations any of them has, ``width`` the
+    metrics' strides), where it was a tuple of the start, the metric's name
+    and the label pairs: nothing to build, and hashing it (to open, find and
+    pop the bucket) costs next to nothing, where the tuple's hash walked the
+    label pairs each time. Sorted keys are the buckets in (start, name,
+    labels) order, as sorted tuples were. Callgrind, a 560k-line replay with
+    the default pack: :meth:`count` and :meth:`settle` 1.42G → 1.19G instructions;
+    with the start in :data:`BUCKET_UNIT` steps and the counts below, 0.99G.
+
+    An open bucket is its count of signals in :attr:`open` and, for a
+    ``{sum: field}`` metric, its sum in :attr:`sums`: a count metric's value
+    is its count (as a float: the sum of as many 1.0, exactly). A list per
+    bucket (``[value, signals]``), made for three signals in four and
+    freed at emission, and the float of a count metric's value each signal
+    made anew, cost more than the second look-up of the key.
     """
 
-    __slots__ = ("by_type", "clock", "late", "lateness", "metrics", "next_end", "open", "site", "stride", "width")
+    __slots__ = ("by_type", "clock", "late", "lateness", "metrics", "next_end", "open", "site", "stride", "sums", "width")
 
     def __init__(self, metrics: list[CompiledMetric], site: str, lateness: int = DEFAULT_ALLOWED_LATENESS_MS) -> None:
         self.site = site
@@ -256,7 +291,10 @@ class SiteMetrics:
         for position, metric in enumerate(self.metrics):
             for signal_type in sorted(metric.types):
                 self.by_type[signal_type] = (*self.by_type.get(signal_type, ()), (metric, position * self.stride))
-        self.open: dict[int, Bucket] = {}
+        self.open: dict[int, int] = {}
+        """The signals counted in each open bucket, by key."""
+        self.sums: dict[int, float] = {}
+        """The value of each open bucket of a ``{sum: field}`` metric, by key."""
         self.next_end: int | None = None  # the earliest end among open buckets: nothing is final before it
 
     def process(self, record: Record, out: MetricColumns) -> None:
@@ -296,28 +334,29 @@ class SiteMetrics:
 
         Each metric comes with its number times the stride: the part of its buckets' keys that names it.
         """
-        buckets, width = self.open, self.width
+        counts, width = self.open, self.width
         for metric, offset in metrics:
             matches = metric.matches
             if matches is not None and not matches(data):
                 continue
             resolution = metric.resolution
             start = ts - ts % resolution
-            key = start * width + offset + metric.combination_of(data)
-            sum_field = metric.sum_field
-            amount = 1.0 if sum_field is None else summand(getattr(data, sum_field, None))
-            # Most signals open a bucket (a busy corpus makes one for every ~1.5 signals): one look-up of the key,
-            # not a miss and then an insert.
-            fresh = [amount, 1]
-            bucket = buckets.setdefault(key, fresh)
-            if bucket is fresh:
+            # Boxed once: a key is a Python int past the small ones, made anew each time a native int is boxed.
+            key: Any = start // BUCKET_UNIT * width + offset + metric.combination_of(data)
+            signals = counts.get(key)
+            if signals is None:  # most signals open a bucket (a busy corpus makes one for every ~1.5 signals)
+                counts[key] = 1
                 end = start + resolution
                 next_end = self.next_end
                 if next_end is None or end < next_end:
                     self.next_end = end
             else:
-                bucket[0] += amount
-                bucket[1] += 1
+                counts[key] = signals + 1
+            sum_field = metric.sum_field
+            if sum_field is not None:
+                amount = summand(getattr(data, sum_field, None))
+                total = self.sums.get(key)
+                self.sums[key] = amount if total is None else total + amount
 
     def settle(self, clock: int | None, out: MetricColumns) -> None:
         """The site's clock after a batch: append the buckets it made final to ``out``."""
@@ -329,12 +368,14 @@ class SiteMetrics:
     def _final(self, horizon: int, out: MetricColumns) -> None:
         """Append the buckets whose end is before ``horizon`` (the clock minus the allowed lateness)."""
         metrics, stride, width = self.metrics, self.stride, self.width
-        done = []
+        done: list[Any] = []
         next_end = None
-        for key in self.open:  # one pass: the final keys, and the earliest end among the others
-            end = key // width + metrics[key % width // stride].resolution
+        keys: list[Any] = list(self.open)  # the dictionary's own objects: iterated as ``int``, each was unboxed and boxed anew
+        for boxed in keys:  # one pass: the final keys, and the earliest end among the others
+            key: int = boxed
+            end = key // width * BUCKET_UNIT + metrics[key % width // stride].resolution
             if end < horizon:
-                done.append(key)
+                done.append(boxed)
             elif next_end is None or end < next_end:
                 next_end = end
         self.next_end = next_end
@@ -345,41 +386,61 @@ class SiteMetrics:
         self.next_end = None
         self._emit(list(self.open), out)
 
-    def _emit(self, keys: list[int], out: MetricColumns) -> None:
-        pop, site, metrics, stride, width = self.open.pop, self.site, self.metrics, self.stride, self.width
-        sites, names, labels_of, starts, lengths, values, counts = (
-            out.sites, out.metrics, out.labels, out.bucket_starts, out.resolutions, out.values, out.signals)
-        for key in sorted(keys):
-            value, signals = pop(key)
+    def _emit(self, keys: list[Any], out: MetricColumns) -> None:
+        """Append the buckets of ``keys`` in key order and forget them.
+
+        ``keys`` are the dictionary's own objects (typed ``Any``, so kept boxed): a native int would be boxed anew, a
+        Python int allocated, for each look-up.
+        """
+        open_, sums, site, metrics, stride, width = self.open, self.sums, self.site, self.metrics, self.stride, self.width
+        sites, names, labels_keys, labels_maps, starts, lengths, values, counts = (
+            out.sites, out.metrics, out.labels_keys, out.labels_maps, out.bucket_starts, out.resolutions, out.values,
+            out.signals)
+        boxed: Any
+        for boxed in sorted(keys):
+            signals = open_[boxed]  # a look-up and a deletion: ``pop`` is a method call, not a C call, compiled
+            del open_[boxed]
+            key: int = boxed
             offset = key % width
             metric = metrics[offset // stride]
+            labels_key, labels = metric.label_columns(offset % stride)
             sites.append(site)
             names.append(metric.name)
-            labels_of.append(metric.labels_of(offset % stride))
-            starts.append(key // width)
-            lengths.append(metric.resolution)
-            values.append(value)
-            counts.append(int(signals))
+            labels_keys.append(labels_key)
+            labels_maps.append(labels)
+            starts.append(key // width * BUCKET_UNIT)
+            lengths.append(metric.resolution // 1000)
+            if metric.sum_field is None:
+                values.append(float(signals))
+            else:
+                values.append(sums[boxed])
+                del sums[boxed]
+            counts.append(signals)
 
     def named(self) -> dict[NamedKey, Bucket]:
         """The open buckets by (start, metric name, labels): what a snapshot keeps, whatever the keys are here."""
-        metrics, stride, width = self.metrics, self.stride, self.width
+        metrics, stride, width, sums = self.metrics, self.stride, self.width, self.sums
         named: dict[NamedKey, Bucket] = {}
-        for key, bucket in self.open.items():
+        for key, signals in self.open.items():
             offset = key % width
             metric = metrics[offset // stride]
-            named[(key // width, metric.name, metric.labels_of(offset % stride))] = bucket
+            value = float(signals) if metric.sum_field is None else sums[key]
+            named[(key // width * BUCKET_UNIT, metric.name, metric.labels_of(offset % stride))] = [value, signals]
         return named
 
     def restore(self, named: dict[NamedKey, Bucket]) -> None:
         """Open the buckets of :meth:`named` again, those of the metrics this site counts (the others are dropped)."""
         by_name = {metric.name: (position, metric) for position, metric in enumerate(self.metrics)}
         self.open = {}
+        self.sums = {}
         ends = []
-        for (start, name, labels), bucket in named.items():
+        for (start, name, labels), (value, signals) in named.items():
             found = by_name.get(name)
             if found is not None:
                 position, metric = found
-                self.open[start * self.width + position * self.stride + metric.combination(labels)] = bucket
+                key = start // BUCKET_UNIT * self.width + position * self.stride + metric.combination(labels)
+                self.open[key] = int(signals)
+                if metric.sum_field is not None:
+                    self.sums[key] = value
                 ends.append(start + metric.resolution)
         self.next_end = min(ends) if ends else None

@@ -63,7 +63,9 @@ PRESENTATION_FIELDS = frozenset({"title", "description", "severity", "subsystem"
 """Rule fields read only when a notification is written out: changing them keeps the rule's state."""
 
 _SITE_FIELDS = {"by_type", "clock", "dues", "index", "lateness", "metrics", "runners", "started", "tick_max", "ticks"}
-_METRICS_FIELDS = {"by_type", "clock", "late", "lateness", "metrics", "next_end", "open", "site", "stride", "width"}
+_METRICS_FIELDS = {
+    "by_type", "clock", "late", "lateness", "metrics", "next_end", "open", "site", "stride", "sums", "width",
+}
 """Every slot of SiteDetector / SiteMetrics is either snapshotted or rebuilt below; a new slot must be added here."""
 
 

@@ -71,11 +71,15 @@ class RecordColumns:
     one with a store); here each is a list append while the value is at hand.
     """
 
-    __slots__ = ("ids", "lines", "raws", "seqs", "signal_times", "sites", "times", "types")
+    __slots__ = ("ids", "latest", "lines", "raws", "seqs", "signal_times", "sites", "times", "types")
 
     def __init__(self) -> None:
         self.lines: list[int] = []
         self.times: list[int] = []
+        self.latest = 0
+        """The largest ``ts`` of the records (0 for none: every valid ``ts`` is at or after 1970). Kept while parsing,
+        a comparison of machine ints per record: ``max`` over the times afterwards cost 115M instructions on a
+        560k-line replay (6% of what storing costs in Python)."""
         self.sites: list[str] = []
         self.types: list[str] = []
         self.signal_times: list[int] = []
@@ -225,15 +229,21 @@ def parse_lines(
                 if repeated is not None:
                     rejects.append((line, repeated))
                     continue
-        record = Record(line, site, type_, ts, id_, data, raw, seq)
+        # Boxed once (compiled, ``line`` and ``ts`` are machine ints): the record and the store's columns share each
+        # int object, where every use as an object would allocate one of its own.
+        number: Any = line
+        stamp: Any = ts
+        record = Record(number, site, type_, stamp, id_, data, raw, seq)
         records.append(record)
         if columns is not None:
-            columns.lines.append(line)
-            columns.times.append(ts)
+            columns.lines.append(number)
+            columns.times.append(stamp)
+            if ts > columns.latest:
+                columns.latest = ts
             if type_ != "tick":
                 columns.sites.append(site)
                 columns.types.append(type_)
-                columns.signal_times.append(ts)
+                columns.signal_times.append(stamp)
                 columns.ids.append(id_)
                 columns.seqs.append(seq)
                 columns.raws.append(raw)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from operator import attrgetter
 from typing import Any, Protocol
 
@@ -278,40 +277,29 @@ def alert_rows(record: NotificationRecord, line: str) -> tuple[tuple[Any, ...], 
     return alert, evidence
 
 
-@lru_cache(maxsize=16_384)
-def _labels_key(labels: tuple[tuple[str, str], ...]) -> str:
-    # A metric has few label combinations and emits them for every site and bucket: encode each once.
-    return compact_json(dict(labels))
-
-
 class MetricBuckets(Protocol):
     """What metric rows are made of, column by column (``operators.metrics.MetricColumns``: the schema does not import the engine)."""
 
     sites: list[str]
     metrics: list[str]
-    labels: list[tuple[tuple[str, str], ...]]
-    """Label names and values of each bucket, sorted."""
+    labels_keys: list[str]
+    """Label names and values of each bucket as compact JSON, sorted by name."""
+    labels_maps: list[dict[str, str]]
+    """The same labels as a dict (one per label combination, shared by its buckets: only ever read)."""
     bucket_starts: list[int]
     """Epoch ms."""
     resolutions: list[int]
-    """Length of each bucket, ms."""
+    """Length of each bucket, seconds."""
     values: list[float]
     signals: list[int]
     """Signals that went into each bucket."""
 
 
-@lru_cache(maxsize=16_384)
-def _labels_map(labels: tuple[tuple[str, str], ...]) -> dict[str, str]:
-    # The Map value of a combination: one dict, shared by every row of it (only ever read, by the insert).
-    return dict(labels)
-
-
 def metric_columns(buckets: MetricBuckets) -> Columns:
     """``metrics`` rows, as :class:`Columns`, for final metric buckets (their lists are taken over, not copied)."""
-    labels = buckets.labels
     return Columns([
-        buckets.sites, buckets.metrics, list(map(_labels_key, labels)), list(map(_labels_map, labels)), buckets.bucket_starts,
-        [resolution // 1000 for resolution in buckets.resolutions], buckets.values, buckets.signals,
+        buckets.sites, buckets.metrics, buckets.labels_keys, buckets.labels_maps, buckets.bucket_starts, buckets.resolutions,
+        buckets.values, buckets.signals,
     ])
 
 

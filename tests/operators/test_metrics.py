@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from operators.metrics import MetricColumns, MetricPoint, SiteMetrics, compile_metric
+from operators.metrics import BUCKET_UNIT, RESOLUTION_MS, MetricColumns, MetricPoint, SiteMetrics, compile_metric
 from schemas.factory import make_signal, make_tick, signal_line
 from schemas.records import Record, parse_record
 from schemas.rules import MetricDefinition
@@ -142,3 +142,26 @@ def test_open_buckets_named_and_restored_are_the_same_buckets() -> None:
     assert fresh.next_end == site.next_end == T0 + MINUTE
     assert process(fresh, tick(T0 + 3 * MINUTE)) == process(site, tick(T0 + 3 * MINUTE))
     assert flush(fresh) == flush(site) != []
+
+
+def test_every_resolution_is_a_whole_number_of_key_units() -> None:
+    # A bucket's key holds its start in BUCKET_UNIT steps (SiteMetrics): a resolution that is not a multiple would
+    # make starts the key cannot hold, and buckets that collide.
+    assert all(length % BUCKET_UNIT == 0 for length in RESOLUTION_MS.values())
+
+
+def test_a_count_metric_and_a_sum_metric_on_the_same_signals_keep_their_own_values() -> None:
+    # Counts and sums are kept apart (SiteMetrics.open and .sums): a count's value is its number of signals, a sum's
+    # the sum of its field, whatever the other metric of the same bucket start does.
+    counted = MetricDefinition.model_validate({"name": "requests", "signal": "request", "resolution": "10s"})
+    summed = MetricDefinition.model_validate({
+        "name": "request_ms", "signal": "request", "value": {"sum": "duration_ms"}, "resolution": "10s"})
+    records = [
+        record(make_signal("shop", "request", T0 + i * SECOND, f"req-{i:06d}", method="GET", path="/x", route_group="x",
+                           status=200, duration_ms=ms))
+        for i, ms in enumerate([10, 20, 7])
+    ]
+    _, site = run([counted, summed], records)
+    named = site.named()
+    assert named == {(T0, "request_ms", ()): [37.0, 3], (T0, "requests", ()): [3.0, 3]}
+    assert [(p.metric, p.value, p.signals) for p in flush(site)] == [("request_ms", 37.0, 3), ("requests", 3.0, 3)]

@@ -143,6 +143,7 @@ def test_every_mutated_line_is_a_record_or_one_reason_and_gives_storable_rows(ra
     records, rejects = parse_lines(lines, columns=parsed)
     # What the store keeps, filled in the parse's own pass: the same as read off the records afterwards.
     assert (parsed.lines, parsed.times) == ([record.line for record in records], [record.ts for record in records])
+    assert parsed.latest == max([record.ts for record in records], default=0)
     assert parsed_signal_columns(parsed).data == signal_columns(records).data
     blank = {line for line, raw in lines if not raw.strip()}
     assert sorted([record.line for record in records] + [line for line, _ in rejects]) == sorted(set(dict(lines)) - blank)
