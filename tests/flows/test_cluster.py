@@ -32,13 +32,12 @@ from tests.flows.test_live_kafka import (
     ROOT,
     RULES_DIR,
     Detect,
-    corpus,
     expected_rejects,
     key_of,
+    live_case,
     notifications,
     produce,
     produce_lines,
-    replayed,
     run_detect,
     sql,
     wait_for,
@@ -235,11 +234,8 @@ def test_a_detect_cluster_reports_a_missing_topic_once_and_a_sigterm_stops_every
 @pytest.mark.broker
 @pytest.mark.process
 def test_kill_9_of_one_process_of_a_cluster_and_a_restart_give_the_notifications_of_replay(broker: Broker, tmp_path: Path) -> None:
-    signals, alerts = unique_topic("signals"), unique_topic("alerts")
-    broker.create_topics([signals, alerts], partitions=4)
-    lines = corpus(4000, seed=41)
+    signals, alerts, lines, expected = live_case(broker, tmp_path, partitions=4, signals=4000, seed=41)
     half = len(lines) // 2
-    expected = replayed(tmp_path, lines, "all")
     assert len(expected.alerts) > 20
     producer = broker.producer()
     recovery, store = tmp_path / "recovery", tmp_path / "store"
@@ -281,10 +277,7 @@ def test_kill_9_of_one_process_of_a_cluster_and_a_restart_give_the_notifications
 @pytest.mark.broker
 @pytest.mark.process
 def test_process_0_serves_the_clusters_counts_for_prometheus(broker: Broker, tmp_path: Path) -> None:
-    signals, alerts = unique_topic("signals"), unique_topic("alerts")
-    broker.create_topics([signals, alerts], partitions=2)
-    lines = corpus(3000, seed=43)
-    expected = replayed(tmp_path, lines, "all")
+    signals, alerts, lines, expected = live_case(broker, tmp_path, partitions=2, signals=3000, seed=43)
     assert expected.rejects and len(expected.alerts) > 5
     port = free_port()
     running = Detect(broker, "--topic", signals, "--alerts-topic", alerts, "--processes", "2", "--metrics-port", str(port))
@@ -335,10 +328,7 @@ def test_a_detect_cluster_writes_replays_notifications_whichever_partition_a_sit
 ) -> None:
     # murmur2 (the gateway's partitioner): each site's state is on the worker that reads its partition, nothing crosses.
     # CRC32 (librdkafka's default): most sites are in another partition than murmur2 names: their records cross.
-    signals, alerts = unique_topic("signals"), unique_topic("alerts")
-    broker.create_topics([signals, alerts], partitions=4)
-    lines = corpus(3000, seed=47)
-    expected = replayed(tmp_path, lines, "all")
+    signals, alerts, lines, expected = live_case(broker, tmp_path, partitions=4, signals=3000, seed=47)
     assert len(expected.alerts) > 20 and expected.rejects
     positions = produce_lines(broker.producer(partitioner=partitioner), signals, lines)
     at_home = [partition == kafka_partition(key_of(line), 4) for (partition, _), line in zip(positions, lines, strict=True)]

@@ -87,6 +87,14 @@ def produce_lines(producer: Producer, topic: str, lines: list[str]) -> list[tupl
     return produce(producer, topic, [(key_of(line), line.encode()) for line in lines])
 
 
+def live_case(broker: Broker, tmp_path: Path, partitions: int, signals: int, seed: int) -> tuple[str, str, list[str], ReplayResult]:
+    """New ``signals`` and ``alerts`` topics of ``partitions`` partitions, a corpus, and what replay makes of it."""
+    signals_topic, alerts_topic = unique_topic("signals"), unique_topic("alerts")
+    broker.create_topics([signals_topic, alerts_topic], partitions=partitions)
+    lines = corpus(signals, seed=seed)
+    return signals_topic, alerts_topic, lines, replayed(tmp_path, lines, "all")
+
+
 def replayed(tmp_path: Path, lines: list[str], name: str, rules: Path = RULES_DIR) -> ReplayResult:
     path = tmp_path / f"{name}.jsonl"
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
@@ -163,10 +171,7 @@ def expected_rejects(result: ReplayResult, positions: list[tuple[int, int]]) -> 
 @pytest.mark.broker
 @pytest.mark.process
 def test_live_detect_writes_exactly_the_notifications_of_replay_and_resumes_at_the_end(broker: Broker, tmp_path: Path) -> None:
-    signals, alerts = unique_topic("signals"), unique_topic("alerts")
-    broker.create_topics([signals, alerts], partitions=3)
-    lines = corpus(3000, seed=26)
-    expected = replayed(tmp_path, lines, "all")
+    signals, alerts, lines, expected = live_case(broker, tmp_path, partitions=3, signals=3000, seed=26)
     assert len(expected.alerts) > 20 and expected.rejects and expected.late_lines
     producer = broker.producer()
     positions = produce_lines(producer, signals, lines)
