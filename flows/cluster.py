@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import itertools
 import os
 import re
 import signal
@@ -43,7 +44,7 @@ from datetime import timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from flows.placement import StatePlacement
+from flows.placement import StatePlacement, bytewax_worker
 from schemas.errors import Failure, UsageError
 
 if TYPE_CHECKING:
@@ -421,35 +422,19 @@ def site_shard(site: str, shards: int) -> int:
 def shard_keys(workers: int) -> tuple[str, ...]:
     """For each worker index, a Bytewax state key that lives on that worker: one shard per worker, none idle.
 
-    Bytewax routes a key to ``hash(key) mod workers`` (a hash it keeps to
-    itself), so with keys ``"0"…"N-1"`` some workers would hold two shards
-    and others none. The routing depends only on the key and the total
-    worker count, so a throw-away flow of ``workers`` threads here finds,
-    for each worker, the first key it routes there — the same in every
-    process of the cluster.
+    Bytewax routes a key to ``hash(key) mod workers``, so with keys
+    ``"0"…"N-1"`` some workers would hold two shards and others none. The
+    routing depends only on the key and the total worker count
+    (:func:`flows.placement.bytewax_worker`, checked against Bytewax), so
+    each worker gets the first key ``"0"``, ``"1"``, … routed to it — the same
+    in every process of the cluster.
     """
-    if workers == 1:
-        return ("0",)
-    import bytewax.operators as op
-    from bytewax.dataflow import Dataflow
-    from bytewax.testing import TestingSource, cluster_main
-
-    found: dict[int, int] = {}
-    lock = threading.Lock()
-
-    def where(step_id: str, item: tuple[str, None], epoch: int, worker: int) -> None:
-        with lock:
-            found[worker] = min(found.get(worker, int(item[0])), int(item[0]))
-
-    candidates = 16 * workers
-    while True:
-        flow = Dataflow("logystera_shard_probe")
-        keyed = op.input("keys", flow, TestingSource([(str(key), None) for key in range(candidates)]))
-        op.inspect_debug("where", op.stateful_map("state", keyed, lambda state, value: (None, value)), where)
-        cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    found: dict[int, str] = {}
+    for number in itertools.count():
+        found.setdefault(bytewax_worker(str(number), workers), str(number))
         if len(found) == workers:
-            return tuple(str(found[worker]) for worker in range(workers))
-        candidates *= 4
+            return tuple(found[worker] for worker in range(workers))
+    raise AssertionError("unreachable")  # itertools.count() never ends
 
 
 @cache
