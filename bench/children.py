@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,63 @@ from typing import Any
 import httpx
 
 from simulate.corpus import write_corpus
+
+
+class WorkerThreadsClock:
+    """CPU seconds of this process's Bytewax worker threads (``timely:work-N``), read from ``/proc`` while they run.
+
+    A flow's workers are threads Bytewax starts (every flow runs under
+    ``cluster_main``, decision 150), so ``time.thread_time`` of the calling
+    thread no longer sees them. A sampler reads each worker's
+    ``/proc/self/task/TID/stat`` every ``interval`` seconds and keeps the last
+    value; a worker's last ``interval`` of CPU before it ends may be missed.
+    Linux only: elsewhere :attr:`seconds` stays None.
+    """
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self._cpu: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, name="bench-worker-clock", daemon=True)
+        self._ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def __enter__(self) -> WorkerThreadsClock:
+        if Path("/proc/self/task").is_dir():
+            self._sampler.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._sampler.is_alive():
+            self._sampler.join()
+
+    @property
+    def seconds(self) -> float | None:
+        """The workers' CPU seconds seen (None where /proc cannot be read)."""
+        return sum(self._cpu.values()) if self._sampler.ident is not None else None
+
+    def _sample(self) -> None:
+        workers: set[str] = set()
+        others: set[str] = set()
+        while True:
+            stopping = self._stop.is_set()  # one last sample after the stop is asked
+            for tid in os.listdir("/proc/self/task"):
+                if tid in others:
+                    continue
+                try:
+                    if tid not in workers:
+                        comm = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+                        (workers if comm.startswith("timely:work") else others).add(tid)
+                        if tid in others:
+                            continue
+                    stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+                except OSError:  # the thread ended
+                    continue
+                fields = stat[stat.rindex(")") + 2:].split()
+                self._cpu[tid] = (int(fields[11]) + int(fields[12])) / self._ticks  # utime + stime
+            if stopping:
+                return
+            self._stop.wait(self.interval)
 
 
 def run_script(script: str, *args: str) -> dict[str, Any]:

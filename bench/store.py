@@ -37,9 +37,15 @@ thread of the process: with the store that includes the sink's writer thread
 and chDB's own threads (insert pipeline, background merges of the parts each
 insert creates), which run on another core while the Python worker thread
 carries on, so with the store CPU time can exceed wall time and the CPU
-ratio is the stricter one. The worker thread's own CPU time
-(``time.thread_time`` of the thread that runs the flow) is shown separately;
-process minus worker thread is the writer and chDB's threads.
+ratio is the stricter one. The worker thread's own CPU time (Bytewax's
+worker thread, read from ``/proc``: :class:`bench.children.WorkerThreadsClock`)
+is shown separately; process minus worker thread is the writer and chDB's
+threads (and the main thread's wait).
+
+Best-of-N compares each configuration's luckiest run. This machine's speed
+drifts by tens of percent within a minute (the same ``json.loads`` loop
+measured 0.54–0.90 s of CPU, one second apart, on an idle machine), so the
+ratio of the two replays of each round, run back to back, is printed as well.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -58,7 +65,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.children import child_generate, run_script
+from bench.children import WorkerThreadsClock, child_generate, run_script
 from flows.sources import DEFAULT_CHUNK_LINES
 from schemas.rule_loader import load_rules
 from sinks.clickhouse import StoreAddress
@@ -68,13 +75,14 @@ STORE_TABLES = ("signals", "alerts", "evidence", "metrics", "rejected")
 
 
 # -- children ------------------------------------------------------------------------------------------
-def _times() -> tuple[float, float, float]:
-    return time.perf_counter(), time.process_time(), time.thread_time()
+def _times() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
 
 
-def _since(start: tuple[float, float, float]) -> dict[str, float]:
-    wall, cpu, thread = _times()
-    return {"wall": wall - start[0], "cpu": cpu - start[1], "thread": thread - start[2]}
+def _since(start: tuple[float, float], workers: WorkerThreadsClock | None = None) -> dict[str, float]:
+    """Wall and process CPU seconds since ``start``; with ``workers``, the flow's worker threads' CPU as ``thread``."""
+    wall, cpu = _times()
+    return {"wall": wall - start[0], "cpu": cpu - start[1], "thread": (workers.seconds or 0.0) if workers else 0.0}
 
 
 def child_sink(path: str, directory: str, batch_rows: int, form: str) -> dict[str, Any]:
@@ -120,8 +128,9 @@ def child_sink(path: str, directory: str, batch_rows: int, form: str) -> dict[st
     del parsed
     gc.collect()
     started = _times()
-    run_on(flow, ClusterShape())
-    sinking = _since(started)
+    with WorkerThreadsClock() as workers:
+        run_on(flow, ClusterShape())
+    sinking = _since(started, workers)
     stored = store.query("SELECT count(), uniqExact(id) FROM signals").result_rows[0]
     return {
         "rows": rows, "build": building, "sink": sinking, "inserts": len(inserts), "stored": stored[0], "ids": stored[1],
@@ -156,16 +165,17 @@ def child_replay(path: str, rules_dir: str, directory: str) -> dict[str, Any]:
         insert = store.insert
 
         def timed(table: str, columns: Any, data: Any) -> int:
-            started = time.thread_time()
+            began = time.thread_time()  # the writer thread's
             written = insert(table, columns, data)
-            inserts[0] += time.thread_time() - started
+            inserts[0] += time.thread_time() - began
             return written
 
         store.insert = timed
     gc.collect()
     started = _times()
-    result = replay(path, ruleset.enabled_rules, store=store, metrics=ruleset.metrics)
-    measured = _since(started)
+    with WorkerThreadsClock() as workers:
+        result = replay(path, ruleset.enabled_rules, store=store, metrics=ruleset.metrics)
+    measured = _since(started, workers)
     stored = {}
     if isinstance(store, Store):
         stored = {table: store.query(f"SELECT count() FROM {table}").result_rows[0][0] for table in STORE_TABLES}
@@ -303,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     ratio_thread = best(without, "thread") / best(with_store, "thread")
     print(f"    with/without throughput: {ratio_wall:.2f}× by wall time, {ratio_cpu:.2f}× by process CPU time, "
           f"{ratio_thread:.2f}× by worker-thread CPU time")
+    paired = [plain["wall"] / stored["wall"] for plain, stored in zip(without, with_store, strict=True)]
+    print(f"    by wall time round by round (the two replays of a round run back to back): "
+          f"{', '.join(f'{ratio:.2f}×' for ratio in paired)}; median {statistics.median(paired):.2f}×")
     chdb = max(0.0, min(run["cpu"] - run["thread"] for run in with_store))
     print(f"    process CPU includes the sink's writer thread and chDB's own threads ({chdb:.2f} s: encoding, insert pipeline, "
           "merges of the parts inserts create); the worker waits for them only when batches pile up and at the end of the run")
