@@ -150,7 +150,7 @@ async def restore_inhibitions(service: DeliveryService, config: Mapping[str, Any
     group membership and no commit: the delivering consumer starts afterwards,
     from the committed offsets, as it always did.
     """
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
     restored = Restored()
     consumer = Consumer({**config, "enable.partition.eof": True})
@@ -158,8 +158,11 @@ async def restore_inhibitions(service: DeliveryService, config: Mapping[str, Any
         ends: dict[int, int] = {}
         starts: list[Any] = []
         for partition, offset in committed.items():
-            earliest, _ = await asyncio.to_thread(consumer.get_watermark_offsets, TopicPartition(topic, partition),
-                                                  METADATA_TIMEOUT_S)
+            try:
+                earliest, _ = await asyncio.to_thread(consumer.get_watermark_offsets, TopicPartition(topic, partition),
+                                                      METADATA_TIMEOUT_S)
+            except KafkaException as error:
+                raise Failure(f"--topic {topic}[{partition}]: earliest offset: {error.args[0].str()}") from None
             span = history_range(earliest, offset, limit)
             if span is not None:
                 ends[partition] = span[1]

@@ -178,7 +178,8 @@ ONE_SOURCE = "logystera: error: give either a file of notification records or --
     (["ALERTS", "--backoff", "soon"], True, "logystera: error: argument --backoff: 'soon' is not a duration like 90s, 15m, 1h or 1d"),
     (["ALERTS", "--max-attempts", "0"], True, "logystera: error: --max-attempts must be at least 1"),
     (["ALERTS", "--store", "chdb://"], True, "logystera: error: --store: chdb DSN needs a directory, e.g. chdb:///var/lib/logystera"),
-], ids=["no-source", "two-sources", "no-file", "no-env", "bad-duration", "no-attempts", "bad-store"])
+    (["ALERTS", "--inhibit-history", "-1"], True, "logystera: error: --inhibit-history must be at least 0"),
+], ids=["no-source", "two-sources", "no-file", "no-env", "bad-duration", "no-attempts", "bad-store", "bad-history"])
 def test_user_mistakes_are_one_line_and_exit_2(tmp_path: Path, hook: WebhookReceiver, args: list[str], with_env: bool,
                                                message: str) -> None:
     alerts = tmp_path / "alerts.jsonl"
@@ -433,6 +434,7 @@ def test_live_mode_reads_kafka_commits_what_is_done_and_resumes_after_a_kill(
     assert process.wait(TIMEOUT) == 0, err.read_text()
     summary = err.read_text().splitlines()[-1]
     assert summary.startswith("delivery: 2 records, 0 invalid, 0 duplicate, 0 not done: 1 delivered") and "1 done before" in summary
+    assert "inhibitions" not in err.read_text(), "no inhibit rule: nothing is read again to restore inhibitions"
     assert committed(broker, topic, group) == broker.end_offsets(topic)
     assert len(hook.received) == 7 and not hook.problems
     assert Counter(r.headers["webhook-id"] for r in hook.received) == Counter(
@@ -512,3 +514,21 @@ def test_live_mode_restores_the_inhibitions_whose_source_lies_before_the_committ
     assert {"alert_id": alert(2), "seq": 1, "outcome": target, "held_by": held_by} in rows, (rows, lines)
     sent = sorted(r.headers["webhook-id"] for r in hook.received)
     assert sent == sorted([f"{r['alert_id']}:{r['seq']}" for r in history] + ([f"{alert(2)}:1"] if target == "delivered" else []))
+
+
+def test_from_a_file_a_restart_reads_the_sources_again_so_the_inhibitions_outlive_it(tmp_path: Path, hook: WebhookReceiver) -> None:
+    # A file run reads the whole file every time: the source delivered by the first run is seen again by the second
+    # (done before, not sent) before the target appended since, which it holds. Nothing is read apart, nothing printed.
+    alerts, store = tmp_path / "alerts.jsonl", tmp_path / "store"
+    args = ("deliver", str(alerts), "--rules", str(rules(tmp_path, more=INHIBIT)), "--store", f"chdb://{store}")
+    alerts.write_text(line(SILENT) + "\n", encoding="utf-8")
+    assert logystera(*args, hook=hook).returncode == 0
+    alerts.write_text(line(SILENT) + "\n" + line(absence(2, "cron-job-stopped")) + "\n", encoding="utf-8")
+    second = logystera(*args, hook=hook)
+    assert second.returncode == 0, second.stderr
+    assert second.stderr.splitlines()[-1] == ("delivery: 2 records, 0 invalid, 0 duplicate, 0 not done: 0 delivered, 0 collapsed, "
+                                              "0 gave up, 0 failed, 0 resolved not sent, 1 done before, "
+                                              "1 held (0 silenced, 0 muted, 1 inhibited); 1 attempts")  # the held row
+    assert [r.headers["webhook-id"] for r in hook.received] == [f"{alert(1)}:1"]
+    rows = sql(store, f"SELECT outcome, held_by FROM deliveries_final WHERE alert_id = '{alert(2)}'")
+    assert rows == [{"outcome": "inhibited", "held_by": alert(1)}]
