@@ -8,7 +8,9 @@ Two sources, one service (:class:`delivery.service.DeliveryService`):
   collapsed, ...), or at SIGINT/SIGTERM.
 - **Kafka** (``--bootstrap HOST:PORT [--topic alerts]``;
   :mod:`delivery.kafka_source`): runs until SIGINT/SIGTERM, committing a
-  partition's offset only up to its first record that is not done.
+  partition's offset only up to its first record that is not done; with
+  inhibit rules, it first reads the records before the committed offsets
+  again to restore the inhibitions (``--inhibit-history`` per partition).
 
 With ``--metrics-port`` the counters are served for Prometheus
 (:mod:`delivery.metrics`). Invalid records are reported on stderr, counted in
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, TextIO
 from delivery.attempt_log import AttemptLog
 from delivery.file_source import deliver_file
 from delivery.holds import HoldPolicy
-from delivery.kafka_source import deliver_kafka
+from delivery.kafka_source import INHIBIT_HISTORY, deliver_kafka
 from delivery.metrics import DeliveryMetrics
 from delivery.schedule import DeliveryPolicy
 from delivery.service import DeliveryService, unless_stopped
@@ -58,6 +60,7 @@ class DeliverOptions:
     holds: HoldPolicy = field(default_factory=HoldPolicy)
     silence_refresh: float = 5.0  # seconds between two reads of the silences
     kafka_options: Mapping[str, str] = field(default_factory=dict)  # --kafka-option, checked
+    inhibit_history: int = INHIBIT_HISTORY  # records per partition read again at start to restore inhibitions (Kafka)
 
 
 def hold_policy(ruleset: RuleSet) -> HoldPolicy:
@@ -88,6 +91,8 @@ def open_deliver(args: argparse.Namespace, ruleset: RuleSet, environ: Mapping[st
         raise UsageError("--timeout must be more than 0")
     if args.silence_refresh < 100:
         raise UsageError("--silence-refresh must be at least 100ms")
+    if args.inhibit_history < 0:
+        raise UsageError("--inhibit-history must be at least 0")
     senders = [open_sender(channel, environ, timeout=timeout) for channel in ruleset.channels]  # ChannelConfigError: exit 2
     try:
         # chDB: the directory must be ours alone, and a taken one is reported at once instead of retried for a minute.
@@ -101,7 +106,7 @@ def open_deliver(args: argparse.Namespace, ruleset: RuleSet, environ: Mapping[st
         policy=policy, grace=timeout,
         metrics=None if args.metrics_port is None else (args.metrics_host, args.metrics_port),
         holds=hold_policy(ruleset), silence_refresh=args.silence_refresh / 1000,
-        kafka_options=dict(kafka_options or {}),
+        kafka_options=dict(kafka_options or {}), inhibit_history=args.inhibit_history,
     )
 
 
@@ -131,7 +136,7 @@ async def _run(options: DeliverOptions, err: TextIO) -> int:
             finished = await unless_stopped(service.guarded(deliver_file(service, options.source or "-", err)), stop)
         else:  # watches ``stop`` itself
             await service.guarded(deliver_kafka(service, options.bootstrap, options.topic, options.group, options.grace,
-                                                stop, err, options.kafka_options))
+                                                stop, err, options.kafka_options, options.inhibit_history))
             finished = True
     finally:
         await service.stop(options.grace)

@@ -191,6 +191,27 @@ class Inhibitor:
                 self._update(inhibition, key, record)
         return held
 
+    def remember(self, record: NotificationRecord, fields: Mapping[str, str] | None = None) -> None:
+        """Only ``record``'s effect as a source: a record an earlier run decided, read again to restore the inhibitions.
+
+        Nothing is decided for it as a target (it was delivered or held
+        before); in stream order it leaves the sources as :meth:`observe` did.
+        """
+        fields = fields_of(record) if fields is None else fields
+        for inhibition in self._rules:
+            if all_match(inhibition.source, fields):
+                self._update(inhibition, inhibition.key(fields), record)
+
+    @property
+    def rules(self) -> tuple[InhibitRule, ...]:
+        """The inhibit rules applied (none: nothing is ever inhibited)."""
+        return tuple(inhibition.rule for inhibition in self._rules)
+
+    @property
+    def active(self) -> int:
+        """Inhibitions in force: (inhibit rule, firing source alert) pairs."""
+        return sum(inhibition.count for inhibition in self._rules)
+
     @staticmethod
     def _update(inhibition: _Inhibition, key: tuple[str, ...], record: NotificationRecord) -> None:
         sources = inhibition.firing.get(key)

@@ -7,6 +7,12 @@ to its first record that is not done (:class:`OffsetTracker`), so a restart
 re-reads what was not finished; the attempt log then skips what was (see
 :mod:`delivery.attempt_log`). Invalid records are reported on stderr as
 ``TOPIC[P]@OFFSET: reason``, counted and never delivered.
+
+Inhibitions outlive a restart: before delivering anything, with inhibit
+rules configured, the records just before the committed offsets (at most
+``--inhibit-history`` per partition) are read again as sources only
+(:func:`restore_inhibitions`), so a source that fired before the restart
+still holds its targets after it (docs/silences.md).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from delivery.service import DeliveryService, unless_stopped
@@ -24,6 +31,8 @@ from sinks.kafka_client import consumer_config, list_topics
 KAFKA_BATCH = 500
 KAFKA_POLL_S = 0.5
 METADATA_TIMEOUT_S = 10.0
+INHIBIT_HISTORY = 100_000
+"""Records per partition read again at start, before the committed offset, to restore the inhibitions (``--inhibit-history``)."""
 
 
 class OffsetTracker:
@@ -52,20 +61,27 @@ class OffsetTracker:
 
 
 async def deliver_kafka(service: DeliveryService, bootstrap: str, topic: str, group: str, grace: float,
-                        stop: asyncio.Event, err: TextIO, options: Mapping[str, str] | None = None) -> None:
+                        stop: asyncio.Event, err: TextIO, options: Mapping[str, str] | None = None,
+                        history: int = INHIBIT_HISTORY) -> None:
     """Read ``topic`` into the service until ``stop`` is set; then finish the calls in flight and commit what they finished.
 
-    ``options``: ``--kafka-option`` (:func:`sinks.kafka_client.client_options` checked them).
+    ``options``: ``--kafka-option`` (:func:`sinks.kafka_client.client_options` checked them). ``history``: the
+    most records per partition read again first to restore the inhibitions (:func:`restore_inhibitions`).
     """
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer(consumer_config(bootstrap, group, lambda text: print(f"kafka: {text}", file=err, flush=True), options))
+    config = consumer_config(bootstrap, group, lambda text: print(f"kafka: {text}", file=err, flush=True), options)
+    consumer = Consumer(config)
     try:
         topics = await asyncio.to_thread(list_topics, consumer, bootstrap, METADATA_TIMEOUT_S)
         if topic not in topics:
             raise UsageError(f"--topic {topic}: no such topic on {bootstrap}")
         partitions = sorted(topics[topic].partitions)
         committed = await asyncio.to_thread(consumer.committed, [TopicPartition(topic, p) for p in partitions], timeout=10)
+        if service.holds.inhibitor.rules and history > 0:  # no inhibit rule: nothing to restore, nothing read
+            restored = await restore_inhibitions(service, config, topic, {tp.partition: tp.offset for tp in committed},
+                                                 history, stop)
+            print(restored.line(topic, service.holds.inhibitor.active, history), file=err, flush=True)
         # No committed offset yet: start at the beginning, every alert in the topic is owed a delivery.
         start = {tp.partition: tp.offset if tp.offset >= 0 else 0 for tp in committed}
         consumer.assign([TopicPartition(topic, p, offset) for p, offset in start.items()])
@@ -95,6 +111,88 @@ async def deliver_kafka(service: DeliveryService, bootstrap: str, topic: str, gr
         await _commit(consumer, topic, tracker, last_commit)
     finally:
         await asyncio.to_thread(consumer.close)
+
+
+def history_range(earliest: int, committed: int, limit: int) -> tuple[int, int] | None:
+    """The offsets ``[first, end)`` of one partition read again to restore inhibitions, or None: nothing to read.
+
+    The ``limit`` records before the committed offset, none before the
+    earliest one the broker still holds; nothing when no offset is committed
+    (a negative one: the first start delivers the whole topic anyway).
+    """
+    first = max(earliest, committed - limit)
+    return (first, committed) if 0 <= first < committed else None
+
+
+@dataclass
+class Restored:
+    """What :func:`restore_inhibitions` read: records, the invalid ones among them, partitions cut short by the limit."""
+
+    records: int = 0
+    invalid: int = 0
+    bounded: int = 0
+
+    def line(self, topic: str, active: int, limit: int) -> str:
+        """The stderr line ``deliver`` prints once restored."""
+        cut = f"; on {self.bounded} partitions older records were not read (--inhibit-history {limit})" if self.bounded else ""
+        return (f"logystera: deliver: {active} inhibitions active, restored from {self.records} records of {topic} "
+                f"before the committed offsets ({self.invalid} invalid, skipped){cut}")
+
+
+async def restore_inhibitions(service: DeliveryService, config: Mapping[str, Any], topic: str,
+                              committed: Mapping[int, int], limit: int, stop: asyncio.Event) -> Restored:
+    """Feed the records before the committed offsets (:func:`history_range`) to the inhibitor, as sources only.
+
+    They were handled by an earlier run: nothing is sent or recorded for them
+    (:meth:`DeliveryService.restore`). Each partition is read in offset order
+    up to its committed offset, or to its end if records there are missing;
+    invalid records are counted, not reported one by one. Own consumer, no
+    group membership and no commit: the delivering consumer starts afterwards,
+    from the committed offsets, as it always did.
+    """
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+    restored = Restored()
+    consumer = Consumer({**config, "enable.partition.eof": True})
+    try:
+        ends: dict[int, int] = {}
+        starts: list[Any] = []
+        for partition, offset in committed.items():
+            try:
+                earliest, _ = await asyncio.to_thread(consumer.get_watermark_offsets, TopicPartition(topic, partition),
+                                                      METADATA_TIMEOUT_S)
+            except KafkaException as error:
+                raise Failure(f"--topic {topic}[{partition}]: earliest offset: {error.args[0].str()}") from None
+            span = history_range(earliest, offset, limit)
+            if span is not None:
+                ends[partition] = span[1]
+                starts.append(TopicPartition(topic, partition, span[0]))
+                restored.bounded += span[0] > earliest
+        consumer.assign(starts)
+        while ends and not stop.is_set():
+            for message in await asyncio.to_thread(_read, consumer):
+                partition = int(message.partition() or 0)
+                end = ends.get(partition)
+                if end is None:
+                    continue  # read past its end before the partition was paused
+                problem = message.error()
+                if problem is not None and problem.code() != KafkaError._PARTITION_EOF:
+                    raise Failure(f"--topic {topic}: {problem.str()}")
+                offset = int(message.offset() or 0)
+                if problem is None and offset < end:
+                    restored.records += 1
+                    value = message.value()
+                    parsed = parse_notification(value.decode("utf-8", "replace")) if value else "empty record"
+                    if isinstance(parsed, str):
+                        restored.invalid += 1
+                    else:
+                        service.restore(parsed)
+                if problem is not None or offset + 1 >= end:
+                    del ends[partition]
+                    consumer.pause([TopicPartition(topic, partition)])
+    finally:
+        await asyncio.to_thread(consumer.close)
+    return restored
 
 
 def _read(consumer: Any) -> list[Any]:

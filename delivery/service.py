@@ -338,6 +338,18 @@ class DeliveryService:
                 self._hand_out(notification, channel, earlier.get((channel, alert_id, seq)), record, now, inhibited)
             record.channel_done()  # the hand-out is over: done as soon as every channel is
 
+    def restore(self, notification: ReceivedRecord) -> None:
+        """A record an earlier run finished, read again at start: its effect on the inhibitions, nothing else.
+
+        Nothing is sent, recorded or counted for it. It goes through the same
+        duplicate check as a submitted record (and is remembered by it), so a
+        copy of an old notification after the restart moves the inhibitions no
+        more than it would have without the restart.
+        """
+        record = notification.record
+        if self._first_time(record.alert_id, record.seq):
+            self.holds.inhibitor.remember(record)
+
     def _first_time(self, alert_id: str, seq: int) -> bool:
         """Whether ``seq`` is above every seq of ``alert_id`` handed out so far (then it is remembered as the highest).
 

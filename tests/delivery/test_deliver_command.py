@@ -63,10 +63,10 @@ def hook() -> Iterator[WebhookReceiver]:
         yield receiver
 
 
-def rules(tmp_path: Path, rate: int = 100, resolved: str = "true") -> Path:
+def rules(tmp_path: Path, rate: int = 100, resolved: str = "true", more: str = "") -> Path:
     directory = tmp_path / "rules"
     directory.mkdir(exist_ok=True)
-    (directory / "channels.yaml").write_text(CHANNELS.format(rate=rate, resolved=resolved), encoding="utf-8")
+    (directory / "channels.yaml").write_text(CHANNELS.format(rate=rate, resolved=resolved) + more, encoding="utf-8")
     return directory
 
 
@@ -178,7 +178,8 @@ ONE_SOURCE = "logystera: error: give either a file of notification records or --
     (["ALERTS", "--backoff", "soon"], True, "logystera: error: argument --backoff: 'soon' is not a duration like 90s, 15m, 1h or 1d"),
     (["ALERTS", "--max-attempts", "0"], True, "logystera: error: --max-attempts must be at least 1"),
     (["ALERTS", "--store", "chdb://"], True, "logystera: error: --store: chdb DSN needs a directory, e.g. chdb:///var/lib/logystera"),
-], ids=["no-source", "two-sources", "no-file", "no-env", "bad-duration", "no-attempts", "bad-store"])
+    (["ALERTS", "--inhibit-history", "-1"], True, "logystera: error: --inhibit-history must be at least 0"),
+], ids=["no-source", "two-sources", "no-file", "no-env", "bad-duration", "no-attempts", "bad-store", "bad-history"])
 def test_user_mistakes_are_one_line_and_exit_2(tmp_path: Path, hook: WebhookReceiver, args: list[str], with_env: bool,
                                                message: str) -> None:
     alerts = tmp_path / "alerts.jsonl"
@@ -433,7 +434,101 @@ def test_live_mode_reads_kafka_commits_what_is_done_and_resumes_after_a_kill(
     assert process.wait(TIMEOUT) == 0, err.read_text()
     summary = err.read_text().splitlines()[-1]
     assert summary.startswith("delivery: 2 records, 0 invalid, 0 duplicate, 0 not done: 1 delivered") and "1 done before" in summary
+    assert "inhibitions" not in err.read_text(), "no inhibit rule: nothing is read again to restore inhibitions"
     assert committed(broker, topic, group) == broker.end_offsets(topic)
     assert len(hook.received) == 7 and not hook.problems
     assert Counter(r.headers["webhook-id"] for r in hook.received) == Counter(
         f"{alert(n)}:1" for n in [*range(6), 100])
+
+
+INHIBIT = """inhibit:
+  - name: silent-integration-hides-absences
+    source: [rule=integration-silent]
+    target: [kind=absence, rule!=integration-silent]
+    equal: [site]
+"""
+VALID_RECORDS = 'logystera_delivery_records_total{kind="valid"}'
+
+
+def absence(number: int, rule: str, seq: int = 1, status: str = "firing", site: str = "shop-eu") -> dict[str, Any]:
+    """A notification of an absence rule: the default pack's inhibit rule (INHIBIT) has them as sources and targets."""
+    resolved = {"ended_at": "2026-11-28T10:44:00.000Z"} if status == "resolved" else {}
+    return notification(number, seq, status=status, site=site, rule={"id": rule, "title": "t", "kind": "absence", "description": None},
+                        value={"last_seen_at": "2026-11-28T10:01:00.000Z", "silent_for_s": 300.0}, group={},
+                        subsystem="integration", **resolved)
+
+
+SILENT = absence(1, "integration-silent")
+OTHERS = [notification(n, site="blog-us") for n in (3, 4)]
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+@pytest.mark.parametrize(("history", "limit", "restored", "target"), [
+    ([SILENT], [], "1 inhibitions active, restored from 2 records", "inhibited"),  # 2: with the invalid record
+    ([SILENT, absence(1, "integration-silent", 2, "resolved")], [], "0 inhibitions active, restored from 3 records",
+     "delivered"),
+    ([SILENT, *OTHERS], ["--inhibit-history", "4"], "1 inhibitions active, restored from 4 records", "inhibited"),
+    ([SILENT, *OTHERS], ["--inhibit-history", "3"], "0 inhibitions active, restored from 3 records", "delivered"),
+], ids=["firing", "resolved", "within-the-bound", "past-the-bound"])
+def test_live_mode_restores_the_inhibitions_whose_source_lies_before_the_committed_offsets(
+    tmp_path: Path, hook: WebhookReceiver, broker: Broker, history: list[dict[str, Any]], limit: list[str], restored: str,
+    target: str,
+) -> None:
+    # The source fired (and maybe resolved) and was delivered and committed by a first run; a target arrives after a
+    # restart. The second run reads the records before the committed offsets again (at most --inhibit-history): a source
+    # still firing there holds the target; one that resolved, or lies past the bound (forgotten: fail open), does not.
+    topic, group = unique_topic("alerts"), "deliver-test"
+    broker.create_topics([topic], partitions=1)
+    producer = broker.producer()
+    for value in [line(history[0]), "not a notification", *map(line, history[1:])]:
+        producer.produce(topic, key="shop-eu", value=value)
+    producer.flush(TIMEOUT)
+    port = free_port()
+    store = tmp_path / "store"
+    args = ("--bootstrap", broker.bootstrap, "--topic", topic, "--group", group, "--rules", str(rules(tmp_path, more=INHIBIT)),
+            "--store", f"chdb://{store}", "--metrics-port", str(port), *limit)
+
+    process, err = start(tmp_path, *args, hook=hook, name="first")
+    hook.wait_for(len(history), timeout=TIMEOUT)
+    wait_for_metrics(port, process, lambda seen: seen.get(VALID_RECORDS) == len(history) and seen.get(PENDING) == 0)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(TIMEOUT) == 0, err.read_text()
+    assert committed(broker, topic, group) == broker.end_offsets(topic)
+    assert "0 inhibitions active, restored from 0 records" in err.read_text()  # nothing committed before the first run
+
+    cron = absence(2, "cron-job-stopped")
+    producer.produce(topic, key="shop-eu", value=line(cron))
+    producer.flush(TIMEOUT)
+    process, err = start(tmp_path, *args, hook=hook, name="second")
+    ended = f'logystera_delivery_notifications_total{{channel="oncall",result="{target}"}}'
+    wait_for_metrics(port, process, lambda seen: seen.get(ended) == 1 and seen.get(PENDING) == 0)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(TIMEOUT) == 0, err.read_text()
+    lines = err.read_text().splitlines()
+    cut = "; on 1 partitions older records were not read (--inhibit-history 3)" if limit[1:] == ["3"] else ""
+    assert lines[0] == f"logystera: deliver: {restored} of {topic} before the committed offsets (1 invalid, skipped){cut}"
+    assert lines[-1].startswith("delivery: 1 records, 0 invalid, 0 duplicate, 0 not done")
+    rows = sql(store, "SELECT alert_id, seq, outcome, held_by FROM deliveries_final WHERE channel = 'oncall' ORDER BY alert_id, seq")
+    held_by = alert(1) if target == "inhibited" else ""
+    assert {"alert_id": alert(2), "seq": 1, "outcome": target, "held_by": held_by} in rows, (rows, lines)
+    sent = sorted(r.headers["webhook-id"] for r in hook.received)
+    assert sent == sorted([f"{r['alert_id']}:{r['seq']}" for r in history] + ([f"{alert(2)}:1"] if target == "delivered" else []))
+
+
+def test_from_a_file_a_restart_reads_the_sources_again_so_the_inhibitions_outlive_it(tmp_path: Path, hook: WebhookReceiver) -> None:
+    # A file run reads the whole file every time: the source delivered by the first run is seen again by the second
+    # (done before, not sent) before the target appended since, which it holds. Nothing is read apart, nothing printed.
+    alerts, store = tmp_path / "alerts.jsonl", tmp_path / "store"
+    args = ("deliver", str(alerts), "--rules", str(rules(tmp_path, more=INHIBIT)), "--store", f"chdb://{store}")
+    alerts.write_text(line(SILENT) + "\n", encoding="utf-8")
+    assert logystera(*args, hook=hook).returncode == 0
+    alerts.write_text(line(SILENT) + "\n" + line(absence(2, "cron-job-stopped")) + "\n", encoding="utf-8")
+    second = logystera(*args, hook=hook)
+    assert second.returncode == 0, second.stderr
+    assert second.stderr.splitlines()[-1] == ("delivery: 2 records, 0 invalid, 0 duplicate, 0 not done: 0 delivered, 0 collapsed, "
+                                              "0 gave up, 0 failed, 0 resolved not sent, 1 done before, "
+                                              "1 held (0 silenced, 0 muted, 1 inhibited); 1 attempts")  # the held row
+    assert [r.headers["webhook-id"] for r in hook.received] == [f"{alert(1)}:1"]
+    rows = sql(store, f"SELECT outcome, held_by FROM deliveries_final WHERE alert_id = '{alert(2)}'")
+    assert rows == [{"outcome": "inhibited", "held_by": alert(1)}]

@@ -18,11 +18,14 @@ import pytest
 
 from delivery.attempt_log import AttemptLog, Earlier, with_carried_counts
 from delivery.channels import open_sender
+from delivery.holds import HoldPolicy
 from delivery.metrics import DeliveryMetrics
 from delivery.schedule import COLLAPSED_INTO, DELIVERED, GAVE_UP, HELD, RATE_LIMITED, RETRYING, DeliveryPolicy
-from delivery.service import MAX_SEEN_ALERTS, UNKNOWN_CHANNEL, DeliveryService
+from delivery.service import MAX_SEEN_ALERTS, UNKNOWN_CHANNEL, DeliveryService, DeliveryStats
+from schemas.alerts import ReceivedRecord
 from schemas.rules import EmailChannel, SlackChannel, TeamsChannel, WebhookChannel
 from sinks.clickhouse import Store
+from tests.delivery.test_holds import PACK_RULE, absence
 from tests.support.factories import ALERT_ID, make_notification, received, resolved_notification
 from tests.support.receivers import Hang, Reply, SlackReceiver, SmtpReceiver, TeamsReceiver, WebhookReceiver, all_problems
 
@@ -230,6 +233,20 @@ def test_the_memory_of_seen_notifications_is_bounded_and_a_forgotten_duplicate_i
     assert service.remembered <= 3
     assert (service.stats.records, service.stats.duplicates) == (9, 2)
     assert service.stats.notifications[("oncall", "done_before")] == 1
+
+
+def test_restored_records_rebuild_the_inhibitions_through_the_duplicate_check_and_count_nothing(store: Store) -> None:
+    # Read again at a restart: the source fired, then resolved; an old copy of its firing comes after (detection is at
+    # least once). Without the duplicate check the copy would make it inhibit again; an uninterrupted run ignores it.
+    source = [absence(1, "shop-eu", "integration-silent"), absence(1, "shop-eu", "integration-silent", "resolved", 2),
+              absence(1, "shop-eu", "integration-silent")]
+    service = DeliveryService([], AttemptLog(store), holds=HoldPolicy(inhibit=[PACK_RULE]))
+    service.restore(ReceivedRecord(source[0], b""))
+    assert service.holds.inhibitor.active == 1
+    for record in source[1:]:
+        service.restore(ReceivedRecord(record, b""))
+    assert (service.holds.inhibitor.active, service.remembered, service.pending) == (0, 1, 0)
+    assert service.stats == DeliveryStats(), "nothing restored is counted: the earlier run counted it"
 
 
 def test_an_alert_in_progress_is_never_forgotten(store: Store) -> None:

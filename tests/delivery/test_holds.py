@@ -186,6 +186,23 @@ def test_the_same_stream_is_always_inhibited_the_same_way() -> None:
     assert runs[0] == runs[1] and [hold is not None for hold in runs[0]] == [False, True, False, False]
 
 
+def test_remembered_records_leave_the_sources_as_observed_ones_did() -> None:
+    history = [absence(1, "shop-eu", "integration-silent"), absence(2, "shop-eu", "cron-job-stopped"),
+               absence(3, "blog-us", "integration-silent"), absence(4, "blog-us", "integration-silent"),
+               absence(3, "blog-us", "integration-silent", "resolved", 2)]
+    observed, remembered = Inhibitor([PACK_RULE]), Inhibitor([PACK_RULE])
+    for past in history:
+        observed.observe(past)
+        remembered.remember(past)
+    assert (observed.active, remembered.active) == (2, 2)  # shop-eu's alert 1, blog-us's alert 4
+    for target in (absence(5, "shop-eu", "backup-missed"), absence(6, "blog-us", "backup-missed")):
+        assert remembered.observe(target) == observed.observe(target) is not None
+    assert [hold.by for hold in (remembered.observe(absence(7, "blog-us", "cron-job-stopped")),) if hold] == [f"{4:032x}"]
+    remembered.remember(absence(1, "shop-eu", "integration-silent", "resolved", 2))
+    assert remembered.active == 1 and remembered.observe(absence(8, "shop-eu", "backup-missed")) is None
+    assert Inhibitor([]).rules == () and Inhibitor([PACK_RULE]).rules == (PACK_RULE,)
+
+
 def test_a_silence_is_named_before_a_mute_time_and_a_mute_time_before_an_inhibition() -> None:
     policy = HoldPolicy([mute()], {"oncall": ["sunday-maintenance"]})  # an interval with no field: always on
     inhibited = Inhibitor([PACK_RULE])
