@@ -447,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_kafka_option(deliver)
     deliver.add_argument("--silence-refresh", type=duration_option, default="5s", metavar="DURATION",
                          help="how often the silences are read again (how fast a new one applies)")
-    deliver.add_argument("--inhibit-history", type=int, default=100_000, metavar="N",
+    deliver.add_argument("--inhibit-history", type=int, default=10_000, metavar="N",
                          help="with --bootstrap and inhibit rules: records per partition before the committed offsets "
                               "read again at start to restore inhibitions (0: none)")
     deliver.set_defaults(handler=cmd_deliver)

@@ -31,8 +31,11 @@ from sinks.kafka_client import consumer_config, list_topics
 KAFKA_BATCH = 500
 KAFKA_POLL_S = 0.5
 METADATA_TIMEOUT_S = 10.0
-INHIBIT_HISTORY = 100_000
-"""Records per partition read again at start, before the committed offset, to restore the inhibitions (``--inhibit-history``)."""
+INHIBIT_HISTORY = 10_000
+"""Records per partition read again at start, before the committed offset, to restore the inhibitions (``--inhibit-history``).
+
+Each costs ~57 µs (parsed and checked as if delivered): 0.6 s per partition with a full history, before the first
+notification goes out; with 100,000, the 6 partitions of the compose file's ``alerts`` would keep deliver quiet ~34 s after a restart."""
 
 
 class OffsetTracker:
