@@ -327,10 +327,17 @@ class DeliveryService:
             fresh.append((notification, on_done, self.holds.inhibitor.observe(notification.record)))
         if not fresh:
             return
-        earlier = await self.log.earlier(notification.record.alert_id for notification, _, _ in fresh)
+        # Pending from the moment they are counted read: the look-up below yields, and meanwhile neither the pending
+        # gauge nor drain() may take them for done.
+        self._pending += len(fresh)
+        try:
+            earlier = await self.log.earlier(notification.record.alert_id for notification, _, _ in fresh)
+        except BaseException:
+            self._pending -= len(fresh)
+            self._changed.set()
+            raise
         now = self.clock()
         for notification, on_done, inhibited in fresh:
-            self._pending += 1
             alert_id, seq = notification.record.alert_id, notification.record.seq
             self._active[alert_id] += 1
             record = _Record(self, alert_id, on_done)

@@ -249,6 +249,35 @@ def test_restored_records_rebuild_the_inhibitions_through_the_duplicate_check_an
     assert service.stats == DeliveryStats(), "nothing restored is counted: the earlier run counted it"
 
 
+def test_a_record_counts_as_pending_from_the_moment_it_is_counted_read(store: Store) -> None:
+    # submit() looks the records up in the attempt log (a store query, awaited) before it hands them out: while it
+    # waits, the pending gauge and drain() must already see them, not "1 read, 0 pending".
+    hook = WebhookReceiver(secret=SECRET)
+    hook.start()
+
+    async def main() -> tuple[tuple[int, int], tuple[int, int]]:
+        service = DeliveryService([open_sender(webhook("oncall", hook.url), ENV, timeout=5.0)], AttemptLog(store, interval=0.02),
+                                  FAST)
+        service.start()
+        try:
+            submitting = asyncio.create_task(service.submit([(received(notification(1)), None)]))
+            await asyncio.sleep(0)  # the submission runs up to its first wait: the attempt log's look-up
+            during = (service.stats.records, service.pending)
+            await service.guarded(submitting)
+            await service.guarded(service.drain())
+            return during, (service.stats.records, service.pending)
+        finally:
+            await service.stop(grace=5.0)
+
+    try:
+        during, after = asyncio.run(main())
+    finally:
+        hook.stop()
+    assert during == (1, 1), "counted read but not pending while the attempt log is asked"
+    assert after == (1, 0)
+    assert [r.headers["webhook-id"] for r in hook.received] == [f"{alert(1)}:1"]
+
+
 def test_an_alert_in_progress_is_never_forgotten(store: Store) -> None:
     # Remember 1 alert; alert 1 is retrying (receiver down) while 2 and 3 pass: a copy of alert 1 is still a duplicate.
     down = WebhookReceiver(secret=SECRET)
