@@ -81,8 +81,8 @@ def test_a_batch_only_partly_written_is_completed_by_its_retries_without_duplica
     """A full producer queue refuses the tail of a batch: the written prefix is remembered, retries write only the rest."""
     topic = _topic(broker)
     # At most 50 records wait in the producer; a long linger keeps the first 50 waiting while the rest are offered. At
-    # 300 ms it failed once on a loaded machine (the gateway's thread descheduled mid-batch, the linger ran out, the queue
-    # emptied and took more than 50): 1 s leaves room for that, at ~2 s more for the test.
+    # 300 ms it failed once on a loaded machine, likely so: the gateway's thread descheduled mid-batch, the linger ran
+    # out, the queue emptied and took more than 50. 1 s leaves room for that, at ~2 s more for the test.
     gateway = make_gateway(broker.bootstrap, topic, kafka_options={"queue.buffering.max.messages": "50", "linger.ms": "1000"})
     sender = Sender(gateway.url)
     batch = [mail(n) for n in range(120)]
