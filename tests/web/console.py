@@ -37,6 +37,13 @@ def serving(config: ConsoleConfig) -> Iterator[str]:
         listener.close()
 
 
+@contextmanager
+def console_client(config: ConsoleConfig) -> Iterator[httpx.Client]:
+    """An HTTP client of a real console serving ``config`` (:func:`serving`), following redirects as a browser does."""
+    with serving(config) as url, httpx.Client(base_url=url, follow_redirects=True, timeout=30) as client:
+        yield client
+
+
 class _Inline(HTMLParser):
     """Finds what a strict CSP would block: script and style elements, style attributes, event handlers."""
 

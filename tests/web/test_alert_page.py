@@ -1,4 +1,4 @@
-"""The alert page and its JSON, through Starlette's TestClient, over a real chDB store filled by a real replay.
+"""The alert page and its JSON, through a real console (uvicorn on loopback), over a real chDB store filled by a real replay.
 
 The store holds tests/support/incidents.py replayed with the rule pack: one alert of each of four kinds
 (ratio, threshold, absence, match), plus delivery attempts written the way ``deliver`` writes them.
@@ -16,9 +16,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
 import pytest
 from starlette.requests import Request
-from starlette.testclient import TestClient
 
 from cli.sql import run_sql
 from delivery.schedule import Attempt
@@ -31,8 +31,9 @@ from sinks.clickhouse import RetryPolicy, Store, parse_dsn
 from tests.support.incidents import XSS, notifications_by_rule, write_incidents
 from tests.support.ports import free_port
 from tests.support.store import TTL_DAYS, database_name
+from tests.web.console import console_client
 from web.access import Viewer
-from web.app import ConsoleConfig, create_app
+from web.app import ConsoleConfig
 from web.sentence import condition_sentence
 
 RULES = Path(__file__).resolve().parents[2] / "rules"
@@ -93,10 +94,10 @@ def filled(chdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[st
 
 
 @pytest.fixture(scope="module")
-def client(filled: tuple[str, dict[str, list[dict[str, Any]]]]) -> Iterator[TestClient]:
+def client(filled: tuple[str, dict[str, list[dict[str, Any]]]]) -> Iterator[httpx.Client]:
     dsn, _ = filled
     config = ConsoleConfig(store=Store.open(dsn), ruleset=load_rules(RULES), store_dsn=dsn, rules_dir=str(RULES))
-    with TestClient(create_app(config), raise_server_exceptions=False) as test_client:
+    with console_client(config) as test_client:
         yield test_client
 
 
@@ -112,7 +113,7 @@ def test_the_replay_gave_one_alert_of_each_kind_the_page_is_tested_on(alerts: di
 
 
 def test_the_page_shows_the_rule_status_timeline_and_evidence_of_a_threshold_alert(
-    client: TestClient, alerts: dict[str, list[dict[str, Any]]],
+    client: httpx.Client, alerts: dict[str, list[dict[str, Any]]],
 ) -> None:
     first, resolved = alerts["php-fatal-spike"]
     response = client.get(f"/alerts/{first['alert_id']}")
@@ -142,7 +143,7 @@ def test_the_page_shows_the_rule_status_timeline_and_evidence_of_a_threshold_ale
 
 
 def test_the_chart_counts_the_rule_s_signals_per_bucket_with_the_matching_ones_apart(
-    client: TestClient, alerts: dict[str, list[dict[str, Any]]],
+    client: httpx.Client, alerts: dict[str, list[dict[str, Any]]],
 ) -> None:
     ratio = alerts["http-5xx-ratio"][0]
     page = parsed(client.get(f"/alerts/{ratio['alert_id']}").text)
@@ -165,7 +166,7 @@ def test_the_chart_counts_the_rule_s_signals_per_bucket_with_the_matching_ones_a
 
 
 def test_the_api_answers_the_same_data_as_json_with_the_rows_it_read(
-    client: TestClient, alerts: dict[str, list[dict[str, Any]]],
+    client: httpx.Client, alerts: dict[str, list[dict[str, Any]]],
 ) -> None:
     absence = alerts["integration-silent"]
     response = client.get(f"/api/alerts/{absence[0]['alert_id']}")
@@ -180,7 +181,7 @@ def test_the_api_answers_the_same_data_as_json_with_the_rows_it_read(
 
 
 def test_a_match_alert_says_it_never_resolves_and_shows_the_silenced_matches(
-    client: TestClient, alerts: dict[str, list[dict[str, Any]]],
+    client: httpx.Client, alerts: dict[str, list[dict[str, Any]]],
 ) -> None:
     second = alerts["sensitive-config-changed"][1]
     response = client.get(f"/alerts/{second['alert_id']}")
@@ -192,7 +193,7 @@ def test_a_match_alert_says_it_never_resolves_and_shows_the_silenced_matches(
 
 
 def test_every_delivery_attempt_is_a_row_with_its_outcome_and_next_retry(
-    client: TestClient, alerts: dict[str, list[dict[str, Any]]], filled: tuple[str, Any],
+    client: httpx.Client, alerts: dict[str, list[dict[str, Any]]], filled: tuple[str, Any],
 ) -> None:
     alert_id = alerts["php-fatal-spike"][0]["alert_id"]
     at = parse_ts_checked("2026-11-28T10:41:01.000Z")
@@ -214,7 +215,7 @@ def test_every_delivery_attempt_is_a_row_with_its_outcome_and_next_retry(
     assert 'class="none muted">No delivery attempt' in other
 
 
-def test_the_reproduce_section_prints_the_three_commands(client: TestClient, alerts: dict[str, list[dict[str, Any]]]) -> None:
+def test_the_reproduce_section_prints_the_three_commands(client: httpx.Client, alerts: dict[str, list[dict[str, Any]]]) -> None:
     alert_id = alerts["php-fatal-spike"][0]["alert_id"]
     response = client.get(f"/alerts/{alert_id}")
     printed = [html.unescape(text) for text in re.findall(r'<code class="command">(.*?)</code>', response.text, re.DOTALL)]
@@ -226,7 +227,7 @@ def test_the_reproduce_section_prints_the_three_commands(client: TestClient, ale
 
 
 @pytest.mark.parametrize("path", ["/alerts/0123456789abcdef0123456789abcdef", "/alerts/not-an-id", "/alerts/%3Cscript%3E"])
-def test_an_unknown_or_malformed_id_is_a_404_page_that_says_so(client: TestClient, path: str) -> None:
+def test_an_unknown_or_malformed_id_is_a_404_page_that_says_so(client: httpx.Client, path: str) -> None:
     response = client.get(path)
     assert response.status_code == 404
     _, attrs, text = parsed(response.text).by_id("error")
@@ -244,7 +245,7 @@ def test_an_alert_of_a_site_the_viewer_cannot_see_is_not_found(
         return Viewer(name="ana", sites=("shop-us*",))
 
     config = ConsoleConfig(store=Store.open(filled[0]), ruleset=load_rules(RULES), store_dsn=filled[0], authenticate=elsewhere)
-    with TestClient(create_app(config)) as test_client:
+    with console_client(config) as test_client:
         response = test_client.get(f"/alerts/{alerts['php-fatal-spike'][0]['alert_id']}")
     assert response.status_code == 404
     assert "shop-eu" not in response.text
@@ -254,7 +255,7 @@ def test_a_store_that_is_down_is_a_503_page_that_says_so() -> None:
     dsn = f"http://127.0.0.1:{free_port()}/logystera"
     store = Store(parse_dsn(dsn), retry=RetryPolicy(initial=0.01, ceiling=0.01, give_up_after=0.05))
     config = ConsoleConfig(store=store, ruleset=load_rules(RULES), store_dsn=dsn)
-    with TestClient(create_app(config)) as test_client:
+    with console_client(config) as test_client:
         response = test_client.get("/alerts/0123456789abcdef0123456789abcdef")
         api = test_client.get("/api/alerts/0123456789abcdef0123456789abcdef")
     assert response.status_code == 503

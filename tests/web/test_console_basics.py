@@ -13,6 +13,7 @@ from sinks.clickhouse import RetryPolicy, Store, parse_dsn
 from tests.support.ports import free_port
 from tests.support.processes import LOGYSTERA
 from tests.support.store import TTL_DAYS, HttpFront, database_name
+from tests.web.console import console_client
 from web.access import EVERYONE, Viewer, pattern_is_valid
 from web.reads import Reads
 from web.sentence import condition_sentence
@@ -132,15 +133,13 @@ def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
 
 
 def test_a_store_that_is_down_is_a_503_page_not_a_traceback() -> None:
-    from starlette.testclient import TestClient
-
     from schemas.rule_loader import RuleSet
-    from web.app import ConsoleConfig, create_app
+    from web.app import ConsoleConfig
 
     store = Store(parse_dsn(f"http://127.0.0.1:{free_port()}/logystera"), retry=RetryPolicy(initial=0.01, give_up_after=0.05))
-    client = TestClient(create_app(ConsoleConfig(store=store, ruleset=RuleSet(), store_dsn="http://127.0.0.1/x")))
-    health = client.get("/healthz")
+    with console_client(ConsoleConfig(store=store, ruleset=RuleSet(), store_dsn="http://127.0.0.1/x")) as client:
+        health = client.get("/healthz")
+        missing = client.get("/no/such/page")
     assert health.status_code == 503 and health.json() == {"status": "store unavailable"}
-    missing = client.get("/no/such/page")
     assert missing.status_code == 404 and 'data-status="404"' in missing.text and "Traceback" not in missing.text
     assert missing.headers["content-security-policy"].startswith("default-src 'none'")

@@ -12,13 +12,14 @@ import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from starlette.requests import Request
-from starlette.testclient import TestClient
 
 from flows.replay import replay
 from schemas.factory import make_signal, signal_line
@@ -28,8 +29,9 @@ from schemas.timestamps import format_ts, parse_ts
 from simulate.corpus import write_corpus
 from sinks.clickhouse import Store
 from tests.support.store import TTL_DAYS, database_name
+from tests.web.console import console_client
 from web.access import Viewer
-from web.app import ConsoleConfig, create_app
+from web.app import ConsoleConfig
 from web.listing import MAX_PAGE_SIZE, SITE_WINDOW_MS, TimeBound, chart_step
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,17 +73,17 @@ def replayed(tmp_path_factory: pytest.TempPathFactory, chdb_dir: Path) -> Replay
     return Replayed(store, dsn, ruleset, notifications, [record for record in records if record.type != "tick"], rejected_by_site)
 
 
-def client_for(replayed: Replayed, viewer: Viewer | None = None) -> TestClient:
+def client_for(replayed: Replayed, viewer: Viewer | None = None) -> AbstractContextManager[httpx.Client]:
     config = ConsoleConfig(store=replayed.store, ruleset=replayed.ruleset, store_dsn=replayed.dsn)
     if viewer is not None:
         async def authenticate(request: Request) -> Viewer:
             return viewer
         config.authenticate = authenticate
-    return TestClient(create_app(config))
+    return console_client(config)
 
 
 @pytest.fixture(scope="module")
-def client(replayed: Replayed) -> Iterator[TestClient]:
+def client(replayed: Replayed) -> Iterator[httpx.Client]:
     with client_for(replayed) as test_client:
         yield test_client
 
@@ -108,7 +110,7 @@ def newest_first(latest: dict[str, dict[str, Any]]) -> list[str]:
     ]
 
 
-def walk(client: TestClient, query: str, limit: int) -> list[str]:
+def walk(client: httpx.Client, query: str, limit: int) -> list[str]:
     """Every alert id of the list, page after page through the API's ``next`` cursors."""
     seen: list[str] = []
     cursor = ""
@@ -126,7 +128,7 @@ def walk(client: TestClient, query: str, limit: int) -> list[str]:
 # -- /alerts ----------------------------------------------------------------------------------------
 
 
-def test_the_list_shows_every_alert_newest_first_page_by_page(client: TestClient, replayed: Replayed) -> None:
+def test_the_list_shows_every_alert_newest_first_page_by_page(client: httpx.Client, replayed: Replayed) -> None:
     latest = episodes(replayed.notifications)
     expected = newest_first(latest)
     assert walk(client, "", 4) == expected
@@ -144,7 +146,7 @@ def test_the_list_shows_every_alert_newest_first_page_by_page(client: TestClient
     assert answer["reads"]["rows_read"] > 0 and answer["reads"]["queries"] == 1
 
 
-def test_pages_link_to_each_other_and_to_every_alert(client: TestClient, replayed: Replayed) -> None:
+def test_pages_link_to_each_other_and_to_every_alert(client: httpx.Client, replayed: Replayed) -> None:
     expected = newest_first(episodes(replayed.notifications))
     first = client.get("/alerts?limit=5")
     assert first.status_code == 200
@@ -166,7 +168,7 @@ def test_pages_link_to_each_other_and_to_every_alert(client: TestClient, replaye
 
 
 @pytest.mark.parametrize("name", ["site", "rule", "severity", "status"])
-def test_each_filter_keeps_exactly_its_alerts(client: TestClient, replayed: Replayed, name: str) -> None:
+def test_each_filter_keeps_exactly_its_alerts(client: httpx.Client, replayed: Replayed, name: str) -> None:
     latest = episodes(replayed.notifications)
     field = {"site": lambda n: n["site"], "rule": lambda n: n["rule"]["id"], "severity": lambda n: n["severity"],
              "status": lambda n: n["status"]}[name]
@@ -177,7 +179,7 @@ def test_each_filter_keeps_exactly_its_alerts(client: TestClient, replayed: Repl
         assert walk(client, f"{name}={value}", MAX_PAGE_SIZE) == newest_first(kept), value
 
 
-def test_a_time_range_shows_each_alert_as_it_stood_then(client: TestClient, replayed: Replayed) -> None:
+def test_a_time_range_shows_each_alert_as_it_stood_then(client: httpx.Client, replayed: Replayed) -> None:
     resolved = next(n for n in replayed.notifications if n["status"] == "resolved")
     until = resolved["evaluated_at"]  # the resolution itself is outside [since, until)
     before = episodes(replayed.notifications, until=until)
@@ -204,7 +206,7 @@ def test_a_time_range_shows_each_alert_as_it_stood_then(client: TestClient, repl
     ("after=yesterday", "after: 'yesterday' is not a page cursor"),
     ("severty=high", "severty: not a filter"),
 ])
-def test_a_bad_filter_is_a_400_that_says_which_and_why(client: TestClient, query: str, named: str) -> None:
+def test_a_bad_filter_is_a_400_that_says_which_and_why(client: httpx.Client, query: str, named: str) -> None:
     page = client.get(f"/alerts?{query}")
     assert page.status_code == 400
     assert 'id="error" data-status="400"' in page.text
@@ -226,12 +228,12 @@ def test_since_and_until_take_instants_in_rfc3339_and_shorter(text: str, instant
     assert TimeBound.parse("since", "90m").resolve(parse_ts(instant)) == parse_ts(instant) - 90 * 60_000
 
 
-def test_the_console_address_leads_to_the_alerts(client: TestClient) -> None:
+def test_the_console_address_leads_to_the_alerts(client: httpx.Client) -> None:
     answer = client.get("/", follow_redirects=False)
     assert (answer.status_code, answer.headers["location"]) == (307, "/alerts")
 
 
-def test_a_filter_that_matches_nothing_says_so(client: TestClient) -> None:
+def test_a_filter_that_matches_nothing_says_so(client: httpx.Client) -> None:
     page = client.get("/alerts?site=no-such-site&since=&until=")
     assert page.status_code == 200
     assert 'id="no-alerts"' in page.text and "data-alert-id" not in page.text
@@ -242,7 +244,7 @@ def test_a_filter_that_matches_nothing_says_so(client: TestClient) -> None:
 # -- /sites/<site> ----------------------------------------------------------------------------------
 
 
-def test_the_site_page_counts_the_sites_signals_per_type_over_its_last_span(client: TestClient, replayed: Replayed) -> None:
+def test_the_site_page_counts_the_sites_signals_per_type_over_its_last_span(client: httpx.Client, replayed: Replayed) -> None:
     mine = [record for record in replayed.records if record.site == XSS_SITE]
     clock = max(max(record.ts for record in mine),
                 max(parse_ts(n["evaluated_at"]) for n in replayed.notifications if n["site"] == XSS_SITE))
@@ -264,7 +266,7 @@ def test_the_site_page_counts_the_sites_signals_per_type_over_its_last_span(clie
     assert body["reads"]["rows_read"] > 0
 
 
-def test_the_site_page_lists_rejected_input_and_renders_signal_fields_as_text(client: TestClient, replayed: Replayed) -> None:
+def test_the_site_page_lists_rejected_input_and_renders_signal_fields_as_text(client: httpx.Client, replayed: Replayed) -> None:
     page = client.get(f"/sites/{XSS_SITE}")
     assert page.status_code == 200
     for hook in ('id="site-chart"', 'id="open-alerts"', 'id="episodes"', 'id="rejected"', 'id="dropped"'):
@@ -282,7 +284,7 @@ def test_the_site_page_lists_rejected_input_and_renders_signal_fields_as_text(cl
     assert sum(row["lines"] for row in rejected) == replayed.rejected_by_site["news-0002"] > 0
 
 
-def test_a_site_with_nothing_stored_has_an_empty_page_and_a_malformed_one_is_404(client: TestClient) -> None:
+def test_a_site_with_nothing_stored_has_an_empty_page_and_a_malformed_one_is_404(client: httpx.Client) -> None:
     page = client.get("/sites/quiet-site")
     assert page.status_code == 200 and 'id="no-data"' in page.text
     assert client.get("/api/sites/quiet-site").json()["clock"] is None
@@ -304,7 +306,7 @@ def test_a_viewer_sees_nothing_of_the_sites_outside_their_list(replayed: Replaye
 # -- /rules -----------------------------------------------------------------------------------------
 
 
-def test_the_rules_page_lists_every_loaded_rule_noisiest_first(client: TestClient, replayed: Replayed) -> None:
+def test_the_rules_page_lists_every_loaded_rule_noisiest_first(client: httpx.Client, replayed: Replayed) -> None:
     body = client.get("/api/rules").json()
     assert [rule["id"] for rule in body["rules"]] == [rule["id"] for rule in sorted(
         body["rules"], key=lambda rule: (-rule["notifications"], -rule["fired"], rule["id"]))]

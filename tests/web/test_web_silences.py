@@ -17,13 +17,14 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from starlette.requests import Request
-from starlette.testclient import TestClient
 
 from delivery.attempt_log import AttemptLog
 from delivery.channels import open_sender
@@ -41,10 +42,10 @@ from tests.support.incidents import SITE as SITE_A
 from tests.support.incidents import XSS
 from tests.support.receivers import WebhookReceiver
 from tests.support.store import TTL_DAYS, database_name
-from tests.web.console import assert_secured
+from tests.web.console import assert_secured, console_client
 from tests.web.test_web_scope import SITE_B, two_sites
 from web.access import EVERYONE, Viewer
-from web.app import ConsoleConfig, create_app
+from web.app import ConsoleConfig
 
 RULES = Path(__file__).resolve().parents[2] / "rules"
 ALICE = Viewer(name="alice", sites=("shop-*",))
@@ -128,15 +129,15 @@ def filled(chdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Filled:
 
 
 @pytest.fixture(scope="module")
-def clients(filled: Filled) -> Iterator[dict[str, TestClient]]:
-    found = {}
-    for viewer in (ALICE, EVERYONE):
-        async def who(request: Request, viewer: Viewer = viewer) -> Viewer:
-            return viewer
+def clients(filled: Filled) -> Iterator[dict[str, httpx.Client]]:
+    with ExitStack() as stack:
+        found = {}
+        for viewer in (ALICE, EVERYONE):
+            async def who(request: Request, viewer: Viewer = viewer) -> Viewer:
+                return viewer
 
-        config = ConsoleConfig(store=filled.store, ruleset=load_rules(RULES), store_dsn="chdb://store", authenticate=who)
-        found[viewer.name] = TestClient(create_app(config), raise_server_exceptions=False)
-    with found["alice"], found["local"]:
+            config = ConsoleConfig(store=filled.store, ruleset=load_rules(RULES), store_dsn="chdb://store", authenticate=who)
+            found[viewer.name] = stack.enter_context(console_client(config))
         yield found
 
 
@@ -144,7 +145,7 @@ def listed(answer: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {item["id"]: item for item in answer["silences"]}
 
 
-def test_the_admin_sees_every_silence_with_its_state_and_everything_it_held(clients: dict[str, TestClient], filled: Filled) -> None:
+def test_the_admin_sees_every_silence_with_its_state_and_everything_it_held(clients: dict[str, httpx.Client], filled: Filled) -> None:
     response = clients["local"].get("/api/silences")
     assert response.status_code == 200
     found = listed(response.json())
@@ -161,7 +162,7 @@ def test_the_admin_sees_every_silence_with_its_state_and_everything_it_held(clie
     assert found[ids["D"]]["held_count"] == found[ids["F"]]["held_count"] == 0
 
 
-def test_a_viewer_of_one_site_sees_only_what_concerns_it(clients: dict[str, TestClient], filled: Filled) -> None:
+def test_a_viewer_of_one_site_sees_only_what_concerns_it(clients: dict[str, httpx.Client], filled: Filled) -> None:
     ids = {letter: silence.id for letter, silence in filled.silences.items()}
     api = clients["alice"].get("/api/silences")
     found = listed(api.json())
@@ -181,13 +182,13 @@ def test_a_viewer_of_one_site_sees_only_what_concerns_it(clients: dict[str, Test
     assert SITE_B in admin and ids["B"] in admin and "blog-b migration" in admin  # the checks above are not vacuous
 
 
-def test_a_silence_comment_is_shown_as_text(clients: dict[str, TestClient], filled: Filled) -> None:
+def test_a_silence_comment_is_shown_as_text(clients: dict[str, httpx.Client], filled: Filled) -> None:
     page = clients["alice"].get("/silences").text
     assert XSS not in page and html.escape(XSS, quote=False) in page
     assert "expired by dave" in page
 
 
-def test_the_alert_page_says_which_silence_held_it_with_who_why_and_until(clients: dict[str, TestClient], filled: Filled) -> None:
+def test_the_alert_page_says_which_silence_held_it_with_who_why_and_until(clients: dict[str, httpx.Client], filled: Filled) -> None:
     silence = filled.silences["A"]
     alert_id = filled.alerts[(SITE_A, "php-fatal-spike")][0]
     response = clients["alice"].get(f"/alerts/{alert_id}")
@@ -207,7 +208,7 @@ def test_the_alert_page_says_which_silence_held_it_with_who_why_and_until(client
 
 
 def test_muted_and_inhibited_notifications_are_said_in_words_with_the_inhibiting_alert(
-    clients: dict[str, TestClient], filled: Filled,
+    clients: dict[str, httpx.Client], filled: Filled,
 ) -> None:
     first, second = filled.alerts[(SITE_A, "sensitive-config-changed")]
     source = filled.alerts[(SITE_A, "http-5xx-ratio")][0]
