@@ -16,9 +16,13 @@ from typing import TextIO
 
 from delivery.service import DeliveryService
 from schemas.alerts import ReceivedRecord, parse_notification
+from schemas.lines import MAX_RECORD_LINE_BYTES, overlong
 
 CHUNK_LINES = 500
 READ_BYTES = 1 << 16
+OVERLONG_LINE = "\0a line over the limit"
+"""What :class:`LineReader` hands for a line of :data:`schemas.lines.MAX_RECORD_LINE_BYTES` or more (known by identity)."""
+_OVERLONG = overlong(MAX_RECORD_LINE_BYTES)
 
 
 async def deliver_file(service: DeliveryService, path: str, err: TextIO) -> None:
@@ -31,7 +35,7 @@ async def deliver_file(service: DeliveryService, path: str, err: TextIO) -> None
             number += 1
             if not text.strip():
                 continue
-            parsed = parse_notification(text)
+            parsed = _OVERLONG if text is OVERLONG_LINE else parse_notification(text)
             if isinstance(parsed, str):
                 service.stats.invalid += 1
                 print(f"line {number}: {parsed}", file=err)
@@ -49,7 +53,9 @@ class LineReader:
     stopped ``deliver`` from exiting. It reads with ``os.read``, not a Python
     file object, so it holds no lock the interpreter needs at exit. Bytes that
     are not UTF-8 become U+FFFD: such a line is reported invalid, the run goes
-    on. At most ``ahead`` chunks wait in memory.
+    on. A line of :data:`schemas.lines.MAX_RECORD_LINE_BYTES` or more is handed as
+    :data:`OVERLONG_LINE`, its bytes dropped as they are read. At most ``ahead``
+    chunks wait in memory.
     """
 
     def __init__(self, descriptor: int, close: bool, ahead: int = 4) -> None:
@@ -60,15 +66,25 @@ class LineReader:
         threading.Thread(target=self._read, args=(descriptor, close), name="read alerts", daemon=True).start()
 
     def _read(self, descriptor: int, close: bool) -> None:
-        pending = b""
+        pending = b""  # the start of the next line, shorter than the limit
+        overlong = False  # the line being read reached the limit: the rest of it is dropped as it comes
         try:
             while chunk := os.read(descriptor, READ_BYTES):
-                *complete, pending = (pending + chunk).split(b"\n")
-                if complete:
+                *ends, rest = chunk.split(b"\n")
+                lines: list[str] = []
+                for end in ends:
+                    line = b"" if overlong else pending + end
+                    lines.append(OVERLONG_LINE if overlong or len(line) >= MAX_RECORD_LINE_BYTES else line.decode("utf-8", "replace"))
+                    pending, overlong = b"", False
+                if not overlong:
+                    pending += rest
+                    if len(pending) >= MAX_RECORD_LINE_BYTES:
+                        pending, overlong = b"", True
+                if lines:
                     self._room.acquire()
-                    self._hand([line.decode("utf-8", "replace") for line in complete])
-            if pending:
-                self._hand([pending.decode("utf-8", "replace")])
+                    self._hand(lines)
+            if overlong or pending:
+                self._hand([OVERLONG_LINE if overlong else pending.decode("utf-8", "replace")])
         finally:
             if close:
                 os.close(descriptor)

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from itertools import islice
+from functools import partial
+from itertools import chain, islice
 from pathlib import Path
 from typing import BinaryIO
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from typing_extensions import override
+
+from schemas.lines import MAX_SIGNAL_LINE_BYTES
 
 Line = tuple[int, bytes]
 """A 1-based line number and the line's bytes (without the newline)."""
@@ -38,9 +41,19 @@ scale bench. With 1 MiB, reading the 560k-line corpus took 66 ms of CPU instead 
 55–57 ms instead of 76–84 ms in each of two (min of 7, interleaved)."""
 
 
+PIECES_AT_ONCE = 1000
+"""Lines read before they are checked against the limit (:meth:`_LinesPartition._read_lines`)."""
+
+OVERLONG_LINE = b"\0" * MAX_SIGNAL_LINE_BYTES
+"""What stands for a line of :data:`schemas.lines.MAX_SIGNAL_LINE_BYTES` or more: one object for all of them, which
+:func:`schemas.records.parse_lines` rejects for its length alone (NUL bytes: nothing strips them)."""
+
+
 class _LinesPartition(StatefulSourcePartition[list[Line], int]):
     def __init__(self, stream: BinaryIO, chunk_lines: int, resume_line: int, index: int = 0, partitions: int = 1) -> None:
         self._stream = stream
+        # readline with a limit: a line is never held whole past it (a file iterator reads any line whole).
+        self._pieces = iter(partial(stream.readline, MAX_SIGNAL_LINE_BYTES), b"")
         self._chunk_lines = chunk_lines
         self._skip = chunk_lines * (partitions - 1)  # the lines of the other partitions' chunks between two of ours
         self._line = 0
@@ -50,12 +63,40 @@ class _LinesPartition(StatefulSourcePartition[list[Line], int]):
             self._skip_lines(chunk_lines * index)
 
     def _skip_lines(self, count: int) -> None:
-        # The file iterator, not readline(): it reads ahead in blocks, and a bytes object per line is all it costs.
-        self._line += sum(1 for _ in islice(self._stream, count))
+        self._line += len(self._read_lines(count))
+
+    def _read_lines(self, count: int) -> list[bytes]:
+        """The next ``count`` lines (fewer at the end), :data:`OVERLONG_LINE` for each one that long or longer.
+
+        Read :data:`PIECES_AT_ONCE` at a time, so that a line with no end holds at most that many pieces before it
+        is seen: 16 MiB, not the chunk's 160 MiB.
+        """
+        lines: list[bytes] = []
+        while len(lines) < count:
+            pieces = list(islice(self._pieces, min(count - len(lines), PIECES_AT_ONCE)))
+            if not pieces:
+                break
+            lines += pieces if max(map(len, pieces)) < MAX_SIGNAL_LINE_BYTES else self._whole_lines(pieces)
+        return lines
+
+    def _whole_lines(self, pieces: list[bytes]) -> list[bytes]:
+        """As many lines as ``pieces`` were read, starting with them: a line cut at the limit is read to its end and dropped."""
+        lines: list[bytes] = []
+        more = chain(pieces, self._pieces)
+        for piece in more:
+            if len(piece) == MAX_SIGNAL_LINE_BYTES and not piece.endswith(b"\n"):
+                for rest in more:
+                    if rest.endswith(b"\n"):
+                        break
+                piece = OVERLONG_LINE
+            lines.append(piece)
+            if len(lines) == len(pieces):
+                break
+        return lines
 
     @override
     def next_batch(self) -> Iterable[list[Line]]:
-        raws = list(islice(self._stream, self._chunk_lines))
+        raws = self._read_lines(self._chunk_lines)
         if not raws:
             raise StopIteration
         first = self._line + 1

@@ -16,6 +16,7 @@ from msgspec import Struct
 from pydantic import BaseModel, ValidationError
 
 from schemas.fast_signals import decode_signal
+from schemas.lines import MAX_SIGNAL_LINE_BYTES, overlong
 from schemas.problems import first_problem
 from schemas.signals import (
     MAX_SIGNAL_BYTES,
@@ -152,6 +153,9 @@ def parse_record(raw: bytes, line: int) -> Record | str:
     return records[0] if records else rejects[0][1]
 
 
+_OVERLONG = overlong(MAX_SIGNAL_LINE_BYTES)
+
+
 def _oversized(raw: bytes) -> str | None:
     """The rejection reason of a line longer than the limit, if its compact form is too."""
     # Compact encoding can only be shorter than what was received (no floats are valid),
@@ -198,7 +202,7 @@ def parse_lines(
         # The regex costs a non-tick line as much as a tick: tried only on what ends like one.
         tick = _TICK_LINE.fullmatch(raw.decode()) if raw.endswith(b'Z"}') and raw.isascii() else None
         if tick is None and len(raw) > MAX_SIGNAL_BYTES:
-            reason = _oversized(raw)
+            reason = _OVERLONG if len(raw) >= MAX_SIGNAL_LINE_BYTES else _oversized(raw)
             if reason is not None:
                 rejects.append((line, reason))
                 continue

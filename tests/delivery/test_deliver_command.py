@@ -110,7 +110,8 @@ def test_a_file_is_delivered_with_invalid_lines_reported_and_a_summary(tmp_path:
     broken = ["{not json", line({**notification(3), "seq": "one"}), line({**notification(4), "extra": 1})]
     alerts = tmp_path / "alerts.jsonl"
     text = "\n".join([line(records[0]), broken[0], line(records[1]), broken[1], "", line(records[2]), broken[2]]) + "\n"
-    alerts.write_bytes(text.encode() + b"\xff\xfe{}\n")  # and a line that is not UTF-8
+    # and a line that is not UTF-8, and one over the limit of a line (2 MiB of nesting: never read whole, never parsed)
+    alerts.write_bytes(text.encode() + b"\xff\xfe{}\n" + b"[" * (2 << 20) + b"\n" + line(notification(5)).encode() + b"\n")
     store = tmp_path / "store"
     result = logystera("deliver", str(alerts), "--rules", str(rules(tmp_path, resolved="false")), "--store", f"chdb://{store}",
                        hook=hook)
@@ -120,12 +121,13 @@ def test_a_file_is_delivered_with_invalid_lines_reported_and_a_summary(tmp_path:
         "line 4: seq: input should be a valid integer",
         "line 7: extra: field not allowed",
         "line 8: not valid JSON: expected value at line 1 column 1",
-        "channel oncall: 2 delivered, 0 collapsed, 0 gave up, 0 failed, 1 resolved not sent, 0 done before; 2 attempts",
-        "delivery: 3 records, 4 invalid, 0 duplicate, 0 not done: "
-        "2 delivered, 0 collapsed, 0 gave up, 0 failed, 1 resolved not sent, 0 done before; 2 attempts",
+        "line 9: line of 1048576 bytes or more, over the limit of a line",
+        "channel oncall: 3 delivered, 0 collapsed, 0 gave up, 0 failed, 1 resolved not sent, 0 done before; 3 attempts",
+        "delivery: 4 records, 5 invalid, 0 duplicate, 0 not done: "
+        "3 delivered, 0 collapsed, 0 gave up, 0 failed, 1 resolved not sent, 0 done before; 3 attempts",
     ]
-    assert sorted(r.headers["webhook-id"] for r in hook.received) == [f"{alert(1)}:1", f"{alert(2)}:1"] and not hook.problems
-    assert attempts(store) == {(alert(n), 1, 1): ("delivered", 204, "") for n in (1, 2)}
+    assert sorted(r.headers["webhook-id"] for r in hook.received) == [f"{alert(n)}:1" for n in (1, 2, 5)] and not hook.problems
+    assert attempts(store) == {(alert(n), 1, 1): ("delivered", 204, "") for n in (1, 2, 5)}
 
 
 def test_records_beyond_the_contract_are_invalid_counted_and_never_sent(tmp_path: Path, hook: WebhookReceiver) -> None:

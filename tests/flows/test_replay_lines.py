@@ -1,8 +1,8 @@
 """Replay exchanges raw lines between workers: each is validated once, by the shard owning its site (flows/detect.py).
 
 Lines the cheap routing look-up cannot settle (the site key spaced, escaped,
-repeated, or inside ``data``) and rejected lines with and without a ``ts``
-of their own, in chunks of a few lines spread over three shards, must give
+repeated, or inside ``data``), rejected lines with and without a ``ts``
+of their own and lines over the limit of a line, in chunks of a few lines spread over three shards, must give
 exactly what one worker reading one chunk gives: notifications, rejected
 lines in line order, totals, and every store row — rejected lines attributed
 to the latest valid ``ts`` before them in the file, whichever shard had it.
@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from flows.detect import RejectRow, ValidTimes, finish_rejected
 from flows.replay import ReplayResult, replay
+from schemas.lines import MAX_SIGNAL_LINE_BYTES, overlong
 from schemas.rule_loader import load_rules
 from schemas.store import rejected_row
 from simulate.corpus import generate_corpus
@@ -54,6 +55,7 @@ def tricky_corpus(path: Path) -> None:
             without_ts,  # attributed to the latest valid ts before it
             "",
             "{not json",
+            compact + " " * MAX_SIGNAL_LINE_BYTES,  # valid but for its length: over the limit of a line, never read whole
         ]
     path.write_text("\n".join(lines) + "\n")
 
@@ -78,6 +80,8 @@ def test_three_shards_on_chunks_of_seven_lines_give_what_one_worker_gives(tmp_pa
     reasons = [reason for _, reason in expected.rejects]
     assert any(reason.startswith("site: key given more than once") for reason in reasons), reasons
     assert any(reason.startswith("data.site") for reason in reasons), reasons
+    too_long = sum(len(line) >= MAX_SIGNAL_LINE_BYTES for line in path.read_bytes().splitlines())
+    assert too_long > 100 and reasons.count(overlong(MAX_SIGNAL_LINE_BYTES)) == too_long
     assert expected.valid > 3000 and len([row for row in rows if row[0] == "rejected"]) == expected.invalid
 
 
