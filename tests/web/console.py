@@ -38,9 +38,10 @@ def serving(config: ConsoleConfig) -> Iterator[str]:
 
 
 @contextmanager
-def console_client(config: ConsoleConfig) -> Iterator[httpx.Client]:
-    """An HTTP client of a real console serving ``config`` (:func:`serving`), following redirects as a browser does."""
-    with serving(config) as url, httpx.Client(base_url=url, follow_redirects=True, timeout=30) as client:
+def console_client(config: ConsoleConfig, follow_redirects: bool = True) -> Iterator[httpx.Client]:
+    """An HTTP client of a real console serving ``config`` (:func:`serving`), following redirects as a browser does
+    unless told not to (to read a redirect itself)."""
+    with serving(config) as url, httpx.Client(base_url=url, follow_redirects=follow_redirects, timeout=30) as client:
         yield client
 
 

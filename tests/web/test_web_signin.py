@@ -17,7 +17,7 @@ import pytest
 from schemas.errors import UsageError
 from schemas.rule_loader import RuleSet
 from sinks.clickhouse import Store
-from tests.web.console import assert_secured, inline_parts, serving
+from tests.web.console import assert_secured, console_client, inline_parts
 from web.app import ConsoleConfig
 from web.signin import SESSION_COOKIE, SESSION_KEY_ENV, SESSION_SECONDS, FailureLimiter, SignIn, session_key
 from web.users import Users, hash_token, load_users
@@ -62,7 +62,7 @@ def sign_in(tmp_path: Path, clock: Clock) -> SignIn:
 @pytest.fixture
 def console(store: Store, sign_in: SignIn) -> Iterator[httpx.Client]:
     config = ConsoleConfig(store=store, ruleset=RuleSet(), store_dsn="chdb://test", authenticate=sign_in)
-    with serving(config) as url, httpx.Client(base_url=url, timeout=30) as client:
+    with console_client(config, follow_redirects=False) as client:
         yield client
 
 
@@ -238,8 +238,7 @@ def test_behind_a_local_proxy_the_brake_counts_the_forwarded_client(console: htt
 
 
 def test_without_users_there_is_nothing_to_sign_in_to(store: Store) -> None:
-    with serving(ConsoleConfig(store=store, ruleset=RuleSet(), store_dsn="chdb://test")) as url, \
-            httpx.Client(base_url=url, timeout=30) as client:
+    with console_client(ConsoleConfig(store=store, ruleset=RuleSet(), store_dsn="chdb://test"), follow_redirects=False) as client:
         assert client.get("/login").headers["location"] == "/alerts"
         assert client.post("/login", data={"token": "x"}).headers["location"] == "/alerts"
         page = client.get(PAGE)
